@@ -1,0 +1,78 @@
+"""Domain errors: raised by domain code, turned into gRPC statuses at the edge.
+
+Each error carries its gRPC status code and an UPPER_SNAKE reason for `google.rpc.ErrorInfo`,
+so clients can branch on the reason and people can act on the message. The codes are named by
+string (the `grpc.StatusCode` member name) so domain code stays free of gRPC imports.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a request can legitimately cause."""
+
+    code: str = "INTERNAL"
+    default_reason: str = "INTERNAL"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = metadata or {}
+
+
+class InvalidArgument(DomainError):
+    code = "INVALID_ARGUMENT"
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str, *, reason: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", reason=reason, metadata={"field": field})
+        self.field = field
+        self.description = message
+
+
+class NotFound(DomainError):
+    code = "NOT_FOUND"
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    code = "ALREADY_EXISTS"
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    code = "FAILED_PRECONDITION"
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(DomainError):
+    code = "ABORTED"
+    default_reason = "ABORTED"
+
+
+class Unavailable(DomainError):
+    code = "UNAVAILABLE"
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(DomainError):
+    code = "DEADLINE_EXCEEDED"
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class ResourceExhausted(DomainError):
+    code = "RESOURCE_EXHAUSTED"
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(DomainError):
+    code = "UNAUTHENTICATED"
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    code = "PERMISSION_DENIED"
+    default_reason = "PERMISSION_DENIED"

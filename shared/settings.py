@@ -1,0 +1,56 @@
+"""Typed configuration read once from `RECSTACK_*` environment variables.
+
+Each service subclasses `ServiceSettings`, overriding the defaults that differ (its port), and
+builds one instance in its `server.py`. Nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TlsSettings(BaseModel):
+    """Server TLS; both files unset means plaintext (loopback and service-mesh deployments)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares. Env: `RECSTACK_<FIELD>`, nested with `__`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSTACK_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    service_name: str = "recstack"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    # 0 disables the Prometheus endpoint (tests); -1 never occurs.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    log_level: str = "INFO"
+    # Unset: local runs start an embedded PostgreSQL under `run_dir`.
+    database_url: SecretStr | None = None
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    run_dir: Path = Path(".run")
+    # File with one accepted bearer token per line; unset disables authentication.
+    auth_token_file: Path | None = None
+    tls: TlsSettings = TlsSettings()
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Upper bound on any request's run time, whatever deadline the client sent.
+    max_request_seconds: float = Field(default=30.0, gt=0)
+    max_workers: int = Field(default=16, ge=1, le=1024)
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+
+    registry_addr: str = "127.0.0.1:50051"
+    materialization_addr: str = "127.0.0.1:50052"
+    serving_addr: str = "127.0.0.1:50053"
+    recommend_addr: str = "127.0.0.1:50054"
+    triton_addr: str = "127.0.0.1:8001"
