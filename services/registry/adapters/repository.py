@@ -1,0 +1,194 @@
+"""Registry storage: one table of resources, each row a version of one resource.
+
+Specs are stored as proto JSON (`jsonb`) so people can inspect definitions with SQL; `refs`
+lists the resources a row depends on, so dependency checks are one indexed query.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import sqlalchemy as sa
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from sqlalchemy.dialects import postgresql
+
+from services.registry.kinds import ALL_KINDS
+from shared.db import transaction
+
+KINDS_BY_KEY = {kind.key: kind for kind in ALL_KINDS}
+
+metadata = sa.MetaData(schema="registry")
+resources = sa.Table(
+    "resources",
+    metadata,
+    sa.Column("project", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("resource_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("spec", postgresql.JSONB, nullable=False),
+    sa.Column("refs", postgresql.ARRAY(sa.Text), nullable=False),
+    sa.Column("etag", sa.Text, nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+)
+revision_sequence = sa.Sequence("revision_seq", schema="registry")
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One stored version of a resource."""
+
+    kind: str
+    project: str
+    resource_id: str
+    version: int
+    spec: Message
+    refs: tuple[str, ...]
+    etag: str
+    create_time: datetime
+    update_time: datetime
+
+
+class ResourceRepository(Protocol):
+    def insert(self, record: StoredResource) -> bool: ...
+    def get(
+        self, kind: str, project: str, resource_id: str, version: int | None = None
+    ) -> StoredResource | None: ...
+    def list_latest(
+        self, kind: str, project: str | None, after_id: str, limit: int
+    ) -> list[StoredResource]: ...
+    def replace(self, record: StoredResource, expected_etag: str) -> bool: ...
+    def delete(self, kind: str, project: str, resource_id: str, version: int | None) -> int: ...
+    def dependants(self, ref: str) -> list[str]: ...
+
+
+def encode_page_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    return base64.urlsafe_b64decode(token.encode()).decode()
+
+
+class PostgresResourceRepository:
+    """`ResourceRepository` on one open connection (the unit of work's transaction)."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    def insert(self, record: StoredResource) -> bool:
+        statement = (
+            postgresql.insert(resources)
+            .values(**self._row(record))
+            .on_conflict_do_nothing()
+            .returning(resources.c.version)
+        )
+        return self._connection.execute(statement).first() is not None
+
+    def get(
+        self, kind: str, project: str, resource_id: str, version: int | None = None
+    ) -> StoredResource | None:
+        query = sa.select(resources).where(
+            resources.c.kind == kind,
+            resources.c.project == project,
+            resources.c.resource_id == resource_id,
+        )
+        if version:
+            query = query.where(resources.c.version == version)
+        row = self._connection.execute(
+            query.order_by(resources.c.version.desc()).limit(1)
+        ).one_or_none()
+        return None if row is None else self._record(row)
+
+    def list_latest(
+        self, kind: str, project: str | None, after_id: str, limit: int
+    ) -> list[StoredResource]:
+        query = (
+            sa.select(resources)
+            .ext(postgresql.distinct_on(resources.c.resource_id))
+            .where(resources.c.kind == kind, resources.c.resource_id > after_id)
+            .order_by(resources.c.resource_id, resources.c.version.desc())
+            .limit(limit)
+        )
+        if project is not None:
+            query = query.where(resources.c.project == project)
+        return [self._record(row) for row in self._connection.execute(query)]
+
+    def replace(self, record: StoredResource, expected_etag: str) -> bool:
+        statement = (
+            resources.update()
+            .where(
+                resources.c.kind == record.kind,
+                resources.c.project == record.project,
+                resources.c.resource_id == record.resource_id,
+                resources.c.version == record.version,
+                resources.c.etag == expected_etag,
+            )
+            .values(**self._row(record))
+        )
+        return self._connection.execute(statement).rowcount == 1
+
+    def delete(self, kind: str, project: str, resource_id: str, version: int | None) -> int:
+        statement = resources.delete().where(
+            resources.c.kind == kind,
+            resources.c.project == project,
+            resources.c.resource_id == resource_id,
+        )
+        if version:
+            statement = statement.where(resources.c.version == version)
+        return self._connection.execute(statement).rowcount
+
+    def dependants(self, ref: str) -> list[str]:
+        query = (
+            sa.select(resources.c.kind, resources.c.project, resources.c.resource_id)
+            .where(resources.c.refs.any_() == ref)
+            .distinct()
+            .order_by(resources.c.kind, resources.c.resource_id)
+        )
+        return [
+            KINDS_BY_KEY[row.kind].name(row.project, row.resource_id)
+            for row in self._connection.execute(query)
+        ]
+
+    def _row(self, record: StoredResource) -> dict[str, object]:
+        return {
+            "project": record.project,
+            "kind": record.kind,
+            "resource_id": record.resource_id,
+            "version": record.version,
+            "spec": json_format.MessageToDict(record.spec, preserving_proto_field_name=True),
+            "refs": list(record.refs),
+            "etag": record.etag,
+            "revision": revision_sequence.next_value(),
+            "create_time": record.create_time,
+            "update_time": record.update_time,
+        }
+
+    def _record(self, row: sa.Row) -> StoredResource:
+        message = KINDS_BY_KEY[row.kind].message()
+        json_format.ParseDict(row.spec, message)
+        return StoredResource(
+            kind=row.kind,
+            project=row.project,
+            resource_id=row.resource_id,
+            version=row.version,
+            spec=message,
+            refs=tuple(row.refs),
+            etag=row.etag,
+            create_time=row.create_time,
+            update_time=row.update_time,
+        )
+
+
+@contextmanager
+def postgres_unit_of_work(engine: sa.Engine) -> Iterator[PostgresResourceRepository]:
+    """A repository whose writes commit together when the block succeeds, else roll back."""
+    with transaction(engine) as connection:
+        yield PostgresResourceRepository(connection)

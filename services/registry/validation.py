@@ -1,0 +1,109 @@
+"""Checks of resource contents that need no storage; each failure names the field."""
+
+from __future__ import annotations
+
+from recstack.registry.v1 import (
+    data_source_pb2,
+    embedding_model_pb2,
+    entity_pb2,
+    feature_view_pb2,
+)
+
+from services.registry.kinds import ID_PATTERN
+from shared.errors import InvalidArgument
+from shared.values import KEY_TYPES, TYPES, VT
+
+FeatureView = feature_view_pb2.FeatureView
+EmbeddingModel = embedding_model_pb2.EmbeddingModel
+
+
+def validate_entity(entity: entity_pb2.Entity) -> None:
+    _require_identifier(entity.join_key, "entity.join_key")
+    if entity.key_type not in KEY_TYPES:
+        raise InvalidArgument("entity.key_type", "must be VALUE_TYPE_INT64 or VALUE_TYPE_STRING")
+
+
+def validate_data_source(source: data_source_pb2.DataSource) -> None:
+    kind = source.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument("data_source", "set exactly one of file, postgres or push")
+    if kind == "file":
+        if not source.file.path:
+            raise InvalidArgument("data_source.file.path", "is required")
+        if source.file.format == data_source_pb2.FileSource.FORMAT_UNSPECIFIED:
+            raise InvalidArgument("data_source.file.format", "must be FORMAT_PARQUET or FORMAT_CSV")
+    if kind == "postgres" and bool(source.postgres.table) == bool(source.postgres.query):
+        raise InvalidArgument("data_source.postgres", "set exactly one of table and query")
+    if kind in ("file", "postgres"):
+        _require_identifier(source.event_timestamp_column, "data_source.event_timestamp_column")
+    if kind == "push":
+        _validate_fields(source.push.schema, "data_source.push.schema")
+
+
+def validate_feature_view(view: FeatureView, join_key: str, key_type: int) -> None:
+    if view.type == FeatureView.TYPE_UNSPECIFIED:
+        raise InvalidArgument("feature_view.type", "must be TYPE_BATCH or TYPE_REAL_TIME")
+    if view.type == FeatureView.TYPE_BATCH and not view.source:
+        raise InvalidArgument("feature_view.source", "is required for a TYPE_BATCH view")
+    if view.ttl.seconds < 0 or view.ttl.nanos < 0:
+        raise InvalidArgument("feature_view.ttl", "must not be negative")
+    _validate_fields(view.fields, "feature_view.fields")
+    keys = [field for field in view.fields if field.name == join_key]
+    if not keys:
+        raise InvalidArgument(
+            "feature_view.fields", f"must include the entity's join key {join_key!r}"
+        )
+    if keys[0].value_type != key_type:
+        raise InvalidArgument(
+            f"feature_view.fields.{join_key}",
+            f"join key type must be the entity's {VT.Name(key_type)}",
+        )
+    if len(view.fields) < 2:
+        raise InvalidArgument("feature_view.fields", "declare at least one feature besides the key")
+
+
+def validate_embedding_model(model: EmbeddingModel) -> None:
+    if model.model_type == EmbeddingModel.MODEL_TYPE_UNSPECIFIED:
+        raise InvalidArgument("embedding_model.model_type", "must be MODEL_TYPE_TEXT_EMBEDDING")
+    if model.provider == EmbeddingModel.PROVIDER_UNSPECIFIED:
+        raise InvalidArgument(
+            "embedding_model.provider", "must be PROVIDER_TRITON or PROVIDER_OPENAI_COMPATIBLE"
+        )
+    if not model.model_name:
+        raise InvalidArgument("embedding_model.model_name", "is required")
+    _check_range(model.dimension, 1, 16384, "embedding_model.dimension")
+    _check_range(model.max_input_tokens, 1, 1_000_000, "embedding_model.max_input_tokens")
+    _check_range(model.batch_size, 1, 2048, "embedding_model.batch_size")
+    _check_range(model.concurrency, 1, 256, "embedding_model.concurrency")
+
+
+def apply_embedding_model_defaults(model: EmbeddingModel) -> None:
+    model.dimension = model.dimension or 1024
+    model.max_input_tokens = model.max_input_tokens or 8192
+    model.batch_size = model.batch_size or 10
+    model.concurrency = model.concurrency or 30
+
+
+def _validate_fields(fields: list[feature_view_pb2.FeatureField], path: str) -> None:
+    if not fields:
+        raise InvalidArgument(path, "declare at least one field")
+    seen: set[str] = set()
+    for index, field in enumerate(fields):
+        _require_identifier(field.name, f"{path}[{index}].name")
+        if field.name in seen:
+            raise InvalidArgument(f"{path}[{index}].name", f"duplicate field name {field.name!r}")
+        seen.add(field.name)
+        if field.value_type not in TYPES:
+            raise InvalidArgument(f"{path}[{index}].value_type", "must be a VALUE_TYPE_* value")
+
+
+def _require_identifier(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not ID_PATTERN.match(value):
+        raise InvalidArgument(field, f"{value!r} must match {ID_PATTERN.pattern}")
+
+
+def _check_range(value: int, low: int, high: int, field: str) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"{value} is outside {low}..{high}")

@@ -1,0 +1,369 @@
+"""One gRPC server bootstrap for every service.
+
+Health checking (per-service status, flipped by dependency probes and on shutdown),
+reflection, an observability interceptor (request id, one log line per RPC, Prometheus
+histogram and error counter, server-side deadline cap, domain error → `google.rpc.Status`),
+optional bearer-token auth, optional TLS, message-size limits and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import hmac
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram, start_http_server
+
+from shared.errors import DomainError, InvalidArgument
+from shared.request_context import set_deadline
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+RPC_SECONDS = Histogram(
+    "recstack_rpc_duration_seconds",
+    "Server-side RPC latency.",
+    ["service", "method", "code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+RPC_ERRORS = Counter(
+    "recstack_rpc_errors_total",
+    "RPCs answered with a non-OK status.",
+    ["service", "method", "code"],
+)
+
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+REQUEST_ID_HEADER = "x-request-id"
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+ReadinessCheck = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """A servicer, the generated function that adds it, and its full service name."""
+
+    add_to_server: Callable[[Any, grpc.Server], None]
+    servicer: object
+    service_name: str
+
+
+# --- interceptors ---------------------------------------------------------------------------
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]
+) -> grpc.RpcMethodHandler:
+    """Rebuild a method handler with its behaviour wrapped, whatever its streaming kind."""
+    kinds = {
+        (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    }
+    attribute, factory = kinds[(handler.request_streaming, handler.response_streaming)]
+    behavior = wrap(getattr(handler, attribute), handler.response_streaming)
+    return factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def domain_error_status(error: DomainError, domain: str) -> status_pb2.Status:
+    """The rich `google.rpc.Status` for a domain error (ErrorInfo, plus BadRequest for fields)."""
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    details = [_pack(info)]
+    if isinstance(error, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.description
+        )
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    return status_pb2.Status(
+        code=getattr(code_pb2, error.code), message=error.message, details=details
+    )
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):
+    """Request id, logs, metrics, deadline cap and error mapping around every RPC."""
+
+    def __init__(self, service: str, max_request_seconds: float) -> None:
+        self._service = service
+        self._domain = f"recstack.{service}"
+        self._max_request_seconds = max_request_seconds
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: Any
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        return _wrap_handler(
+            handler, lambda behavior, streaming: self._wrap(method, behavior, streaming)
+        )
+
+    def _wrap(self, method: str, behavior: Behavior, response_streaming: bool) -> Behavior:
+        if response_streaming:
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started = self._begin(method, context)
+                try:
+                    yield from behavior(request, context)
+                except BaseException as exc:
+                    self._fail(method, context, exc, started)
+                self._finish(method, context, started)
+
+            return streaming
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            started = self._begin(method, context)
+            try:
+                response = behavior(request, context)
+            except BaseException as exc:
+                self._fail(method, context, exc, started)
+            self._finish(method, context, started)
+            return response
+
+        return unary
+
+    def _begin(self, method: str, context: grpc.ServicerContext) -> float:
+        metadata = dict(context.invocation_metadata())
+        request_id = metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, rpc=method, peer=context.peer()
+        )
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        remaining = context.time_remaining()
+        budget = self._max_request_seconds
+        if remaining is not None:
+            budget = min(remaining, budget)
+        started = time.monotonic()
+        set_deadline(started + budget)
+        return started
+
+    def _finish(self, method: str, context: grpc.ServicerContext, started: float) -> None:
+        code = context.code() or grpc.StatusCode.OK
+        self._record(method, code.name, started)
+
+    def _fail(
+        self, method: str, context: grpc.ServicerContext, exc: BaseException, started: float
+    ) -> None:
+        if isinstance(exc, DomainError):
+            self._record(method, exc.code, started)
+            context.abort_with_status(rpc_status.to_status(domain_error_status(exc, self._domain)))
+        code = context.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            # The servicer or gRPC already chose a status (e.g. a cancelled stream).
+            self._record(method, code.name, started)
+            raise exc
+        self._record(method, "INTERNAL", started)
+        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+        log.exception("rpc_internal_error")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}")
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        seconds = time.monotonic() - started
+        RPC_SECONDS.labels(self._service, method, code).observe(seconds)
+        if code != "OK":
+            RPC_ERRORS.labels(self._service, method, code).inc()
+            log.warning("rpc", code=code, duration_ms=round(seconds * 1000, 3))
+        else:
+            log.info("rpc", code=code, duration_ms=round(seconds * 1000, 3))
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Accepts `authorization: Bearer <token>` for tokens listed in a secret file."""
+
+    def __init__(self, token_file: Path) -> None:
+        self._tokens = [
+            line.strip().encode() for line in token_file.read_text().splitlines() if line.strip()
+        ]
+        if not self._tokens:
+            raise ValueError(f"auth token file {token_file} holds no token")
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: Any
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(HEALTH_METHOD_PREFIX):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if self._accepts(metadata.get("authorization", "")):
+            return handler
+        return _wrap_handler(handler, lambda _behavior, _streaming: _deny)
+
+    def _accepts(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        # Compare against every token so timing reveals neither which nor how much matched.
+        matches = [hmac.compare_digest(token.encode(), known) for known in self._tokens]
+        return any(matches)
+
+
+def _deny(_request: Any, context: grpc.ServicerContext) -> None:
+    context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
+    )
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+@dataclass
+class HealthMonitor:
+    """Polls dependency checks and flips every served name between SERVING and NOT_SERVING."""
+
+    servicer: health.HealthServicer
+    names: Sequence[str]
+    checks: Mapping[str, ReadinessCheck] = field(default_factory=dict)
+    interval_seconds: float = 5.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _failing: frozenset[str] = frozenset()
+
+    def start(self) -> None:
+        self.poll()
+        if self.checks:
+            threading.Thread(target=self._run, name="health-monitor", daemon=True).start()
+
+    def poll(self) -> None:
+        failing = frozenset(name for name, check in self.checks.items() if not _passes(check))
+        if failing != self._failing:
+            log.warning("health_changed", failing=sorted(failing))
+        self._failing = failing
+        self._set(
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if failing
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.servicer.enter_graceful_shutdown()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self.poll()
+
+    def _set(self, status: int) -> None:
+        if self._stop.is_set():
+            return
+        for name in ("", *self.names):
+            self.servicer.set(name, status)
+
+
+def _passes(check: ReadinessCheck) -> bool:
+    try:
+        check()
+    except Exception:  # a probe's failure of any kind means not ready
+        return False
+    return True
+
+
+# --- server ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it bound, and its health monitor."""
+
+    server: grpc.Server
+    port: int
+    health: HealthMonitor
+
+    def stop(self, grace: float | None = None) -> None:
+        self.health.shutdown()
+        self.server.stop(grace).wait()
+
+
+def create_grpc_server(
+    settings: ServiceSettings,
+    registrations: Sequence[ServiceRegistration],
+    *,
+    readiness_checks: Mapping[str, ReadinessCheck] | None = None,
+) -> RunningServer:
+    """Build, bind and start a server; `settings.grpc_port` 0 picks a free port (tests)."""
+    interceptors: list[grpc.ServerInterceptor] = []
+    if settings.auth_token_file is not None:
+        interceptors.append(BearerTokenInterceptor(settings.auth_token_file))
+    interceptors.append(
+        ObservabilityInterceptor(settings.service_name, settings.max_request_seconds)
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for registration in registrations:
+        registration.add_to_server(registration.servicer, server)
+    names = [registration.service_name for registration in registrations]
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = _bind(server, settings)
+    monitor = HealthMonitor(health_servicer, names, dict(readiness_checks or {}))
+    server.start()
+    monitor.start()
+    log.info("server_started", port=port, services=names, tls=settings.tls.enabled)
+    return RunningServer(server, port, monitor)
+
+
+def _bind(server: grpc.Server, settings: ServiceSettings) -> int:
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.tls.enabled:
+        assert settings.tls.key_file is not None and settings.tls.cert_file is not None
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls.key_file.read_bytes(), settings.tls.cert_file.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {address}")
+    return port
+
+
+def serve_forever(settings: ServiceSettings, running: RunningServer) -> None:
+    """Serve metrics, then block until SIGTERM/SIGINT and stop gracefully."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stopping.wait()
+    running.stop(settings.shutdown_grace_seconds)
+    log.info("server_stopped")

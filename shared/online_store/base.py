@@ -1,0 +1,49 @@
+"""The small interface every online store implements (PostgreSQL ships; others plug in)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from shared.feature_views import ViewSchema
+
+# A row to write: the key, then each feature of the view in declared order, then event time.
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: int
+    stale: int
+
+
+@dataclass(frozen=True)
+class ViewColumns:
+    """One view's values for a batch of keys, in key order: one list per requested feature."""
+
+    values: dict[str, list[Any]]
+    event_times: list[datetime | None]
+
+
+class OnlineStore(Protocol):
+    def ensure_table(self, view: ViewSchema) -> None:
+        """Create the view version's table if it does not exist."""
+        ...
+
+    def drop_table(self, view: ViewSchema) -> None: ...
+
+    def write(self, view: ViewSchema, rows: Sequence[Row]) -> WriteResult:
+        """Upsert atomically; a row never replaces one with a newer event time."""
+        ...
+
+    def read(
+        self, requests: Sequence[tuple[ViewSchema, Sequence[str]]], keys: Sequence[Any]
+    ) -> list[ViewColumns]:
+        """Features of several views of one entity for `keys`, in one round trip."""
+        ...
+
+    def scan(self, view: ViewSchema, features: Sequence[str]) -> tuple[list[Any], ViewColumns]:
+        """Every key of a view with the given features (for in-memory caches)."""
+        ...

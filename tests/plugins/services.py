@@ -1,0 +1,52 @@
+"""Session fixtures that run recstack services in-process on free ports, over real PostgreSQL.
+
+Each fixture yields the service's gRPC address; tests talk to it only through generated stubs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from services.registry.server import MIGRATIONS as REGISTRY_MIGRATIONS
+from services.registry.server import RegistryDeps, RegistrySettings
+from services.registry.server import SCHEMA as REGISTRY_SCHEMA
+from services.registry.server import create_server as create_registry
+from services.serving.server import ServingSettings, open_deps
+from services.serving.server import create_server as create_serving
+from shared.db import create_engine
+from shared.migrations import upgrade
+
+
+@pytest.fixture(scope="session")
+def registry_engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(database_url, pool_size=4)
+    upgrade(engine, schema=REGISTRY_SCHEMA, script_location=REGISTRY_MIGRATIONS)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def registry_address(registry_engine: sa.Engine, database_url: str) -> Iterator[str]:
+    settings = RegistrySettings(grpc_port=0, database_url=database_url)
+    running, port = create_registry(settings, RegistryDeps(registry_engine))
+    yield f"127.0.0.1:{port}"
+    running.stop(0)
+
+
+@pytest.fixture(scope="session")
+def serving_address(database_url: str, registry_address: str) -> Iterator[str]:
+    settings = ServingSettings(
+        grpc_port=0,
+        database_url=database_url,
+        registry_addr=registry_address,
+        registry_cache_seconds=0.0,
+    )
+    deps = open_deps(settings)
+    running, port = create_serving(settings, deps)
+    yield f"127.0.0.1:{port}"
+    running.stop(0)
+    deps.store.close()
+    deps.registry.close()
