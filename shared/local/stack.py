@@ -210,14 +210,21 @@ def wait_group_gone(pgid: int, timeout_s: float) -> bool:
 
 
 def stop_process(record: ProcessRecord, timeout_s: float = STOP_TIMEOUT_S) -> str:
-    """SIGTERM the leader (servers shut down gracefully and take their children along), then
-    SIGKILL the whole group if anything is left after `timeout_s`. Returns what happened."""
+    """SIGTERM the leader (servers shut down gracefully and take their children along), or the
+    group if the leader has already exited; SIGKILL the group if anything is left after
+    `timeout_s`. Returns what happened."""
     if not owns_group(record):
         return f"pid {record.pid} is gone or belongs to another process now: left alone"
+    leader_alive = is_ours(record)
     with suppress(ProcessLookupError):
-        os.kill(record.pid, signal.SIGTERM)
+        if leader_alive:
+            os.kill(record.pid, signal.SIGTERM)
+        else:
+            os.killpg(record.pid, signal.SIGTERM)
     if wait_group_gone(record.pid, timeout_s):
-        return f"stopped pid {record.pid}"
+        if leader_alive:
+            return f"stopped pid {record.pid}"
+        return f"stopped the processes pid {record.pid} left behind"
     if owns_group(record):
         with suppress(ProcessLookupError):
             os.killpg(record.pid, signal.SIGKILL)
@@ -525,7 +532,7 @@ def prune_exited(state: StackState) -> None:
         if is_ours(record):
             continue
         if record.name != POSTGRES and owns_group(record):
-            print(f"{record.name}: leader pid {record.pid} exited; {stop_process(record)}")
+            print(f"{record.name}: pid {record.pid} exited; {stop_process(record)}")
         else:
             print(f"{record.name}: recorded pid {record.pid} is no longer running")
         state.remove(record.name)
@@ -564,9 +571,15 @@ def stop_record(ctx: Context, record: ProcessRecord) -> str:
     return f"stopped embedded server pid {record.pid}"
 
 
+def start_rank(record: ProcessRecord) -> int:
+    """Position in the dependency order; a restarted service keeps its place."""
+    order = [POSTGRES, TRITON, *(s.name for s in SERVICES)]
+    return order.index(record.name) if record.name in order else len(order)
+
+
 def stop_records(ctx: Context, state: StackState, records: list[ProcessRecord]) -> None:
-    """Stop `records` in reverse start order, forgetting each once it is stopped."""
-    for record in reversed(records):
+    """Stop `records` dependents first, forgetting each once it is stopped."""
+    for record in sorted(records, key=start_rank, reverse=True):
         print(f"{record.name}: {stop_record(ctx, record)}", flush=True)
         state.remove(record.name)
         save_state(ctx.state_file, state)

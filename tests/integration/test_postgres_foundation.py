@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 from sqlalchemy import text
 
+import shared.db
 from shared.db import (
     create_database,
     create_engine,
@@ -23,7 +24,7 @@ from shared.db import (
     transaction,
 )
 from shared.errors import Unavailable
-from shared.local.postgres import DEFAULT_PORT, EmbeddedPostgres
+from shared.local.postgres import EmbeddedPostgres
 from shared.migrations import advisory_lock_key, upgrade
 from shared.settings import ServiceSettings
 from tests.plugins.postgres import free_port, temporary_embedded_server
@@ -210,15 +211,14 @@ def test_resolve_database_url_names_the_unreachable_host():
     assert caught.value.reason == "DATABASE_UNAVAILABLE"
 
 
-def test_resolve_database_url_without_url_starts_the_embedded_server():
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", DEFAULT_PORT))
-        except OSError:
-            pytest.skip(f"port {DEFAULT_PORT} is taken (a local embedded server is running?)")
+def test_resolve_database_url_without_url_starts_the_embedded_server(monkeypatch):
+    # A free port instead of the default one, which a developer's own server may hold.
+    port = free_port()
+    monkeypatch.setattr(shared.db, "EmbeddedPostgres", partial(EmbeddedPostgres, port=port))
     with temporary_embedded_server() as server:
         url = resolve_database_url(ServiceSettings(run_dir=server.base_dir.parent))
-        assert url == f"postgresql+psycopg://postgres@127.0.0.1:{DEFAULT_PORT}/postgres"
+        assert url == f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        assert server.running_port() == port
         assert scalar(url, "SELECT current_setting('server_version_num')::int") >= 180000
 
 

@@ -10,12 +10,16 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from services.materialization.server import MaterializationSettings
+from services.materialization.server import create_server as create_materialization
+from services.materialization.server import open_deps as open_materialization_deps
 from services.registry.server import MIGRATIONS as REGISTRY_MIGRATIONS
-from services.registry.server import RegistryDeps, RegistrySettings
 from services.registry.server import SCHEMA as REGISTRY_SCHEMA
+from services.registry.server import RegistryDeps, RegistrySettings
 from services.registry.server import create_server as create_registry
-from services.serving.server import ServingSettings, open_deps
+from services.serving.server import ServingSettings
 from services.serving.server import create_server as create_serving
+from services.serving.server import open_deps as open_serving_deps
 from shared.db import create_engine
 from shared.migrations import upgrade
 
@@ -44,9 +48,28 @@ def serving_address(database_url: str, registry_address: str) -> Iterator[str]:
         registry_addr=registry_address,
         registry_cache_seconds=0.0,
     )
-    deps = open_deps(settings)
+    deps = open_serving_deps(settings)
     running, port = create_serving(settings, deps)
     yield f"127.0.0.1:{port}"
     running.stop(0)
     deps.store.close()
     deps.registry.close()
+
+
+@pytest.fixture(scope="session")
+def materialization_address(
+    database_url: str, registry_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    settings = MaterializationSettings(
+        grpc_port=0,
+        database_url=database_url,
+        registry_addr=registry_address,
+        offline_store_uri=str(tmp_path_factory.mktemp("offline")),
+    )
+    deps = open_materialization_deps(settings)
+    running, port = create_materialization(settings, deps)
+    yield f"127.0.0.1:{port}"
+    running.stop(0)
+    deps.online_store.close()
+    deps.registry.close()
+    deps.engine.dispose()

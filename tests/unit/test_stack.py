@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,6 +95,22 @@ def test_stop_process_terminates_the_whole_group(sleeper: subprocess.Popen[bytes
     assert stack.live_group_members(sleeper.pid) == []
 
 
+def test_children_of_an_exited_leader_are_stopped() -> None:
+    leader = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+    record = record_of(leader.pid, name="triton")
+    deadline = time.monotonic() + 5
+    while len(stack.live_group_members(leader.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leader.kill()
+    leader.wait()
+    assert stack.owns_group(record)
+
+    message = stack.stop_process(record, timeout_s=5)
+
+    assert message == f"stopped the processes pid {leader.pid} left behind"
+    assert stack.live_group_members(leader.pid) == []
+
+
 def test_services_start_in_dependency_order() -> None:
     assert [s.name for s in stack.SERVICES] == [
         "registry",
@@ -109,8 +126,9 @@ def test_services_have_distinct_ports_and_metrics_ports_9091_to_9094() -> None:
     assert sorted(s.metrics_port for s in stack.SERVICES) == [9091, 9092, 9093, 9094]
 
 
-def test_down_stops_in_reverse_start_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    names = ["triton", "registry", "serving"]
+def test_down_stops_dependents_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A service restarted by a later `up` is recorded last but still stops before its dependencies.
+    names = ["triton", "serving", "recommend", "registry"]
     state = StackState([ProcessRecord(n, i, i, [], {}) for i, n in enumerate(names)])
     ctx = stack.Context(run_dir=tmp_path, database_url="postgresql://u@127.0.0.1:1/db")
     stack.save_state(ctx.state_file, state)
@@ -119,7 +137,7 @@ def test_down_stops_in_reverse_start_order(tmp_path: Path, monkeypatch: pytest.M
 
     assert stack.cmd_down(ctx) == 0
 
-    assert stopped == ["serving", "registry", "triton"]
+    assert stopped == ["recommend", "serving", "registry", "triton"]
     assert not ctx.state_file.exists()
 
 

@@ -1,0 +1,88 @@
+"""Materialization service entry point: settings → logging → stores and engine → server."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import sqlalchemy as sa
+from recstack.materialization.v1 import (
+    materialization_service_pb2,
+    materialization_service_pb2_grpc,
+)
+
+from services.materialization.adapters.job_repository import PostgresJobRepository
+from services.materialization.adapters.local_engine import LocalEngine
+from services.materialization.adapters.offline_store import ParquetOfflineStore
+from services.materialization.materializer import Materializer
+from services.materialization.servicer import MaterializationServicer
+from shared.bootstrap import open_database, run
+from shared.db import ping, to_libpq
+from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
+from shared.online_store.postgres import PostgresOnlineStore
+from shared.registry_client import RegistryClient
+from shared.settings import ServiceSettings
+
+SCHEMA = "materialization"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class MaterializationSettings(ServiceSettings):
+    service_name: str = "materialization"
+    grpc_port: int = 50052
+    # Local directory or object-store URI of the Parquet offline store; default <run_dir>/offline.
+    offline_store_uri: str = ""
+    # Jobs that run at once in this replica.
+    job_workers: int = 2
+
+
+@dataclass(frozen=True)
+class MaterializationDeps:
+    engine: sa.Engine
+    online_store: PostgresOnlineStore
+    registry: RegistryClient
+    offline_store: ParquetOfflineStore
+
+
+def create_server(
+    settings: MaterializationSettings, deps: MaterializationDeps
+) -> tuple[RunningServer, int]:
+    materializer = Materializer(
+        jobs=PostgresJobRepository(deps.engine),
+        definitions=deps.registry,
+        engine=LocalEngine(),
+        offline_store=deps.offline_store,
+        online_store=deps.online_store,
+        executor=ThreadPoolExecutor(settings.job_workers, thread_name_prefix="job"),
+    )
+    registration = ServiceRegistration(
+        materialization_service_pb2_grpc.add_MaterializationServiceServicer_to_server,
+        MaterializationServicer(materializer),
+        materialization_service_pb2.DESCRIPTOR.services_by_name["MaterializationService"].full_name,
+    )
+    running = create_grpc_server(
+        settings, [registration], readiness_checks={"postgres": partial(ping, deps.engine)}
+    )
+    return running, running.port
+
+
+def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
+    engine = open_database(settings, SCHEMA, MIGRATIONS)
+    offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
+    return MaterializationDeps(
+        engine=engine,
+        online_store=PostgresOnlineStore(to_libpq(str(engine.url.render_as_string(False)))),
+        registry=RegistryClient(settings.registry_addr),
+        offline_store=ParquetOfflineStore(offline_uri),
+    )
+
+
+def main() -> None:
+    settings = MaterializationSettings()
+    run(settings, lambda: create_server(settings, open_deps(settings))[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The walking-skeleton scenario, through the public gRPC APIs only.
+
+`make demo` runs it against the stack `make up` started; the e2e test runs the same steps
+against in-process services and checks every intermediate result.
+
+Steps: register a project, user and item entities, two FILE sources over generated Parquet
+and two batch feature views; backfill both into the stores; read user features back; create
+a scene (popularity recall → Triton ranker → top-N) and ask it for recommendations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from google.protobuf import struct_pb2
+from recstack.common.v1 import time_window_pb2, value_pb2
+from recstack.materialization.v1 import job_pb2, materialization_service_pb2_grpc
+from recstack.materialization.v1 import materialization_service_pb2 as mpb
+from recstack.recommend.v1 import recommend_service_pb2 as cpb
+from recstack.recommend.v1 import recommend_service_pb2_grpc, scene_pb2
+from recstack.registry.v1 import (
+    data_source_pb2,
+    entity_pb2,
+    feature_view_pb2,
+    project_pb2,
+    registry_service_pb2_grpc,
+)
+from recstack.registry.v1 import registry_service_pb2 as rpb
+from recstack.serving.v1 import serving_service_pb2 as spb
+from recstack.serving.v1 import serving_service_pb2_grpc
+
+from shared.settings import ServiceSettings
+
+VT = value_pb2.ValueType
+FV = feature_view_pb2.FeatureView
+USER_FEATURES = ("age_norm", "activity", "price_affinity", "tenure")
+ITEM_FEATURES = ("popularity", "price_norm", "rating", "ctr")
+DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
+DAYS = 7
+WINDOW = (DAY0, DAY0 + timedelta(days=DAYS))
+
+
+@dataclass(frozen=True)
+class Stubs:
+    registry: registry_service_pb2_grpc.RegistryServiceStub
+    materialization: materialization_service_pb2_grpc.MaterializationServiceStub
+    serving: serving_service_pb2_grpc.FeatureServingServiceStub
+    recommend: recommend_service_pb2_grpc.RecommendServiceStub
+
+    @classmethod
+    def connect(cls, registry: str, materialization: str, serving: str, recommend: str) -> Stubs:
+        return cls(
+            registry_service_pb2_grpc.RegistryServiceStub(grpc.insecure_channel(registry)),
+            materialization_service_pb2_grpc.MaterializationServiceStub(
+                grpc.insecure_channel(materialization)
+            ),
+            serving_service_pb2_grpc.FeatureServingServiceStub(grpc.insecure_channel(serving)),
+            recommend_service_pb2_grpc.RecommendServiceStub(grpc.insecure_channel(recommend)),
+        )
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def write_sample_data(directory: Path, users: int = 50, items: int = 200) -> dict[str, Path]:
+    """Deterministic user and item event tables, several events per key over DAYS days."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20261123)
+    paths = {}
+    for name, key, count, features in (
+        ("users", "user_id", users, USER_FEATURES),
+        ("items", "item_id", items, ITEM_FEATURES),
+    ):
+        events = count * 3
+        keys = np.concatenate([np.arange(1, count + 1), rng.integers(1, count + 1, events - count)])
+        seconds = rng.integers(0, DAYS * 86400, events)
+        columns: dict[str, object] = {
+            key: pa.array(keys, pa.int64()),
+            "event_ts": pa.array(
+                [DAY0 + timedelta(seconds=int(s)) for s in seconds],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+        for feature in features:
+            columns[feature] = pa.array(rng.random(events), pa.float64())
+        paths[name] = directory / f"{name}.parquet"
+        pq.write_table(pa.table(columns), paths[name])
+    return paths
+
+
+# --- definitions -----------------------------------------------------------------------------
+
+
+def register(stubs: Stubs, project: str, data: dict[str, Path]) -> None:
+    parent = f"projects/{project}"
+    stubs.registry.CreateProject(
+        rpb.CreateProjectRequest(
+            project_id=project, project=project_pb2.Project(description="demo")
+        )
+    )
+    for entity in ("user", "item"):
+        stubs.registry.CreateEntity(
+            rpb.CreateEntityRequest(
+                parent=parent,
+                entity_id=entity,
+                entity=entity_pb2.Entity(join_key=f"{entity}_id", key_type=VT.VALUE_TYPE_INT64),
+            )
+        )
+    for entity, source, view, features in (
+        ("user", "users", "user_profile", USER_FEATURES),
+        ("item", "items", "item_stats", ITEM_FEATURES),
+    ):
+        stubs.registry.CreateDataSource(
+            rpb.CreateDataSourceRequest(
+                parent=parent,
+                data_source_id=source,
+                data_source=data_source_pb2.DataSource(
+                    file=data_source_pb2.FileSource(
+                        path=str(data[source].resolve()),
+                        format=data_source_pb2.FileSource.FORMAT_PARQUET,
+                    ),
+                    event_timestamp_column="event_ts",
+                ),
+            )
+        )
+        fields = [
+            feature_view_pb2.FeatureField(name=f"{entity}_id", value_type=VT.VALUE_TYPE_INT64)
+        ]
+        fields += [
+            feature_view_pb2.FeatureField(name=name, value_type=VT.VALUE_TYPE_DOUBLE)
+            for name in features
+        ]
+        stubs.registry.CreateFeatureView(
+            rpb.CreateFeatureViewRequest(
+                parent=parent,
+                feature_view_id=view,
+                feature_view=FV(
+                    entity=entity,
+                    source=source,
+                    type=FV.TYPE_BATCH,
+                    fields=fields,
+                    online_enabled=True,
+                    offline_enabled=True,
+                ),
+            )
+        )
+
+
+def materialize(stubs: Stubs, project: str, timeout_s: float = 120) -> list[job_pb2.Job]:
+    """Backfill both views over the data's window and wait for the jobs to end."""
+    window = time_window_pb2.TimeWindow()
+    window.start_time.FromDatetime(WINDOW[0])
+    window.end_time.FromDatetime(WINDOW[1])
+    jobs = []
+    for view in ("user_profile", "item_stats"):
+        response = stubs.materialization.Backfill(
+            mpb.BackfillRequest(
+                feature_view=f"projects/{project}/featureViews/{view}", window=window
+            )
+        )
+        jobs += response.jobs
+    return [_wait(stubs, job.name, timeout_s) for job in jobs]
+
+
+def _wait(stubs: Stubs, name: str, timeout_s: float) -> job_pb2.Job:
+    last = None
+    for update in stubs.materialization.WatchJob(mpb.WatchJobRequest(name=name), timeout=timeout_s):
+        last = update.job
+    assert last is not None
+    return last
+
+
+def read_user_features(
+    stubs: Stubs, project: str, user_ids: Iterable[int]
+) -> spb.GetOnlineFeaturesResponse:
+    return stubs.serving.GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=project,
+            features=["user_profile:*"],
+            entity_keys=[value_pb2.Value(int64_value=user_id) for user_id in user_ids],
+        )
+    )
+
+
+def create_scene(stubs: Stubs, project: str, scene_id: str = "home_feed") -> scene_pb2.Scene:
+    params = struct_pb2.Struct()
+    params.update({"feature_view": "item_stats", "feature": "popularity"})
+    scene = scene_pb2.Scene(
+        project=project,
+        user_entity="user",
+        item_entity="item",
+        recalls=[scene_pb2.StageConfig(type="popularity", quota=100, params=params)],
+        rank=scene_pb2.RankConfig(
+            model_name="ranker",
+            features=[f"user_profile:{name}" for name in USER_FEATURES]
+            + [f"item_stats:{name}" for name in ITEM_FEATURES],
+            score_output="probs_ctr",
+        ),
+        reranks=[scene_pb2.StageConfig(type="top_n")],
+        top_n=10,
+    )
+    return stubs.recommend.CreateScene(cpb.CreateSceneRequest(scene_id=scene_id, scene=scene)).scene
+
+
+def recommend(stubs: Stubs, scene: str, user_id: int, size: int = 10) -> cpb.RecommendResponse:
+    return stubs.recommend.Recommend(
+        cpb.RecommendRequest(scene=scene, user_id=str(user_id), size=size), timeout=30
+    )
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.local.demo")
+    parser.add_argument("--user", type=int, default=7)
+    args = parser.parse_args(argv)
+    settings = ServiceSettings()
+    stubs = Stubs.connect(
+        settings.registry_addr,
+        settings.materialization_addr,
+        settings.serving_addr,
+        settings.recommend_addr,
+    )
+    project = f"demo_{int(time.time())}"
+    data = write_sample_data(settings.run_dir.resolve() / "demo" / project)
+    print(f"project {project}: sample data in {data['users'].parent}")
+    register(stubs, project, data)
+    print("registered entities user/item, sources users/items, views user_profile/item_stats")
+    for job in materialize(stubs, project):
+        state = job_pb2.Job.State.Name(job.state)
+        print(
+            f"job {job.name}: {state}, {job.progress.rows_read} rows read, "
+            f"{job.progress.rows_written_online} online"
+        )
+        if job.state != job_pb2.Job.STATE_SUCCEEDED:
+            print(f"  error: {job.error_message}")
+            return 1
+    features = read_user_features(stubs, project, [args.user])
+    shown = ", ".join(
+        f"{name}={column.values[0].double_value:.3f}"
+        for name, column in zip(features.feature_names, features.columns, strict=True)
+    )
+    print(f"user {args.user} online features: {shown}")
+    scene = create_scene(stubs, project, scene_id=project)
+    response = recommend(stubs, scene.name.rsplit("/", 1)[-1], args.user)
+    print(f"recommendations for user {args.user} in {scene.name}, request {response.request_id}:")
+    for rank, item in enumerate(response.items, start=1):
+        sources = ",".join(item.recall_sources)
+        print(f"  {rank:2d}. item {item.item_id:>4}  score {item.score:.4f}  via {sources}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The walking skeleton through the gRPC APIs of all four services, real PostgreSQL and Triton."""
+
+from __future__ import annotations
+
+import grpc
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from recstack.materialization.v1 import job_pb2
+from recstack.recommend.v1 import recommend_service_pb2 as cpb
+from recstack.serving.v1 import serving_service_pb2 as spb
+
+from shared.local import demo
+
+PROJECT = "skeleton"
+
+
+@pytest.fixture(scope="module")
+def stubs(registry_address, materialization_address, serving_address, recommend_address):
+    return demo.Stubs.connect(
+        registry_address, materialization_address, serving_address, recommend_address
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return demo.write_sample_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def materialized(stubs, data):
+    demo.register(stubs, PROJECT, data)
+    return demo.materialize(stubs, PROJECT)
+
+
+def _latest(path, key, key_value, feature):
+    table = pq.read_table(path)
+    rows = table.filter(pc.equal(table[key], key_value)).sort_by([("event_ts", "descending")])
+    return rows[feature][0].as_py()
+
+
+def test_jobs_succeed_and_count_rows(materialized, data):
+    assert [job.state for job in materialized] == [job_pb2.Job.STATE_SUCCEEDED] * 2
+    for job, source in zip(materialized, ("users", "items"), strict=True):
+        assert job.progress.rows_read == pq.read_metadata(data[source]).num_rows
+        assert job.progress.rows_written_offline == job.progress.rows_read
+
+
+def test_online_features_are_each_users_latest_event(stubs, materialized, data):
+    response = demo.read_user_features(stubs, PROJECT, [7, 50, 999])
+    columns = dict(zip(response.feature_names, response.columns, strict=True))
+    age = columns["user_profile:age_norm"]
+    assert list(age.statuses) == [spb.FEATURE_STATUS_PRESENT] * 2 + [spb.FEATURE_STATUS_NOT_FOUND]
+    assert age.values[0].double_value == _latest(data["users"], "user_id", 7, "age_norm")
+    assert age.values[1].double_value == _latest(data["users"], "user_id", 50, "age_norm")
+
+
+def test_recommend_ranks_popular_items_with_the_triton_model(stubs, materialized, triton_server):
+    scene = demo.create_scene(stubs, PROJECT)
+    response = demo.recommend(stubs, scene.name.rsplit("/", 1)[-1], user_id=7, size=10)
+    assert len(response.items) == 10
+    scores = [item.score for item in response.items]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 < score < 1.0 for score in scores)
+    assert all(item.recall_sources == ["popularity"] for item in response.items)
+    assert len({item.item_id for item in response.items}) == 10
+    assert response.request_id
+
+
+def test_recommend_unknown_scene_is_not_found(stubs, materialized):
+    with pytest.raises(grpc.RpcError) as caught:
+        stubs.recommend.Recommend(cpb.RecommendRequest(scene="nope", user_id="7"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_recommend_without_user_is_invalid_argument(stubs, materialized):
+    with pytest.raises(grpc.RpcError) as caught:
+        stubs.recommend.Recommend(cpb.RecommendRequest(scene="home_feed"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "user_id" in caught.value.details()
