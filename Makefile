@@ -15,7 +15,6 @@ TRITON_STAMP := .tools/triton/.installed
 BUF := node_modules/.bin/buf
 PROTO_FILES := $(shell find protos -name '*.proto')
 PROTO_STAMP := shared/gen/.generated
-MODELS_STAMP := .run/models.built
 PYTEST := $(PY) -m pytest
 
 .PHONY: help
@@ -63,12 +62,8 @@ $(PROTO_STAMP): $(PROTO_FILES) | $(VENV_STAMP)
 	touch $@
 
 .PHONY: models
-models: $(MODELS_STAMP) ## Build the ONNX models of the Triton model repository.
-
-$(MODELS_STAMP): $(VENV_STAMP) $(PROTO_STAMP) $(wildcard infra/triton/build_*.py)
-	mkdir -p .run
+models: $(VENV_STAMP) ## Build the ONNX models of the Triton model repository (idempotent, ~0.5 s).
 	$(PY) infra/triton/build_models.py infra/triton/models
-	touch $@
 
 # --- quality -----------------------------------------------------------------------------
 
@@ -82,7 +77,7 @@ lint: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) ## Ruff, buf lint/format, hadolint and
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 
 .PHONY: test
-test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(MODELS_STAMP) ## Run every test tier (unit, integration, e2e).
+test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Run every test tier (unit, integration, e2e).
 	$(PYTEST) tests/unit tests/integration tests/e2e
 
 .PHONY: test-unit
@@ -90,17 +85,17 @@ test-unit: $(VENV_STAMP) $(PROTO_STAMP) ## Fast tests, no servers.
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
-test-integration: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(MODELS_STAMP) ## Tests against real PostgreSQL and Triton.
+test-integration: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Tests against real PostgreSQL and Triton.
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(MODELS_STAMP) ## All services through their gRPC APIs.
+test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## All services through their gRPC APIs.
 	$(PYTEST) tests/e2e
 
 # --- local stack -------------------------------------------------------------------------
 
 .PHONY: up
-up: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(MODELS_STAMP) ## Start PostgreSQL (embedded if needed), Triton and the services.
+up: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Start PostgreSQL (embedded if needed), Triton and the services.
 	$(PY) -m shared.local.stack up
 
 .PHONY: status
@@ -112,7 +107,7 @@ down: ## Stop exactly the processes `make up` started.
 	@if [ -x $(PY) ]; then $(PY) -m shared.local.stack down; fi
 
 .PHONY: triton
-triton: $(VENV_STAMP) $(TRITON_STAMP) $(MODELS_STAMP) ## Run tritonserver in the foreground on the repo's model repository.
+triton: $(VENV_STAMP) $(TRITON_STAMP) models ## Run tritonserver in the foreground on the repo's model repository.
 	$(PY) -m shared.local.tritonserver
 
 .PHONY: demo

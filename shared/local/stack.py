@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
+from pydantic import ValidationError
 from sqlalchemy import make_url
 from tritonclient.grpc import InferenceServerClient
 from tritonclient.utils import InferenceServerException
@@ -47,7 +48,6 @@ STATE_VERSION = 1
 SERVICE_TIMEOUT_S = 60.0
 # Loading the Python-backend models (onnxruntime) takes a while on a 2-core laptop.
 TRITON_TIMEOUT_S = 120.0
-POSTGRES_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
 POLL_S = 0.25
@@ -216,6 +216,8 @@ def stop_process(record: ProcessRecord, timeout_s: float = STOP_TIMEOUT_S) -> st
     if not owns_group(record):
         return f"pid {record.pid} is gone or belongs to another process now: left alone"
     leader_alive = is_ours(record)
+    if not leader_alive and not live_group_members(record.pid):
+        return f"pid {record.pid} had already exited"
     with suppress(ProcessLookupError):
         if leader_alive:
             os.kill(record.pid, signal.SIGTERM)
@@ -293,13 +295,14 @@ def display_address(url: str) -> str:
     return f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
 
 
-def postgres_ready(url: str) -> bool:
+def postgres_problem(url: str) -> str | None:
+    """None when the server answers `select 1`, else the first line of psycopg's error."""
     try:
         with psycopg.connect(libpq_url(url), connect_timeout=2) as conn:
             conn.execute("select 1")
-    except psycopg.Error:
-        return False
-    return True
+    except psycopg.Error as exc:
+        return next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+    return None
 
 
 def triton_ready(address: str) -> bool:
@@ -413,13 +416,13 @@ def triton_launch(ctx: Context) -> Launch:
     address = f"{HOST}:{TRITON_PORTS['grpc']}"
     log_path = ctx.log_path(TRITON)
     return Launch(
-        TRITON,
-        address,
-        "ready",
-        partial(triton_ready, address),
-        partial(spawn_triton, log_path),
-        TRITON_TIMEOUT_S,
-        log_path,
+        name=TRITON,
+        address=address,
+        ready_label="ready",
+        probe=partial(triton_ready, address),
+        spawn=partial(spawn_triton, log_path),
+        timeout_s=TRITON_TIMEOUT_S,
+        log_path=log_path,
     )
 
 
@@ -428,13 +431,13 @@ def service_launch(ctx: Context, spec: ServiceSpec, database_url: str) -> Launch
     env = service_env(ctx, spec, database_url)
     spawn = partial(spawn_command, spec.name, spec.command, env, spec.ports, log_path)
     return Launch(
-        spec.name,
-        spec.address,
-        "SERVING",
-        partial(service_serving, spec.address),
-        spawn,
-        SERVICE_TIMEOUT_S,
-        log_path,
+        name=spec.name,
+        address=spec.address,
+        ready_label="SERVING",
+        probe=partial(service_serving, spec.address),
+        spawn=spawn,
+        timeout_s=SERVICE_TIMEOUT_S,
+        log_path=log_path,
     )
 
 
@@ -492,35 +495,34 @@ def postmaster_record(server: EmbeddedPostgres) -> ProcessRecord:
 
 def ensure_embedded_postgres(ctx: Context, state: StackState, started: list[ProcessRecord]) -> str:
     server = EmbeddedPostgres(ctx.run_dir)
-    record = state.get(POSTGRES)
-    if server.running_port() is not None:
+    was_running = server.running_port() is not None
+    try:
         url = server.start()
+    except Unavailable as exc:
+        raise StackError(f"{POSTGRES}: {exc.message}") from exc
+    if was_running:
+        record = state.get(POSTGRES)
         note = "" if record and is_ours(record) else " (not started by `up`; `down` leaves it)"
         print(f"{POSTGRES}: already running on {HOST}:{server.port}{note}")
-    else:
-        try:
-            url = server.start()
-        except Unavailable as exc:
-            raise StackError(f"{POSTGRES}: {exc.message}") from exc
-        record = postmaster_record(server)
-        state.put(record)
-        save_state(ctx.state_file, state)
-        started.append(record)
-        print(f"{POSTGRES}: started embedded server pid {record.pid} on {HOST}:{server.port}")
+        return url
+    record = postmaster_record(server)
+    state.put(record)
+    save_state(ctx.state_file, state)
+    started.append(record)
+    print(f"{POSTGRES}: started embedded server pid {record.pid} on {HOST}:{server.port}")
     return url
 
 
 def ensure_postgres(ctx: Context, state: StackState, started: list[ProcessRecord]) -> str:
     """The database URL the services get; starts the embedded server if none is configured."""
     url = ctx.database_url or ensure_embedded_postgres(ctx, state, started)
-    deadline = time.monotonic() + POSTGRES_TIMEOUT_S
-    while not postgres_ready(url):
-        if time.monotonic() > deadline:
-            raise StackError(
-                f"{POSTGRES}: {display_address(url)} does not answer `select 1`; start it or "
-                "fix RECSTACK_DATABASE_URL (unset, `up` runs an embedded server)"
-            )
-        time.sleep(POLL_S)
+    # No retry loop: `pg_ctl start -w` returns once the embedded server accepts connections.
+    problem = postgres_problem(url)
+    if problem is not None:
+        raise StackError(
+            f"{POSTGRES}: {display_address(url)} does not answer `select 1` ({problem}); start "
+            "it or fix RECSTACK_DATABASE_URL, or unset it to use the embedded server"
+        )
     if ctx.database_url:
         print(f"{POSTGRES}: using RECSTACK_DATABASE_URL, {display_address(url)} ready")
     return url
@@ -609,8 +611,9 @@ def cmd_up(ctx: Context) -> int:
     try:
         bring_up(ctx, state, started)
     except BaseException:
-        print("up failed: stopping what this call started", file=sys.stderr, flush=True)
-        stop_records(ctx, state, started)
+        if started:
+            print("up failed: stopping what this call started", file=sys.stderr, flush=True)
+            stop_records(ctx, state, started)
         raise
     if not started:
         print("stack already up: nothing to do")
@@ -656,7 +659,7 @@ def postgres_row(ctx: Context, state: StackState) -> StatusRow:
         server = EmbeddedPostgres(ctx.run_dir)
         server.port = server.running_port() or server.port
         url = server.url
-    ready = postgres_ready(url)
+    ready = postgres_problem(url) is None
     health = "ready" if ready else "down"
     return StatusRow(POSTGRES, pid_label(state, POSTGRES), display_address(url), health, ready)
 
@@ -694,7 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     # Progress lines must appear as they happen, also when `make` output goes to a pipe.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    ctx = Context.from_settings(ServiceSettings())
+    try:
+        ctx = Context.from_settings(ServiceSettings())
+    except ValidationError as exc:
+        print(f"{args.command}: invalid RECSTACK_* environment: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "status":
             return cmd_status(ctx)

@@ -15,8 +15,10 @@ from recstack.registry.v1 import (
     entity_pb2,
     feature_view_pb2,
     project_pb2,
-    registry_service_pb2 as pb,
     registry_service_pb2_grpc,
+)
+from recstack.registry.v1 import (
+    registry_service_pb2 as pb,
 )
 
 VT = value_pb2.ValueType
@@ -31,7 +33,9 @@ def stub(registry_address):
 @pytest.fixture
 def project(stub):
     project_id = f"p_{uuid.uuid4().hex[:8]}"
-    stub.CreateProject(pb.CreateProjectRequest(project_id=project_id, project=project_pb2.Project()))
+    stub.CreateProject(
+        pb.CreateProjectRequest(project_id=project_id, project=project_pb2.Project())
+    )
     return project_id
 
 
@@ -194,7 +198,9 @@ def test_file_source_requires_path(stub, project):
                 parent=f"projects/{project}",
                 data_source_id="events",
                 data_source=data_source_pb2.DataSource(
-                    file=data_source_pb2.FileSource(format=data_source_pb2.FileSource.FORMAT_PARQUET),
+                    file=data_source_pb2.FileSource(
+                        format=data_source_pb2.FileSource.FORMAT_PARQUET
+                    ),
                     event_timestamp_column="ts",
                 ),
             )

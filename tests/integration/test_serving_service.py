@@ -13,8 +13,10 @@ from recstack.registry.v1 import (
     entity_pb2,
     feature_view_pb2,
     project_pb2,
-    registry_service_pb2 as rpb,
     registry_service_pb2_grpc,
+)
+from recstack.registry.v1 import (
+    registry_service_pb2 as rpb,
 )
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
@@ -44,7 +46,9 @@ def serving(serving_address):
 def project(registry):
     project_id = f"s_{uuid.uuid4().hex[:8]}"
     parent = f"projects/{project_id}"
-    registry.CreateProject(rpb.CreateProjectRequest(project_id=project_id, project=project_pb2.Project()))
+    registry.CreateProject(
+        rpb.CreateProjectRequest(project_id=project_id, project=project_pb2.Project())
+    )
     registry.CreateEntity(
         rpb.CreateEntityRequest(
             parent=parent,
@@ -130,7 +134,9 @@ def test_older_event_never_overwrites_newer(serving, project):
     now = datetime.now(UTC)
     newer = _row(7, now, age=value_pb2.Value(double_value=2.0))
     older = _row(7, now - timedelta(minutes=5), age=value_pb2.Value(double_value=1.0))
-    serving.WriteFeatures(spb.WriteFeaturesRequest(project=project, feature_view="profile", rows=[newer]))
+    serving.WriteFeatures(
+        spb.WriteFeaturesRequest(project=project, feature_view="profile", rows=[newer])
+    )
     result = serving.WriteFeatures(
         spb.WriteFeaturesRequest(project=project, feature_view="profile", rows=[older])
     )
@@ -140,7 +146,9 @@ def test_older_event_never_overwrites_newer(serving, project):
 
 def test_value_older_than_ttl_is_outside_ttl(serving, project):
     stale = _row(9, datetime.now(UTC) - timedelta(hours=2), age=value_pb2.Value(double_value=5.0))
-    serving.WriteFeatures(spb.WriteFeaturesRequest(project=project, feature_view="profile", rows=[stale]))
+    serving.WriteFeatures(
+        spb.WriteFeaturesRequest(project=project, feature_view="profile", rows=[stale])
+    )
     column = _read(serving, project, [9], ["profile:age"]).columns[0]
     assert list(column.statuses) == [OUTSIDE_TTL]
 

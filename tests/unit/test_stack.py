@@ -77,6 +77,16 @@ def test_recycled_pid_is_never_signalled(sleeper: subprocess.Popen[bytes]) -> No
     assert sleeper.poll() is None
 
 
+def test_unreaped_process_counts_as_exited(sleeper: subprocess.Popen[bytes]) -> None:
+    record = record_of(sleeper.pid)
+    sleeper.kill()
+    deadline = time.monotonic() + 5
+    while stack.live_group_members(sleeper.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not stack.is_ours(record)
+    assert stack.stop_process(record) == f"pid {sleeper.pid} had already exited"
+
+
 def test_exited_process_is_not_ours(sleeper: subprocess.Popen[bytes]) -> None:
     record = record_of(sleeper.pid)
     sleeper.kill()

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql
 
-from services.registry.kinds import ALL_KINDS
+from services.registry.kinds import ALL_KINDS, ID_PATTERN
 from shared.db import transaction
 
 KINDS_BY_KEY = {kind.key: kind for kind in ALL_KINDS}
@@ -74,7 +74,11 @@ def encode_page_token(last_id: str) -> str:
 
 
 def decode_page_token(token: str) -> str:
-    return base64.urlsafe_b64decode(token.encode()).decode()
+    """The last id of the previous page; ValueError for anything this server did not issue."""
+    last_id = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    if not ID_PATTERN.fullmatch(last_id):
+        raise ValueError(f"not a page token: {token!r}")
+    return last_id
 
 
 class PostgresResourceRepository:

@@ -1,0 +1,313 @@
+"""The recommendation pipeline: recall → filter → rank → rerank over a columnar candidate set.
+
+Stages are small units behind one-method Protocols, registered by type name in a
+`StageRegistry` and listed per scene (NVIDIA Merlin systems' operators, alibaba/pairec's
+recall/filter/sort stages). Each registered type declares the candidate columns it needs and
+produces, so a scene whose stages cannot feed each other is rejected when it is saved rather
+than when a request reaches it. Every stage run is timed in one histogram labelled by scene,
+experiment variant and stage name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from google.protobuf import json_format
+from prometheus_client import Histogram
+from recstack.recommend.v1 import scene_pb2
+
+if TYPE_CHECKING:
+    from services.recommend.item_cache import ItemTable
+    from services.recommend.user_features import UserFeatureReader
+    from shared.model_server import ModelServer
+
+STAGE_SECONDS = Histogram(
+    "recstack_recommend_stage_seconds",
+    "Time spent in one pipeline stage of one request.",
+    ["scene", "variant", "stage"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+# The `variant` label of requests no experiment variant served.
+NO_VARIANT = "default"
+
+# Candidate columns the built-in stages exchange.
+ITEM_ID = "item_id"
+RECALL_SOURCES = "recall_sources"
+SCORE = "score"
+MODEL_INPUTS = "model_inputs"
+# Each model output `o` is the column `model:o`.
+MODEL_OUTPUT_PREFIX = "model:"
+
+
+class StageKind(StrEnum):
+    RECALL = "recall"
+    FILTER = "filter"
+    RANK = "rank"
+    RERANK = "rerank"
+
+
+# A scene's `rank` is a RankConfig rather than a StageConfig: it runs the rank type `model`
+# under the stage name `rank`.
+RANK_TYPE = "model"
+RANK_NAME = "rank"
+
+
+# --- data the stages see -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One configured stage of a scene: its type, unique name, quota and parameters."""
+
+    type: str
+    name: str
+    quota: int = 0
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, config: scene_pb2.StageConfig) -> StageSettings:
+        return cls(
+            config.type,
+            config.name or config.type,
+            config.quota,
+            json_format.MessageToDict(config.params),
+        )
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """What one request asks of every stage."""
+
+    scene_id: str
+    project: str
+    user_id: str
+    context: Mapping[str, Any]
+    size: int
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Items in pipeline order, with named columns of one entry per item (the first axis)."""
+
+    item_ids: np.ndarray
+    columns: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, item_ids: Sequence[str], **columns: np.ndarray) -> Candidates:
+        return cls(np.asarray(item_ids, dtype=str), columns)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def take(self, index: np.ndarray) -> Candidates:
+        """The candidates at `index` (integer positions or a boolean mask), in that order."""
+        columns = {name: column[index] for name, column in self.columns.items()}
+        return Candidates(self.item_ids[index], columns)
+
+    def with_columns(self, **columns: np.ndarray) -> Candidates:
+        return replace(self, columns={**self.columns, **columns})
+
+    def model_outputs(self) -> dict[str, np.ndarray]:
+        return {
+            name.removeprefix(MODEL_OUTPUT_PREFIX): column
+            for name, column in self.columns.items()
+            if name.startswith(MODEL_OUTPUT_PREFIX)
+        }
+
+
+# --- stage protocols: one method each -------------------------------------------------------
+
+
+class RecallStage(Protocol):
+    def recall(self, request: StageRequest) -> Sequence[str]:
+        """Item ids in preference order; the pipeline keeps at most the stage's quota."""
+        ...
+
+
+class FilterStage(Protocol):
+    def keep(self, request: StageRequest, candidates: Candidates) -> np.ndarray:
+        """A boolean mask of the candidates to keep."""
+        ...
+
+
+class RankStage(Protocol):
+    # Names of the model-input columns, for the Score API's debug output.
+    feature_names: tuple[str, ...]
+    # Item feature views the stage reads, for warming the item cache.
+    item_views: tuple[str, ...]
+
+    def rank(self, request: StageRequest, candidates: Candidates) -> Candidates:
+        """The candidates, in the same order, with the `score` column (and model outputs)."""
+        ...
+
+
+class RerankStage(Protocol):
+    def rerank(self, request: StageRequest, candidates: Candidates) -> Candidates: ...
+
+
+# --- what stage factories get -----------------------------------------------------------
+
+
+class ItemSource(Protocol):
+    """Item features by feature view, held in memory (the item cache)."""
+
+    def table(self, project: str, view_id: str) -> ItemTable: ...
+
+
+class Definitions(Protocol):
+    """Registry definitions (the cached registry client)."""
+
+    def feature_view(self, project: str, view_id: str, version: int = 0) -> Any: ...
+    def view_schema(self, project: str, view_id: str, version: int = 0) -> Any: ...
+    def entity(self, project: str, entity_id: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StageDeps:
+    items: ItemSource
+    user_features: UserFeatureReader
+    model_server: ModelServer
+    definitions: Definitions
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a stage factory may read: the scene it belongs to and the service's adapters."""
+
+    scene_id: str
+    scene: scene_pb2.Scene
+    deps: StageDeps
+
+
+def _no_check(_settings: StageSettings, _path: str) -> None:
+    return None
+
+
+def _no_views(_settings: StageSettings) -> Sequence[str]:
+    return ()
+
+
+@dataclass(frozen=True)
+class StageType:
+    """A registered stage implementation and the candidate columns it needs and produces."""
+
+    kind: StageKind
+    name: str
+    factory: Callable[[StageSettings, BuildContext], Any]
+    needs: frozenset[str] = frozenset()
+    produces: frozenset[str] = frozenset()
+    # Validates `params` when a scene is saved; raises InvalidArgument under `path`.
+    check: Callable[[StageSettings, str], None] = _no_check
+    # Item feature views the configured stage reads (for warming the item cache).
+    item_views: Callable[[StageSettings], Sequence[str]] = _no_views
+
+
+class StageRegistry:
+    """Stage types by kind and name; built explicitly, never a global mutable map."""
+
+    def __init__(self, types: Iterable[StageType]) -> None:
+        self._types: dict[tuple[StageKind, str], StageType] = {}
+        for stage_type in types:
+            key = (stage_type.kind, stage_type.name)
+            if key in self._types:
+                raise ValueError(f"{stage_type.kind} stage {stage_type.name!r} registered twice")
+            self._types[key] = stage_type
+
+    def get(self, kind: StageKind, name: str) -> StageType | None:
+        return self._types.get((kind, name))
+
+    def names(self, kind: StageKind) -> list[str]:
+        return sorted(name for stage_kind, name in self._types if stage_kind == kind)
+
+
+# --- the runnable pipeline ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Named:
+    """A built stage with its name in responses and metrics."""
+
+    name: str
+    stage: Any
+    quota: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    candidates: Candidates
+    # Candidates left after each stage, by stage name, in run order.
+    stage_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    scene_id: str
+    recalls: tuple[Named, ...]
+    filters: tuple[Named, ...]
+    rank: Named
+    reranks: tuple[Named, ...]
+    item_views: tuple[str, ...] = ()
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(self.rank.stage.feature_names)
+
+    def run(self, request: StageRequest, variant: str = NO_VARIANT) -> PipelineResult:
+        counts: dict[str, int] = {}
+        timer = _Timer(self.scene_id, variant)
+        candidates = self._recall(request, timer, counts)
+        for named in self.filters:
+            with timer(named.name):
+                candidates = candidates.take(named.stage.keep(request, candidates))
+            counts[named.name] = len(candidates)
+        candidates = self._rank(request, candidates, timer)
+        counts[self.rank.name] = len(candidates)
+        for named in self.reranks:
+            with timer(named.name):
+                candidates = named.stage.rerank(request, candidates)
+            counts[named.name] = len(candidates)
+        return PipelineResult(
+            candidates.take(np.arange(min(request.size, len(candidates)))), counts
+        )
+
+    def score(self, request: StageRequest, item_ids: Sequence[str]) -> Candidates:
+        """Only the rank stage, on the given items in the given order (the Score API)."""
+        return self._rank(request, Candidates.of(item_ids), _Timer(self.scene_id, NO_VARIANT))
+
+    def _recall(self, request: StageRequest, timer: _Timer, counts: dict[str, int]) -> Candidates:
+        # Insertion order is the merge order: recall stages in scene order, each in its own.
+        sources: dict[str, list[str]] = {}
+        for named in self.recalls:
+            with timer(named.name):
+                found = list(named.stage.recall(request))[: named.quota]
+            counts[named.name] = len(found)
+            for item_id in found:
+                sources.setdefault(item_id, []).append(named.name)
+        recall_sources = np.empty(len(sources), dtype=object)
+        recall_sources[:] = [tuple(names) for names in sources.values()]
+        return Candidates.of(list(sources), **{RECALL_SOURCES: recall_sources})
+
+    def _rank(self, request: StageRequest, candidates: Candidates, timer: _Timer) -> Candidates:
+        with timer(self.rank.name):
+            return self.rank.stage.rank(request, candidates)
+
+
+@dataclass(frozen=True)
+class _Timer:
+    scene: str
+    variant: str
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            STAGE_SECONDS.labels(self.scene, self.variant, stage).observe(elapsed)

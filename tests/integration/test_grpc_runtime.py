@@ -1,0 +1,160 @@
+"""The shared gRPC bootstrap on a real server: health, reflection, errors, auth, request ids."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from recstack.serving.v1 import serving_service_pb2 as pb
+from recstack.serving.v1 import serving_service_pb2_grpc
+
+from shared.errors import InvalidArgument, NotFound
+from shared.grpc_server import ServiceRegistration, create_grpc_server
+from shared.settings import ServiceSettings
+
+SERVICE = "recstack.serving.v1.FeatureServingService"
+
+
+class ScriptedServicer(serving_service_pb2_grpc.FeatureServingServiceServicer):
+    """Answers GetOnlineFeatures according to the project name, to exercise every path."""
+
+    def GetOnlineFeatures(self, request, context):
+        if request.project == "missing":
+            raise NotFound("projects/missing does not exist")
+        if request.project == "":
+            raise InvalidArgument("project", "is required")
+        if request.project == "crash":
+            raise RuntimeError("boom")
+        return pb.GetOnlineFeaturesResponse(feature_names=[request.project])
+
+
+def _start(tmp_path, *, token_file=None, checks=None):
+    settings = ServiceSettings(grpc_port=0, auth_token_file=token_file, service_name="serving")
+    registration = ServiceRegistration(
+        serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server,
+        ScriptedServicer(),
+        SERVICE,
+    )
+    return create_grpc_server(settings, [registration], readiness_checks=checks)
+
+
+@pytest.fixture
+def server(tmp_path):
+    running = _start(tmp_path)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+def test_health_serving_for_every_name(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE):
+        status = health.Check(health_pb2.HealthCheckRequest(service=name)).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    response = next(iter(stub.ServerReflectionInfo(iter([request]))))
+    names = {service.name for service in response.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+def test_domain_error_becomes_status_with_error_info(channel):
+    stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(project="missing"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    info = error_details_pb2.ErrorInfo()
+    status = rpc_status.from_call(caught.value)
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.domain) == ("NOT_FOUND", "recstack.serving")
+
+
+def test_invalid_argument_names_the_field(channel):
+    stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(project=""))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad_request = error_details_pb2.BadRequest()
+    status = rpc_status.from_call(caught.value)
+    assert status.details[1].Unpack(bad_request)
+    assert bad_request.field_violations[0].field == "project"
+
+
+def test_unexpected_error_is_internal_with_request_id(channel):
+    stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetOnlineFeatures(
+            pb.GetOnlineFeaturesRequest(project="crash"), metadata=[("x-request-id", "req-42")]
+        )
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "req-42" in caught.value.details()
+    assert "boom" not in caught.value.details()
+
+
+def test_request_id_is_echoed_in_trailers(channel):
+    stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+    _, call = stub.GetOnlineFeatures.with_call(
+        pb.GetOnlineFeaturesRequest(project="ok"), metadata=[("x-request-id", "abc")]
+    )
+    assert ("x-request-id", "abc") in call.trailing_metadata()
+
+
+def test_bearer_token_required_except_for_health(tmp_path):
+    token_file = tmp_path / "tokens"
+    token_file.write_text("s3cret\nother\n")
+    running = _start(tmp_path, token_file=token_file)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+            request = pb.GetOnlineFeaturesRequest(project="ok")
+            for metadata in (
+                [],
+                [("authorization", "Bearer wrong")],
+                [("authorization", "s3cret")],
+            ):
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.GetOnlineFeatures(request, metadata=metadata)
+                assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ok = stub.GetOnlineFeatures(request, metadata=[("authorization", "Bearer other")])
+            assert list(ok.feature_names) == ["ok"]
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == 1
+    finally:
+        running.stop(0)
+
+
+def test_failing_dependency_turns_health_not_serving(tmp_path):
+    def database_down() -> None:
+        raise ConnectionError("down")
+
+    running = _start(tmp_path, checks={"postgres": database_down})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE)).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        running.stop(0)
+
+
+def test_shutdown_turns_health_not_serving(tmp_path):
+    running = _start(tmp_path)
+    running.health.shutdown()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest()).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        running.server.stop(0)
