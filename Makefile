@@ -73,7 +73,8 @@ lint: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) ## Ruff, buf lint/format, hadolint and
 	$(PY) -m ruff format --check .
 	$(BUF) lint
 	$(BUF) format -d --exit-code
-	$(VENV)/bin/hadolint services/*/Dockerfile
+	$(VENV)/bin/hadolint services/*/Dockerfile infra/docker/*.Dockerfile infra/triton/Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet infra/k8s/*.yaml
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 
 .PHONY: test

@@ -1,0 +1,1 @@
+"""Filter stages: each drops candidates (already seen, excluded, out of stock, …)."""

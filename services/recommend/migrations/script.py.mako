@@ -1,0 +1,1 @@
+../../../shared/migrations_template/script.py.mako

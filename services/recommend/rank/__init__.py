@@ -1,0 +1,1 @@
+"""Rank stages: score the candidates (model inference on Triton)."""

@@ -1,0 +1,1 @@
+"""Recall stages: each proposes item ids for a request, up to its quota."""

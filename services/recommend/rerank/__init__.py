@@ -1,0 +1,1 @@
+"""Rerank stages: reorder and cut the ranked candidates (top-N, diversity, boosts, …)."""
