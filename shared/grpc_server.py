@@ -18,6 +18,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
@@ -288,15 +289,18 @@ def _passes(check: ReadinessCheck) -> bool:
 
 @dataclass
 class RunningServer:
-    """A started server, the port it bound, and its health monitor."""
+    """A started server, the port it bound, its health monitor and metrics endpoint."""
 
     server: grpc.Server
     port: int
     health: HealthMonitor
+    metrics: WSGIServer | None = None
 
     def stop(self, grace: float | None = None) -> None:
         self.health.shutdown()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.shutdown()
 
 
 def create_grpc_server(
@@ -331,10 +335,19 @@ def create_grpc_server(
     )
     port = _bind(server, settings)
     monitor = HealthMonitor(health_servicer, names, dict(readiness_checks or {}))
+    metrics = None
+    if settings.metrics_port:
+        metrics, _ = start_http_server(settings.metrics_port, addr=settings.grpc_host)
     server.start()
     monitor.start()
-    log.info("server_started", port=port, services=names, tls=settings.tls.enabled)
-    return RunningServer(server, port, monitor)
+    log.info(
+        "server_started",
+        port=port,
+        metrics_port=settings.metrics_port or None,
+        services=names,
+        tls=settings.tls.enabled,
+    )
+    return RunningServer(server, port, monitor, metrics)
 
 
 def _bind(server: grpc.Server, settings: ServiceSettings) -> int:
@@ -353,9 +366,7 @@ def _bind(server: grpc.Server, settings: ServiceSettings) -> int:
 
 
 def serve_forever(settings: ServiceSettings, running: RunningServer) -> None:
-    """Serve metrics, then block until SIGTERM/SIGINT and stop gracefully."""
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    """Block until SIGTERM/SIGINT, then stop gracefully."""
     stopping = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -64,7 +64,7 @@ def test_health_serving_for_every_name(channel):
 def test_reflection_lists_the_service(channel):
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
-    response = next(iter(stub.ServerReflectionInfo(iter([request]))))
+    [response] = list(stub.ServerReflectionInfo(iter([request])))
     names = {service.name for service in response.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
@@ -158,3 +158,88 @@ def test_shutdown_turns_health_not_serving(tmp_path):
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         running.server.stop(0)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_metrics_endpoint_counts_rpcs_and_errors(tmp_path):
+    import urllib.request
+
+    metrics_port = _free_port()
+    settings = ServiceSettings(grpc_port=0, metrics_port=metrics_port, service_name="serving")
+    registration = ServiceRegistration(
+        serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server,
+        ScriptedServicer(),
+        SERVICE,
+    )
+    running = create_grpc_server(settings, [registration])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+            stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(project="ok"))
+            with pytest.raises(grpc.RpcError):
+                stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(project="missing"))
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        method = "/recstack.serving.v1.FeatureServingService/GetOnlineFeatures"
+        assert f'recstack_rpc_duration_seconds_count{{code="OK",method="{method}"' in text
+        assert f'recstack_rpc_errors_total{{code="NOT_FOUND",method="{method}"' in text
+    finally:
+        running.stop(0)
+
+
+def test_tls_server_accepts_only_tls_clients(tmp_path):
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    settings = ServiceSettings(
+        grpc_port=0, service_name="serving", tls={"cert_file": cert, "key_file": key}
+    )
+    registration = ServiceRegistration(
+        serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server,
+        ScriptedServicer(),
+        SERVICE,
+    )
+    running = create_grpc_server(settings, [registration])
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", credentials) as channel:
+            stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+            response = stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(project="tls"), timeout=5)
+            assert list(response.feature_names) == ["tls"]
+        with grpc.insecure_channel(f"localhost:{running.port}") as channel:
+            stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(project="x"), timeout=2)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(0)

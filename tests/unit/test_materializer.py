@@ -164,7 +164,7 @@ def _materializer(source, online=None):
 
 
 def test_backfill_runs_a_job_to_success_on_enabled_stores(source):
-    materializer, jobs = _materializer(source)
+    materializer, _ = _materializer(source)
     [job] = materializer.backfill(
         "projects/p/featureViews/clicks", Window(T0, T0 + timedelta(days=1)), []
     )
