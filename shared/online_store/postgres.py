@@ -8,10 +8,12 @@ and large loads run near COPY speed. Reads of several views are one statement.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -19,9 +21,11 @@ from psycopg_pool import ConnectionPool
 from shared.errors import Unavailable
 from shared.feature_views import ViewSchema
 from shared.online_store.base import Row, ViewColumns, WriteResult
+from shared.request_context import seconds_remaining
 from shared.values import TYPES
 
 SCHEMA = "online"
+POOL_WAIT_SECONDS = 5.0
 
 
 def _pg_type(value_type: int) -> str:
@@ -192,11 +196,21 @@ class PostgresOnlineStore:
     def _table(self, view: ViewSchema) -> sql.Identifier:
         return sql.Identifier(SCHEMA, view.table_name)
 
-    def _connection(self) -> Any:
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        # Waiting for a pooled connection longer than the request may still run is wasted.
+        remaining = seconds_remaining()
+        timeout = POOL_WAIT_SECONDS if remaining is None else min(POOL_WAIT_SECONDS, remaining)
         try:
-            return self._pool.connection(timeout=5)
+            with self._pool.connection(timeout=timeout) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            raise Unavailable(
+                f"no online-store connection within {timeout:.1f}s: the database is down or "
+                "every pooled connection is busy (RECSTACK_DB_POOL_SIZE)"
+            ) from exc
         except psycopg.OperationalError as exc:
-            raise Unavailable(f"online store database is unreachable: {exc}") from exc
+            raise Unavailable(f"online store database connection failed: {exc}") from exc
 
 
 def _wrap_json(row: Row, json_columns: list[int]) -> Row:

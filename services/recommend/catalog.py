@@ -1,0 +1,325 @@
+"""Scenes and experiments: the standard methods (AIP-131..135) over a unit of work.
+
+Knows nothing of gRPC or SQL. Every write validates first and runs in one unit of work, so a
+rejected request leaves storage untouched; updates and deletes are conditional on the etag
+read, so a concurrent writer's change is never silently overwritten (ABORTED instead).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+from google.protobuf import field_mask_pb2
+from recstack.recommend.v1 import experiment_pb2, scene_pb2
+
+from services.recommend import validation
+from services.recommend.experiments import OverrideError, apply_overrides, variant_overrides
+from services.recommend.pipeline import StageRegistry
+from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+OUTPUT_ONLY_FIELDS = frozenset({"name", "create_time", "update_time", "etag"})
+# Both kinds carry `name`, `etag` and the two timestamps.
+Resource = scene_pb2.Scene | experiment_pb2.Experiment
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A resource kind: its storage key, its collection in names, and its message."""
+
+    key: str
+    collection: str
+    message: type[Resource]
+
+    def name(self, resource_id: str) -> str:
+        return f"{self.collection}/{resource_id}"
+
+    def parse_name(self, name: str, field: str = "name") -> str:
+        collection, _, resource_id = name.partition("/")
+        if collection != self.collection or not validation.ID_PATTERN.match(resource_id):
+            raise InvalidArgument(
+                field, f"{name!r} is not a {self.key} name; expected '{self.collection}/{{id}}'"
+            )
+        return resource_id
+
+
+SCENE = Kind("scene", "scenes", scene_pb2.Scene)
+EXPERIMENT = Kind("experiment", "experiments", experiment_pb2.Experiment)
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    kind: str
+    resource_id: str
+    spec: Resource
+    etag: str
+    create_time: datetime
+    update_time: datetime
+
+
+class ResourceRepository(Protocol):
+    def insert(self, record: StoredResource) -> bool:
+        """False when the id is taken."""
+        ...
+
+    def get(self, kind: str, resource_id: str) -> StoredResource | None: ...
+    def list(self, kind: str, after_id: str, limit: int) -> list[StoredResource]: ...
+
+    def replace(self, record: StoredResource, expected_etag: str) -> bool:
+        """False when the stored etag is no longer `expected_etag`."""
+        ...
+
+    def delete(self, kind: str, resource_id: str, expected_etag: str) -> bool: ...
+    def experiments_of(self, scene_id: str) -> list[StoredResource]: ...
+
+
+UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Resource]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class ServingSnapshot:
+    """A scene and its experiments as read together for one request."""
+
+    scene: scene_pb2.Scene
+    experiments: list[experiment_pb2.Experiment]
+
+
+class Catalog:
+    def __init__(
+        self,
+        unit_of_work: UnitOfWork,
+        stages: StageRegistry,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._unit_of_work = unit_of_work
+        self._stages = stages
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._prepare = {SCENE.key: self._prepare_scene, EXPERIMENT.key: self._prepare_experiment}
+
+    # --- standard methods -----------------------------------------------------------------
+
+    def create(
+        self, kind: Kind, resource_id: str, resource: Resource, validate_only: bool = False
+    ) -> Resource:
+        validation.check_id(resource_id, f"{kind.key}_id")
+        with self._unit_of_work() as repo:
+            spec = _copy(resource)
+            _clear_output_only(spec)
+            self._prepare[kind.key](repo, resource_id, spec, False)
+            now = self._clock()
+            record = _stamp(kind, StoredResource(kind.key, resource_id, spec, "", now, now))
+            if validate_only:
+                return record.spec
+            if not repo.insert(record):
+                raise AlreadyExists(f"{kind.name(resource_id)} already exists")
+            return record.spec
+
+    def get(self, kind: Kind, name: str) -> Resource:
+        resource_id = kind.parse_name(name)
+        with self._unit_of_work() as repo:
+            return _require(repo, kind, resource_id).spec
+
+    def list(self, kind: Kind, page_size: int, page_token: str, filter_text: str = "") -> Page:
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        if filter_text:
+            raise InvalidArgument("filter", "filtering is not supported by this server version")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_page_token(page_token)
+        with self._unit_of_work() as repo:
+            records = repo.list(kind.key, after, size + 1)
+        more = len(records) > size
+        records = records[:size]
+        token = _encode_page_token(records[-1].resource_id) if more else ""
+        return Page([record.spec for record in records], token)
+
+    def update(self, kind: Kind, resource: Resource, mask_paths: list[str]) -> Resource:
+        name = getattr(resource, "name", "")
+        if not name:
+            raise InvalidArgument(f"{kind.key}.name", "is required")
+        resource_id = kind.parse_name(name, f"{kind.key}.name")
+        if not resource.etag:
+            raise InvalidArgument(
+                f"{kind.key}.etag", "is required: send the etag of the version you read"
+            )
+        mask = _update_mask(kind, mask_paths)
+        with self._unit_of_work() as repo:
+            current = _require(repo, kind, resource_id)
+            _check_etag(current, resource.etag, kind.key)
+            spec = _copy(current.spec)
+            mask.MergeMessage(resource, spec, replace_message_field=True, replace_repeated_field=True)
+            self._prepare[kind.key](repo, resource_id, spec, True)
+            record = _stamp(kind, replace(current, spec=spec, update_time=self._clock()))
+            if not repo.replace(record, current.etag):
+                raise Aborted(f"{name} changed concurrently; read it again and retry")
+            return record.spec
+
+    def delete(self, kind: Kind, name: str, etag: str) -> None:
+        resource_id = kind.parse_name(name)
+        with self._unit_of_work() as repo:
+            current = _require(repo, kind, resource_id)
+            if etag:
+                _check_etag(current, etag, kind.key)
+            if kind is SCENE:
+                _check_no_experiments(repo, resource_id)
+            if not repo.delete(kind.key, resource_id, current.etag):
+                raise Aborted(f"{name} changed concurrently; read it again and retry")
+
+    # --- reads for serving ----------------------------------------------------------------
+
+    def snapshot(self, scene_id: str) -> ServingSnapshot:
+        """A scene and its experiments from one transaction; NOT_FOUND for an unknown scene."""
+        with self._unit_of_work() as repo:
+            record = repo.get(SCENE.key, scene_id)
+            if record is None:
+                raise NotFound(f"{SCENE.name(scene_id)} does not exist", reason="SCENE_NOT_FOUND")
+            experiments = [r.spec for r in repo.experiments_of(scene_id)]
+        return ServingSnapshot(record.spec, experiments)
+
+    def scenes(self) -> Iterator[tuple[str, scene_pb2.Scene]]:
+        """Every stored scene, a page per transaction."""
+        after = ""
+        while True:
+            with self._unit_of_work() as repo:
+                records = repo.list(SCENE.key, after, MAX_PAGE_SIZE)
+            for record in records:
+                yield record.resource_id, record.spec
+            if len(records) < MAX_PAGE_SIZE:
+                return
+            after = records[-1].resource_id
+
+    # --- validation per kind --------------------------------------------------------------
+
+    def _prepare_scene(
+        self, repo: ResourceRepository, scene_id: str, scene: Resource, updating: bool
+    ) -> None:
+        assert isinstance(scene, scene_pb2.Scene)
+        validation.apply_scene_defaults(scene)
+        validation.validate_scene(scene, self._stages)
+        if updating:
+            for record in repo.experiments_of(scene_id):
+                experiment = record.spec
+                assert isinstance(experiment, experiment_pb2.Experiment)
+                self._check_variants(scene, experiment, f"experiments/{record.resource_id}")
+
+    def _prepare_experiment(
+        self, repo: ResourceRepository, experiment_id: str, experiment: Resource, _updating: bool
+    ) -> None:
+        assert isinstance(experiment, experiment_pb2.Experiment)
+        validation.apply_experiment_defaults(experiment, experiment_id)
+        validation.validate_experiment(experiment)
+        scene = repo.get(SCENE.key, experiment.scene)
+        if scene is None:
+            raise NotFound(f"experiment.scene: {SCENE.name(experiment.scene)} does not exist")
+        assert isinstance(scene.spec, scene_pb2.Scene)
+        self._check_variants(scene.spec, experiment, "experiment")
+
+    def _check_variants(
+        self, scene: scene_pb2.Scene, experiment: experiment_pb2.Experiment, path: str
+    ) -> None:
+        """Every variant's overrides must turn the scene into a valid scene."""
+        for index, variant in enumerate(experiment.variants):
+            field = f"{path}.variants[{index}].overrides"
+            try:
+                validation.validate_scene(
+                    apply_overrides(scene, variant_overrides(variant)), self._stages
+                )
+            except (OverrideError, InvalidArgument) as exc:
+                message = f"gives an invalid scene: {exc}"
+                if path == "experiment":
+                    raise InvalidArgument(field, message) from None
+                # A scene update would break a stored experiment: the fix is elsewhere.
+                raise FailedPrecondition(
+                    f"{field} {message}; update or delete that experiment first",
+                    reason="BREAKS_EXPERIMENT",
+                ) from None
+
+
+def _copy(message: Resource) -> Resource:
+    clone = type(message)()
+    clone.CopyFrom(message)
+    return clone
+
+
+def _clear_output_only(spec: Resource) -> None:
+    for field in OUTPUT_ONLY_FIELDS:
+        spec.ClearField(field)
+
+
+def _stamp(kind: Kind, record: StoredResource) -> StoredResource:
+    """Fill the output-only fields of the stored spec, with a new etag."""
+    spec = record.spec
+    spec.name = kind.name(record.resource_id)
+    spec.create_time.FromDatetime(record.create_time)
+    spec.update_time.FromDatetime(record.update_time)
+    spec.etag = uuid.uuid4().hex
+    return replace(record, spec=spec, etag=spec.etag)
+
+
+def _require(repo: ResourceRepository, kind: Kind, resource_id: str) -> StoredResource:
+    record = repo.get(kind.key, resource_id)
+    if record is None:
+        raise NotFound(f"{kind.name(resource_id)} does not exist")
+    return record
+
+
+def _check_etag(current: StoredResource, etag: str, field: str) -> None:
+    if etag != current.etag:
+        raise Aborted(
+            f"{field}.etag {etag!r} is stale (current {current.etag!r}): read it again and retry",
+            reason="ETAG_MISMATCH",
+        )
+
+
+def _check_no_experiments(repo: ResourceRepository, scene_id: str) -> None:
+    experiments = [EXPERIMENT.name(r.resource_id) for r in repo.experiments_of(scene_id)]
+    if experiments:
+        raise FailedPrecondition(
+            f"{SCENE.name(scene_id)} is used by {', '.join(experiments[:10])}; delete those first",
+            reason="HAS_DEPENDANTS",
+        )
+
+
+def _update_mask(kind: Kind, paths: list[str]) -> field_mask_pb2.FieldMask:
+    """The mask to apply; empty means every field a client may set (a full replace)."""
+    descriptor = kind.message.DESCRIPTOR
+    writable = sorted(f.name for f in descriptor.fields if f.name not in OUTPUT_ONLY_FIELDS)
+    mask = field_mask_pb2.FieldMask(paths=list(paths) or writable)
+    if not mask.IsValidForDescriptor(descriptor):
+        raise InvalidArgument(
+            "update_mask", f"{list(paths)} names a field {kind.key} does not have; use {writable}"
+        )
+    output_only = sorted({p.split(".")[0] for p in mask.paths} & OUTPUT_ONLY_FIELDS)
+    if output_only:
+        raise InvalidArgument("update_mask", f"{output_only} are output only")
+    return mask
+
+
+def _encode_page_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def _decode_page_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        after = base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        after = ""
+    if not validation.ID_PATTERN.match(after):
+        raise InvalidArgument("page_token", "is not a token from a previous response")
+    return after
