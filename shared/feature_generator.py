@@ -6,9 +6,10 @@ the consistency the EasyRec processor's FG exists for (seeds/001). The generator
 one JSON-able document stored with the model, in EasyRec's vocabulary:
 
     {"features": [
-        {"feature_type": "raw_feature", "feature_name": "age", "expression": "user:user_profile:age"},
-        {"feature_type": "raw_feature", "feature_name": "ctr", "expression": "item:item_stats:ctr",
-         "default_value": 0.0}
+        {"feature_type": "raw_feature", "feature_name": "age",
+         "expression": "user:user_profile:age"},
+        {"feature_type": "raw_feature", "feature_name": "ctr",
+         "expression": "item:item_stats:ctr", "default_value": 0.0}
     ]}
 
 `expression` is `<side>:<input>`: the side (`user`, `item`) says which mapping the input is read

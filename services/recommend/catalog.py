@@ -161,7 +161,9 @@ class Catalog:
             current = _require(repo, kind, resource_id)
             _check_etag(current, resource.etag, kind.key)
             spec = _copy(current.spec)
-            mask.MergeMessage(resource, spec, replace_message_field=True, replace_repeated_field=True)
+            mask.MergeMessage(
+                resource, spec, replace_message_field=True, replace_repeated_field=True
+            )
             self._prepare[kind.key](repo, resource_id, spec, True)
             record = _stamp(kind, replace(current, spec=spec, update_time=self._clock()))
             if not repo.replace(record, current.etag):

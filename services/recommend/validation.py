@@ -8,12 +8,14 @@ the pipeline is built for a request.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 
 from recstack.recommend.v1 import experiment_pb2, scene_pb2
 
 from services.recommend.pipeline import (
+    ITEM_ID,
     RANK_NAME,
     RANK_TYPE,
     RECALL_SOURCES,
@@ -126,8 +128,8 @@ def _check_unique_names(configured: list[tuple[str, StageSettings, StageType]]) 
 def _check_columns(configured: list[tuple[str, StageSettings, StageType]]) -> None:
     """Each stage may need only columns that earlier stages produce."""
     recalls = [stage_type for _, _, stage_type in configured if stage_type.kind == StageKind.RECALL]
-    # Recall stages run side by side; the merge adds which recalls found each item.
-    available = {RECALL_SOURCES}.union(*(stage_type.produces for stage_type in recalls))
+    # Recall stages run side by side; their merge yields item ids and which recalls found each.
+    available = {ITEM_ID, RECALL_SOURCES}.union(*(stage_type.produces for stage_type in recalls))
     for config_path, settings, stage_type in configured:
         missing = stage_type.needs - (set() if stage_type.kind == StageKind.RECALL else available)
         if missing:
@@ -198,7 +200,7 @@ def _check_range(variant: experiment_pb2.Variant, bucket_count: int, path: str) 
 
 def _check_no_overlap(experiment: experiment_pb2.Experiment, path: str) -> None:
     ordered = sorted(enumerate(experiment.variants), key=lambda pair: pair[1].bucket_start)
-    for (_, previous), (index, variant) in zip(ordered, ordered[1:], strict=False):
+    for (_, previous), (index, variant) in itertools.pairwise(ordered):
         if variant.bucket_start < previous.bucket_end:
             raise InvalidArgument(
                 f"{path}.variants[{index}]",

@@ -13,6 +13,9 @@ import sqlalchemy as sa
 from services.materialization.server import MaterializationSettings
 from services.materialization.server import create_server as create_materialization
 from services.materialization.server import open_deps as open_materialization_deps
+from services.recommend.server import RecommendSettings
+from services.recommend.server import create_server as create_recommend
+from services.recommend.server import open_deps as open_recommend_deps
 from services.registry.server import MIGRATIONS as REGISTRY_MIGRATIONS
 from services.registry.server import SCHEMA as REGISTRY_SCHEMA
 from services.registry.server import RegistryDeps, RegistrySettings
@@ -73,3 +76,21 @@ def materialization_address(
     deps.online_store.close()
     deps.registry.close()
     deps.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def recommend_address(
+    database_url: str, registry_address: str, serving_address: str, triton_server: object
+) -> Iterator[str]:
+    settings = RecommendSettings(
+        grpc_port=0,
+        database_url=database_url,
+        registry_addr=registry_address,
+        serving_addr=serving_address,
+        triton_addr=triton_server.grpc_address,  # type: ignore[attr-defined]
+        registry_cache_seconds=0.0,
+        required_models=["ranker"],
+    )
+    running, port = create_recommend(settings, open_recommend_deps(settings))
+    yield f"127.0.0.1:{port}"
+    running.stop(0)

@@ -52,12 +52,15 @@ class PostgresResourceRepository:
         self._connection = connection
 
     def insert(self, record: StoredResource) -> bool:
+        table = TABLES[record.kind]
+        # RETURNING, not rowcount: SQLAlchemy reports no rowcount for INSERT by default.
         statement = (
-            postgresql.insert(TABLES[record.kind])
+            postgresql.insert(table)
             .values(**_row(record))
             .on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id)
         )
-        return self._connection.execute(statement).rowcount == 1
+        return self._connection.execute(statement).first() is not None
 
     def get(self, kind: str, resource_id: str) -> StoredResource | None:
         table = TABLES[kind]

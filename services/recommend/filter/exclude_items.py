@@ -51,6 +51,4 @@ def check(settings: StageSettings, path: str) -> None:
         raise InvalidArgument(f"{path}.params", f"unknown parameters {unknown}")
 
 
-STAGE = StageType(
-    StageKind.FILTER, "exclude_items", build, needs=frozenset({ITEM_ID}), check=check
-)
+STAGE = StageType(StageKind.FILTER, "exclude_items", build, needs=frozenset({ITEM_ID}), check=check)

@@ -94,12 +94,16 @@ class ModelRank:
 
     def rank(self, request: StageRequest, candidates: Candidates) -> Candidates:
         count = len(candidates)
+        if count == 0:
+            # Nothing to score: no user-feature read, no inference (Triton refuses batch 0).
+            empty = np.empty((0, len(self.feature_names)), dtype=np.float32)
+            return candidates.with_columns(**{SCORE: np.empty(0), MODEL_INPUTS: empty})
         matrix = self._features(request, candidates)
         if not self._rank.model_name:
             # Recall order as a score in (0, 1], so top_n keeps it.
-            order_score = (count - np.arange(count, dtype=np.float64)) / max(count, 1)
+            order_score = (count - np.arange(count, dtype=np.float64)) / count
             return candidates.with_columns(**{SCORE: order_score, MODEL_INPUTS: matrix})
-        score = self._infer(matrix) if count else np.empty(0, dtype=np.float64)
+        score = self._infer(matrix)
         return candidates.with_columns(
             **{
                 SCORE: score,

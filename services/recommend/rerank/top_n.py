@@ -37,6 +37,4 @@ def check(settings: StageSettings, path: str) -> None:
         raise InvalidArgument(f"{path}.params", "top_n takes no parameters; size is top_n")
 
 
-STAGE = StageType(
-    StageKind.RERANK, "top_n", build, needs=frozenset({ITEM_ID, SCORE}), check=check
-)
+STAGE = StageType(StageKind.RERANK, "top_n", build, needs=frozenset({ITEM_ID, SCORE}), check=check)

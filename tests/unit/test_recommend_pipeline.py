@@ -1,0 +1,599 @@
+"""Stages, the item cache, the pipeline and the Recommender, on fakes of their Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from google.protobuf import struct_pb2
+from prometheus_client import REGISTRY
+from recstack.recommend.v1 import experiment_pb2, scene_pb2
+from recstack.registry.v1 import entity_pb2, feature_view_pb2
+
+from services.recommend.catalog import EXPERIMENT, SCENE, Catalog, StoredResource
+from services.recommend.filter.exclude_items import ExcludeItems
+from services.recommend.item_cache import ItemCache
+from services.recommend.pipeline import Candidates, StageDeps, StageRequest
+from services.recommend.recall.popularity import PopularityRecall
+from services.recommend.recommender import Recommender, RecommendQuery, ScoreQuery
+from services.recommend.rerank.top_n import TopN
+from services.recommend.stages import PipelineCache, build_pipeline, default_stage_registry
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.feature_views import Feature, ViewSchema
+from shared.online_store import ViewColumns
+from shared.values import VT
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+PROJECT = "shop"
+
+# --- fakes ----------------------------------------------------------------------------------
+
+
+def schema(name: str, join_key: str, **features: int) -> ViewSchema:
+    return ViewSchema(
+        PROJECT,
+        name,
+        1,
+        join_key,
+        VT.VALUE_TYPE_INT64,
+        tuple(Feature(n, t) for n, t in features.items()),
+    )
+
+
+USER_PROFILE = schema(
+    "user_profile", "user_id", age=VT.VALUE_TYPE_INT64, activity=VT.VALUE_TYPE_DOUBLE
+)
+ITEM_STATS = schema(
+    "item_stats",
+    "item_id",
+    popularity=VT.VALUE_TYPE_DOUBLE,
+    price=VT.VALUE_TYPE_FLOAT,
+    title=VT.VALUE_TYPE_STRING,
+)
+# Item 4 has no popularity; 1 and 3 tie.
+ITEM_ROWS = {
+    "popularity": [5.0, 3.0, 5.0, None, 1.0, 4.0],
+    "price": [10.0, 20.0, 30.0, 40.0, 50.0, None],
+    "title": ["a", "b", "c", "d", "e", "f"],
+}
+
+
+class FakeDefinitions:
+    def __init__(self) -> None:
+        self.views = {"user_profile": ("user", USER_PROFILE), "item_stats": ("item", ITEM_STATS)}
+        self.entities = {
+            "user": entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64),
+            "item": entity_pb2.Entity(join_key="item_id", key_type=VT.VALUE_TYPE_INT64),
+        }
+
+    def feature_view(self, project, view_id, version=0):
+        if view_id not in self.views:
+            raise NotFound(f"projects/{project}/featureViews/{view_id} does not exist")
+        return feature_view_pb2.FeatureView(name=view_id, entity=self.views[view_id][0])
+
+    def view_schema(self, project, view_id, version=0):
+        self.feature_view(project, view_id)
+        return self.views[view_id][1]
+
+    def entity(self, project, entity_id):
+        return self.entities[entity_id]
+
+
+class FakeStore:
+    """`OnlineStore.scan` over in-memory rows; `fail` makes the next scans raise."""
+
+    def __init__(self) -> None:
+        self.rows = {"item_stats": ([1, 2, 3, 4, 5, 6], dict(ITEM_ROWS), [NOW] * 6)}
+        self.scans = 0
+        self.fail = False
+
+    def scan(self, view, features):
+        self.scans += 1
+        if self.fail:
+            raise Unavailable("online store down")
+        keys, values, times = self.rows[view.name]
+        return list(keys), ViewColumns({f: list(values[f]) for f in features}, list(times))
+
+
+class FakeModelServer:
+    """Scores each item as the dot product of its features with `weights`."""
+
+    def __init__(self, weights: list[float]) -> None:
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.calls: list[tuple[str, np.ndarray, list[str], str]] = []
+        self.error: Exception | None = None
+
+    def infer(self, model, inputs, outputs, *, version=""):
+        self.calls.append((model, inputs["features"], list(outputs), version))
+        if self.error is not None:
+            raise self.error
+        return {outputs[0]: (inputs["features"] @ self.weights).reshape(-1, 1)}
+
+    def is_ready(self, model=None):
+        return True
+
+
+class FakeUserFeatures:
+    def __init__(self, values: dict) -> None:
+        self.values = values
+        self.calls: list[tuple] = []
+
+    def read(self, project, refs, key, key_type):
+        self.calls.append((project, tuple(refs), key, key_type))
+        return {ref: self.values.get(ref) for ref in refs}
+
+
+class MemoryRepository:
+    """`ResourceRepository` in a dict (no rollback: the unit tests never need one)."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], StoredResource] = {}
+
+    def insert(self, record):
+        key = (record.kind, record.resource_id)
+        if key in self.records:
+            return False
+        self.records[key] = record
+        return True
+
+    def get(self, kind, resource_id):
+        return self.records.get((kind, resource_id))
+
+    def list(self, kind, after_id, limit):
+        found = sorted(
+            (r for (k, i), r in self.records.items() if k == kind and i > after_id),
+            key=lambda r: r.resource_id,
+        )
+        return found[:limit]
+
+    def replace(self, record, expected_etag):
+        current = self.get(record.kind, record.resource_id)
+        if current is None or current.etag != expected_etag:
+            return False
+        self.records[(record.kind, record.resource_id)] = record
+        return True
+
+    def delete(self, kind, resource_id, expected_etag):
+        return self.records.pop((kind, resource_id), None) is not None
+
+    def experiments_of(self, scene_id):
+        return [
+            r
+            for (k, _), r in self.records.items()
+            if k == "experiment" and r.spec.scene == scene_id
+        ]
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+class World:
+    def __init__(self) -> None:
+        self.definitions = FakeDefinitions()
+        self.store = FakeStore()
+        self.cache = ItemCache(
+            self.store, self.definitions, refresh_seconds=3600, clock=lambda: NOW
+        )
+        self.model = FakeModelServer([0.0, 1.0, 0.0, 0.0])
+        self.users = FakeUserFeatures({"user_profile:age": 30, "user_profile:activity": None})
+        self.deps = StageDeps(self.cache, self.users, self.model, self.definitions)
+        self.stages = default_stage_registry()
+        repository = MemoryRepository()
+
+        @contextmanager
+        def unit_of_work() -> Iterator[MemoryRepository]:
+            yield repository
+
+        self.catalog = Catalog(unit_of_work, self.stages, clock=lambda: NOW)
+        self.recommender = Recommender(self.catalog, PipelineCache(self.stages, self.deps))
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def params(**values) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def popularity(name: str, feature: str, quota: int) -> scene_pb2.StageConfig:
+    return scene_pb2.StageConfig(
+        type="popularity",
+        name=name,
+        quota=quota,
+        params=params(feature_view="item_stats", feature=feature),
+    )
+
+
+def make_scene(**changes) -> scene_pb2.Scene:
+    scene = scene_pb2.Scene(
+        project=PROJECT,
+        user_entity="user",
+        item_entity="item",
+        recalls=[popularity("popular", "popularity", 3), popularity("pricey", "price", 2)],
+        filters=[scene_pb2.StageConfig(type="exclude_items")],
+        rank=scene_pb2.RankConfig(
+            model_name="ranker",
+            features=[
+                "user_profile:age",
+                "item_stats:price",
+                "user_profile:activity",
+                "item_stats:popularity",
+            ],
+            score_output="probs_ctr",
+        ),
+        reranks=[scene_pb2.StageConfig(type="top_n")],
+        top_n=10,
+    )
+    for field, value in changes.items():
+        if isinstance(value, scene_pb2.RankConfig):
+            scene.rank.CopyFrom(value)
+        else:
+            setattr(scene, field, value)
+    return scene
+
+
+def request(size: int = 10, **context) -> StageRequest:
+    return StageRequest("home", PROJECT, "7", context, size)
+
+
+# --- item cache -----------------------------------------------------------------------------
+
+
+def test_item_table_is_columnar_with_missing_values(world):
+    table = world.cache.table(PROJECT, "item_stats")
+    rows = table.rows(["3", "99", "4"])
+
+    np.testing.assert_array_equal(rows, [2, -1, 3])
+    assert table.columns["popularity"].dtype == np.float64
+    np.testing.assert_array_equal(table.column("popularity", rows), [5.0, np.nan, np.nan])
+    assert table.column("title", rows).tolist() == ["c", None, "d"]
+
+
+def test_item_cache_loads_a_view_once_then_serves_from_memory(world):
+    world.cache.table(PROJECT, "item_stats")
+    world.cache.table(PROJECT, "item_stats")
+
+    assert world.store.scans == 1
+
+
+def test_refresh_swaps_in_new_rows_and_keeps_the_old_table_on_failure(world):
+    before = world.cache.table(PROJECT, "item_stats")
+    keys, values, times = world.store.rows["item_stats"]
+    world.store.rows["item_stats"] = (
+        [*keys, 7],
+        {k: [*v, v[0]] for k, v in values.items()},
+        [*times, NOW],
+    )
+
+    world.cache.refresh()
+    after = world.cache.table(PROJECT, "item_stats")
+    world.store.fail = True
+    world.cache.refresh()
+
+    assert len(before) == 6
+    assert len(after) == 7
+    assert world.cache.table(PROJECT, "item_stats") is after
+
+
+def test_rows_older_than_the_view_ttl_are_missing(world):
+    world.definitions.views["item_stats"] = ("item", replace(ITEM_STATS, ttl_seconds=60))
+    _, _, times = world.store.rows["item_stats"]
+    times[0] = NOW - timedelta(hours=1)
+
+    table = world.cache.table(PROJECT, "item_stats")
+
+    assert np.isnan(table.columns["popularity"][0])
+    assert table.columns["popularity"][1] == 3.0
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def test_popularity_recall_takes_the_top_quota_ties_by_id(world):
+    recall = PopularityRecall(world.cache, PROJECT, "item_stats", "popularity", 3)
+
+    assert recall.recall(request()) == ["1", "3", "6"]
+
+
+def test_popularity_recall_never_returns_items_without_a_value(world):
+    recall = PopularityRecall(world.cache, PROJECT, "item_stats", "popularity", 100)
+
+    assert recall.recall(request()) == ["1", "3", "6", "2", "5"]
+
+
+@pytest.mark.parametrize("feature", ["missing", "title"])
+def test_popularity_recall_needs_a_numeric_feature(world, feature):
+    recall = PopularityRecall(world.cache, PROJECT, "item_stats", feature, 3)
+
+    with pytest.raises(FailedPrecondition):
+        recall.recall(request())
+
+
+def test_exclude_items_drops_the_context_ids():
+    candidates = Candidates.of(["1", "2", "3"])
+
+    keep = ExcludeItems("exclude_item_ids").keep(request(exclude_item_ids=["2", "9"]), candidates)
+
+    assert candidates.take(keep).item_ids.tolist() == ["1", "3"]
+
+
+def test_exclude_items_keeps_everything_without_the_context_key():
+    keep = ExcludeItems("exclude_item_ids").keep(request(), Candidates.of(["1", "2"]))
+
+    assert keep.tolist() == [True, True]
+
+
+def test_exclude_items_wants_a_string_list():
+    with pytest.raises(InvalidArgument) as error:
+        ExcludeItems("exclude_item_ids").keep(
+            request(exclude_item_ids=[1, 2]), Candidates.of(["1"])
+        )
+
+    assert error.value.field == "context.exclude_item_ids"
+
+
+def test_top_n_sorts_by_score_then_item_id_and_cuts_to_size():
+    candidates = Candidates.of(
+        ["b", "a", "c", "d", "e"], score=np.array([0.5, 0.5, 0.9, np.nan, 0.1])
+    )
+
+    result = TopN().rerank(request(size=4), candidates)
+
+    assert result.item_ids.tolist() == ["c", "a", "b", "e"]
+    assert result.columns["score"].tolist() == [0.9, 0.5, 0.5, 0.1]
+
+
+# --- rank and the pipeline ------------------------------------------------------------------
+
+
+def test_rank_builds_the_feature_matrix_in_configured_order(world):
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    scored = pipeline.score(request(), ["6", "1", "99"])
+
+    matrix = scored.columns["model_inputs"]
+    assert pipeline.feature_names == (
+        "user_profile:age",
+        "item_stats:price",
+        "user_profile:activity",
+        "item_stats:popularity",
+    )
+    # age 30; price (6 has none, 99 is unknown: 0.0); activity missing: 0.0; popularity.
+    np.testing.assert_array_equal(
+        matrix, np.float32([[30, 0, 0, 4], [30, 10, 0, 5], [30, 0, 0, 0]])
+    )
+    assert scored.columns["score"].tolist() == [0.0, 10.0, 0.0]  # the price column
+    model, sent, outputs, _ = world.model.calls[0]
+    assert (model, outputs) == ("ranker", ["probs_ctr"])
+    assert sent.dtype == np.float32
+    assert world.users.calls == [
+        (PROJECT, ("user_profile:age", "user_profile:activity"), 7, VT.VALUE_TYPE_INT64)
+    ]
+
+
+def test_pipeline_runs_every_stage_in_order(world):
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+    before = REGISTRY.get_sample_value(
+        "recstack_recommend_stage_seconds_count",
+        {"scene": "home", "variant": "default", "stage": "pricey"},
+    )
+
+    result = pipeline.run(request(size=3, exclude_item_ids=["3"]))
+
+    # popular: 1, 3, 6; pricey (by price): 5, 4. Filter drops 3; the model scores by price.
+    assert result.candidates.item_ids.tolist() == ["5", "4", "1"]
+    assert result.candidates.columns["recall_sources"].tolist() == [
+        ("pricey",),
+        ("pricey",),
+        ("popular",),
+    ]
+    assert result.stage_counts == {
+        "popular": 3,
+        "pricey": 2,
+        "exclude_items": 4,
+        "rank": 4,
+        "top_n": 3,
+    }
+    after = REGISTRY.get_sample_value(
+        "recstack_recommend_stage_seconds_count",
+        {"scene": "home", "variant": "default", "stage": "pricey"},
+    )
+    assert after == (before or 0) + 1
+
+
+def test_an_item_found_by_two_recalls_lists_both(world):
+    scene = make_scene()
+    scene.recalls[1].params.update({"feature": "popularity"})
+
+    result = build_pipeline("home", scene, world.stages, world.deps).run(request())
+
+    assert result.candidates.item_ids.tolist().count("1") == 1
+    row = result.candidates.item_ids.tolist().index("1")
+    assert result.candidates.columns["recall_sources"][row] == ("popular", "pricey")
+
+
+def test_without_a_model_rank_keeps_recall_order(world):
+    scene = make_scene(rank=scene_pb2.RankConfig())
+
+    result = build_pipeline("home", scene, world.stages, world.deps).run(request())
+
+    assert result.candidates.item_ids.tolist() == ["1", "3", "6", "5", "4"]
+    assert world.model.calls == []
+
+
+def test_model_server_down_is_unavailable(world):
+    world.model.error = Unavailable("Triton at 127.0.0.1:8001 is unavailable")
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    with pytest.raises(Unavailable):
+        pipeline.run(request())
+
+
+def test_a_model_that_rejects_the_features_is_a_scene_problem(world):
+    world.model.error = InvalidArgument("inputs.features", "expected 8 columns")
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    with pytest.raises(FailedPrecondition, match="rank model 'ranker'"):
+        pipeline.run(request())
+
+
+def test_a_non_integer_user_id_for_int64_users_is_invalid(world):
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    with pytest.raises(InvalidArgument) as error:
+        pipeline.run(replace(request(), user_id="alice"))
+
+    assert error.value.field == "user_id"
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("nope:age", "does not exist"),
+        ("item_stats:nope", "no feature"),
+        ("item_stats:title", "STRING"),
+    ],
+)
+def test_rank_features_are_checked_against_the_registry(world, ref, message):
+    scene = make_scene(rank=scene_pb2.RankConfig(model_name="m", score_output="o", features=[ref]))
+
+    with pytest.raises(FailedPrecondition, match=message):
+        build_pipeline("home", scene, world.stages, world.deps)
+
+
+def test_rank_features_of_another_entity_are_refused(world):
+    world.definitions.views["shops"] = ("shop", USER_PROFILE)
+    scene = make_scene(
+        rank=scene_pb2.RankConfig(model_name="m", score_output="o", features=["shops:age"])
+    )
+
+    with pytest.raises(FailedPrecondition, match="neither the user entity"):
+        build_pipeline("home", scene, world.stages, world.deps)
+
+
+def test_pipeline_lists_the_item_views_it_reads(world):
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    assert pipeline.item_views == ("item_stats",)
+
+
+# --- the Recommender ------------------------------------------------------------------------
+
+
+def test_recommend_returns_items_sources_and_model_scores(world):
+    world.catalog.create(SCENE, "home", make_scene())
+
+    result = world.recommender.recommend(RecommendQuery("home", "7", size=2, debug=True))
+
+    assert [(i.item_id, i.score, i.recall_sources) for i in result.items] == [
+        ("5", 50.0, ("pricey",)),
+        ("4", 40.0, ("pricey",)),
+    ]
+    assert result.items[0].model_scores == {"probs_ctr": 50.0}
+    assert result.variants == ()
+    assert result.stage_counts["top_n"] == 2
+
+
+def test_recommend_defaults_size_to_the_scene_top_n(world):
+    world.catalog.create(SCENE, "home", make_scene(top_n=4))
+
+    result = world.recommender.recommend(RecommendQuery("home", "7"))
+
+    assert len(result.items) == 4
+    assert result.stage_counts == {}
+
+
+def test_recommend_serves_and_lists_the_users_variant(world):
+    world.catalog.create(SCENE, "home", make_scene())
+    overrides = struct_pb2.Struct()
+    overrides.update({"top_n": 1, "recalls": {"pricey": None}})
+    experiment = experiment_pb2.Experiment(
+        scene="home",
+        variants=[
+            experiment_pb2.Variant(name="all", bucket_start=0, bucket_end=100, overrides=overrides)
+        ],
+    )
+    world.catalog.create(EXPERIMENT, "exp", experiment)
+
+    result = world.recommender.recommend(RecommendQuery("home", "7"))
+
+    # Only `popular` recalls (1, 3, 6); the model scores by price, so 3 wins.
+    assert result.variants == ("exp/all",)
+    assert [item.item_id for item in result.items] == ["3"]
+
+
+def test_recommend_unknown_scene_is_not_found(world):
+    with pytest.raises(NotFound):
+        world.recommender.recommend(RecommendQuery("nope", "7"))
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (RecommendQuery("home", ""), "user_id"),
+        (RecommendQuery("", "7"), "scene"),
+        (RecommendQuery("home", "7", size=501), "size"),
+        (RecommendQuery("home", "7", size=-1), "size"),
+    ],
+)
+def test_recommend_bad_requests_name_the_field(world, query, field):
+    world.catalog.create(SCENE, "home", make_scene())
+
+    with pytest.raises(InvalidArgument) as error:
+        world.recommender.recommend(query)
+
+    assert error.value.field == field
+
+
+def test_score_keeps_request_order_and_returns_debug_features(world):
+    world.catalog.create(SCENE, "home", make_scene())
+
+    scores = world.recommender.score(ScoreQuery("home", "7", ["2", "1"], debug_level=1))
+
+    assert [(i.item_id, i.score) for i in scores.items] == [("2", 20.0), ("1", 10.0)]
+    assert scores.feature_names[1] == "item_stats:price"
+    np.testing.assert_array_equal(scores.features[:, 1], [20.0, 10.0])
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (ScoreQuery("home", "7", []), "item_ids"),
+        (ScoreQuery("home", "7", ["1", ""]), "item_ids[1]"),
+        (ScoreQuery("home", "", ["1"]), "user_id"),
+        (ScoreQuery("home", "7", ["1"], debug_level=2), "debug_level"),
+    ],
+)
+def test_score_bad_requests_name_the_field(world, query, field):
+    world.catalog.create(SCENE, "home", make_scene())
+
+    with pytest.raises(InvalidArgument) as error:
+        world.recommender.score(query)
+
+    assert error.value.field == field
+
+
+def test_item_views_in_use_lists_every_scenes_item_views(world):
+    world.catalog.create(SCENE, "home", make_scene())
+
+    assert list(world.recommender.item_views_in_use()) == [(PROJECT, "item_stats")]
+
+
+def test_nothing_recalled_means_no_model_call_and_no_items(world):
+    world.store.rows["item_stats"] = ([], {k: [] for k in ITEM_ROWS}, [])
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    result = pipeline.run(request())
+
+    assert len(result.candidates) == 0
+    assert world.model.calls == []
+    assert world.users.calls == []
+    assert result.stage_counts["top_n"] == 0
