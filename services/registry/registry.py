@@ -1,27 +1,29 @@
-"""Registry domain: create, read, update and delete feature-store definitions.
+"""Registry domain: create, read, update, delete and declaratively apply definitions.
 
-Knows nothing of gRPC. Every write runs in one unit of work, so a rejected request leaves
-storage untouched.
+Knows nothing of gRPC. Every request runs in one unit of work, so a rejected request (or a
+rejected definition anywhere in an apply) leaves storage untouched.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
-from recstack.registry.v1 import feature_view_pb2
 
-from services.registry import validation
 from services.registry.adapters.repository import (
+    Change,
     ResourceRepository,
     StoredResource,
     decode_page_token,
     encode_page_token,
 )
+from services.registry.filtering import parse_filter
 from services.registry.kinds import (
     DATA_SOURCE,
     EMBEDDING_MODEL,
@@ -33,20 +35,31 @@ from services.registry.kinds import (
     check_id,
     parse_project,
 )
+from services.registry.preparation import prepare, ref
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from shared.values import VT
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
+# Called after commit with (kind, stored record) for every version created or deleted.
+VersionListener = Callable[[str, StoredResource], None]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-OUTPUT_ONLY_FIELDS = frozenset({"name", "version", "create_time", "update_time", "etag"})
+MAX_CHANGES = 1000
+OUTPUT_ONLY_FIELDS = frozenset(
+    {"name", "version", "create_time", "update_time", "etag", "resolved_features"}
+)
 # Feature-view fields that change only metadata: updating them never creates a version.
 IN_PLACE_FIELDS = frozenset({"description", "tags", "owner", "online_enabled", "offline_enabled"})
+# Apply creates in this order (references first) and prunes in the reverse.
+APPLY_ORDER = (ENTITY, DATA_SOURCE, EMBEDDING_MODEL, FEATURE_VIEW, MODEL_FEATURE_SET)
 
 
-def ref(kind: Kind, project: str, resource_id: str) -> str:
-    return f"{kind.key}:{project}/{resource_id}"
+class Action(enum.Enum):
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    NEW_VERSION = "NEW_VERSION"
+    DELETE = "DELETE"
+    UNCHANGED = "UNCHANGED"
 
 
 @dataclass(frozen=True)
@@ -55,12 +68,49 @@ class Page:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class Declared:
+    """One resource of an apply: its kind, id and desired spec."""
+
+    kind: Kind
+    resource_id: str
+    spec: Message
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    name: str
+    action: Action
+    changed_fields: tuple[str, ...] = ()
+
+
+@dataclass
+class _Events:
+    created: list[tuple[str, StoredResource]] = field(default_factory=list)
+    deleted: list[tuple[str, StoredResource]] = field(default_factory=list)
+
+
+class _DryRun(Exception):
+    """Raised at the end of a validate-only apply so its unit of work rolls back."""
+
+    def __init__(self, steps: list[PlanStep]) -> None:
+        super().__init__("dry run")
+        self.steps = steps
+
+
 class Registry:
     def __init__(
-        self, unit_of_work: UnitOfWork, clock: Callable[[], datetime] | None = None
+        self,
+        unit_of_work: UnitOfWork,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        on_version_created: VersionListener | None = None,
+        on_version_deleted: VersionListener | None = None,
     ) -> None:
         self._unit_of_work = unit_of_work
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._on_created = on_version_created
+        self._on_deleted = on_version_deleted
 
     # --- standard methods -------------------------------------------------------------
 
@@ -69,26 +119,21 @@ class Registry:
     ) -> Message:
         check_id(resource_id, f"{kind.key}_id")
         project = resource_id if kind.top_level else parse_project(parent)
+        events = _Events()
         with self._unit_of_work() as repo:
             if not kind.top_level:
-                self._require(repo, PROJECT, project, project)
-            spec = _copy(resource)
-            refs = self._prepare(repo, kind, project, spec)
-            now = self._clock()
-            record = StoredResource(kind.key, project, resource_id, 1, spec, refs, "", now, now)
-            record = _stamp(kind, record)
-            if validate_only:
-                return record.spec
-            if not repo.insert(record):
-                raise AlreadyExists(f"{kind.name(project, resource_id)} already exists")
-            return record.spec
+                _require(repo, PROJECT, project, project)
+            writer = _Writer(repo, self._clock(), events)
+            record = writer.create(kind, project, resource_id, resource, write=not validate_only)
+        self._publish(events)
+        return record.spec
 
     def get(self, kind: Kind, name: str, version: int = 0) -> Message:
         project, resource_id = kind.parse_name(name)
         if version < 0:
             raise InvalidArgument("version", "must not be negative")
         with self._unit_of_work() as repo:
-            return self._require(repo, kind, project, resource_id, version).spec
+            return _require(repo, kind, project, resource_id, version).spec
 
     def list(
         self, kind: Kind, parent: str, page_size: int, page_token: str, filter_text: str
@@ -96,15 +141,14 @@ class Registry:
         project = None if kind.top_level else parse_project(parent)
         if page_size < 0:
             raise InvalidArgument("page_size", "must not be negative")
-        if filter_text:
-            raise InvalidArgument("filter", "filtering is not supported by this server version")
+        conditions = parse_filter(filter_text, kind.message.DESCRIPTOR)
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         try:
             after = decode_page_token(page_token) if page_token else ""
         except ValueError:
             raise InvalidArgument("page_token", "is not a token from a previous response") from None
         with self._unit_of_work() as repo:
-            records = repo.list_latest(kind.key, project, after, size + 1)
+            records = repo.list_latest(kind.key, project, after, size + 1, conditions)
         more = len(records) > size
         records = records[:size]
         token = encode_page_token(records[-1].resource_id) if more else ""
@@ -116,129 +160,205 @@ class Registry:
             raise InvalidArgument(f"{kind.key}.name", "is required")
         project, resource_id = kind.parse_name(name, f"{kind.key}.name")
         paths = _update_paths(kind, resource, mask_paths)
+        events = _Events()
         with self._unit_of_work() as repo:
-            current = self._require(repo, kind, project, resource_id)
+            current = _require(repo, kind, project, resource_id)
             _check_etag(current, resource.etag, kind.key)
-            spec = _copy(current.spec)
+            desired = _copy(current.spec)
             for path in paths:
-                _copy_field(resource, spec, path)
-            refs = self._prepare(repo, kind, project, spec)
-            new_version = kind.versioned and not set(paths) <= IN_PLACE_FIELDS
-            record = replace(
-                current,
-                spec=spec,
-                refs=refs,
-                update_time=self._clock(),
-                version=current.version + (1 if new_version else 0),
-            )
-            record = _stamp(kind, record)
-            written = repo.insert(record) if new_version else repo.replace(record, current.etag)
-            if not written:
-                raise Aborted(f"{name} changed concurrently; read it again and retry")
-            return record.spec
+                _copy_field(resource, desired, path)
+            record, _, _ = _Writer(repo, self._clock(), events).update(kind, current, desired)
+        self._publish(events)
+        return record.spec
 
     def delete(self, kind: Kind, name: str, etag: str, version: int = 0) -> None:
         project, resource_id = kind.parse_name(name)
+        if version < 0:
+            raise InvalidArgument("version", "must not be negative")
+        events = _Events()
         with self._unit_of_work() as repo:
-            current = self._require(repo, kind, project, resource_id, version)
+            current = _require(repo, kind, project, resource_id, version)
             _check_etag(current, etag, kind.key)
-            repo.delete(kind.key, project, resource_id, version or None)
-            # Checked after the delete, inside the transaction: only removing the last
-            # version of a resource can strand its dependants, and raising rolls it back.
-            if repo.get(kind.key, project, resource_id) is None:
-                dependants = repo.dependants(ref(kind, project, resource_id))
-                if dependants:
-                    raise FailedPrecondition(
-                        f"{name} is used by {', '.join(dependants[:10])}; delete those first",
-                        reason="HAS_DEPENDANTS",
-                    )
+            _Writer(repo, self._clock(), events).delete(kind, project, resource_id, version)
+        self._publish(events)
 
-    # --- helpers ----------------------------------------------------------------------
+    # --- declarative apply ------------------------------------------------------------
 
-    def _require(
-        self, repo: ResourceRepository, kind: Kind, project: str, resource_id: str, version: int = 0
+    def apply(
+        self, parent: str, declared: Sequence[Declared], validate_only: bool, prune: bool
+    ) -> list[PlanStep]:
+        """Bring the project to the declared state in one transaction; return the plan."""
+        project = parse_project(parent)
+        _check_declarations(declared)
+        events = _Events()
+        try:
+            with self._unit_of_work() as repo:
+                writer = _Writer(repo, self._clock(), events)
+                steps = self._apply_in(writer, repo, project, declared, prune)
+                if validate_only:
+                    raise _DryRun(steps)
+        except _DryRun as dry_run:
+            return dry_run.steps
+        self._publish(events)
+        return steps
+
+    def _apply_in(
+        self,
+        writer: _Writer,
+        repo: ResourceRepository,
+        project: str,
+        declared: Sequence[Declared],
+        prune: bool,
+    ) -> list[PlanStep]:
+        steps = []
+        if repo.get(PROJECT.key, project, project) is None:
+            writer.create(PROJECT, project, project, PROJECT.message())
+            steps.append(PlanStep(PROJECT.name(project, project), Action.CREATE))
+        by_kind = {kind.key: [d for d in declared if d.kind is kind] for kind in APPLY_ORDER}
+        for kind in APPLY_ORDER:
+            for item in by_kind[kind.key]:
+                steps.append(writer.upsert(kind, project, item.resource_id, item.spec))
+        if prune:
+            for kind in reversed(APPLY_ORDER):
+                wanted = {item.resource_id for item in by_kind[kind.key]}
+                for record in _all_latest(repo, kind, project):
+                    if record.resource_id not in wanted:
+                        writer.delete(kind, project, record.resource_id, 0)
+                        steps.append(
+                            PlanStep(kind.name(project, record.resource_id), Action.DELETE)
+                        )
+        return steps
+
+    # --- change feed ------------------------------------------------------------------
+
+    def changes(self, since_revision: int, page_size: int) -> tuple[list[Change], int]:
+        """Writes after `since_revision`, oldest first, and the revision to ask from next."""
+        if since_revision < 0:
+            raise InvalidArgument("since_revision", "must not be negative")
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must not be negative")
+        limit = min(page_size or MAX_CHANGES, MAX_CHANGES)
+        with self._unit_of_work() as repo:
+            found = repo.changes_since(since_revision, limit)
+        return found, found[-1].revision if found else since_revision
+
+    def _publish(self, events: _Events) -> None:
+        for kind, record in events.created:
+            if self._on_created is not None:
+                self._on_created(kind, record)
+        for kind, record in events.deleted:
+            if self._on_deleted is not None:
+                self._on_deleted(kind, record)
+
+
+class _Writer:
+    """Writes within one unit of work, recording version events for after the commit."""
+
+    def __init__(self, repo: ResourceRepository, now: datetime, events: _Events) -> None:
+        self._repo = repo
+        self._now = now
+        self._events = events
+
+    def create(
+        self, kind: Kind, project: str, resource_id: str, resource: Message, write: bool = True
     ) -> StoredResource:
-        record = repo.get(kind.key, project, resource_id, version or None)
-        if record is None:
-            suffix = f" version {version}" if version else ""
-            raise NotFound(f"{kind.name(project, resource_id)}{suffix} does not exist")
+        spec = _copy(resource)
+        refs = prepare(self._repo, kind, project, spec)
+        record = StoredResource(
+            kind.key, project, resource_id, 1, spec, refs, "", self._now, self._now
+        )
+        record = _stamp(kind, record)
+        if not write:
+            return record
+        if not self._repo.insert(record):
+            raise AlreadyExists(f"{kind.name(project, resource_id)} already exists")
+        self._events.created.append((kind.key, record))
         return record
 
-    def _prepare(
-        self, repo: ResourceRepository, kind: Kind, project: str, spec: Message
-    ) -> tuple[str, ...]:
-        """Validate a spec, fill defaults, and return the references it holds."""
-        refs: list[str] = [] if kind.top_level else [ref(PROJECT, project, project)]
-        if kind is ENTITY:
-            validation.validate_entity(spec)
-        elif kind is DATA_SOURCE:
-            validation.validate_data_source(spec)
-        elif kind is EMBEDDING_MODEL:
-            validation.apply_embedding_model_defaults(spec)
-            validation.validate_embedding_model(spec)
-        elif kind is FEATURE_VIEW:
-            refs += self._prepare_feature_view(repo, project, spec)
-        elif kind is MODEL_FEATURE_SET:
-            refs += self._prepare_feature_set(repo, project, spec)
-        return tuple(refs)
+    def update(
+        self, kind: Kind, current: StoredResource, desired: Message
+    ) -> tuple[StoredResource, Action, tuple[str, ...]]:
+        spec = _copy(desired)
+        refs = prepare(self._repo, kind, current.project, spec)
+        changed = _changed_fields(current.spec, spec)
+        if not changed:
+            return current, Action.UNCHANGED, ()
+        new_version = kind.versioned and not set(changed) <= IN_PLACE_FIELDS
+        record = replace(
+            current,
+            spec=spec,
+            refs=refs,
+            update_time=self._now,
+            version=current.version + (1 if new_version else 0),
+        )
+        record = _stamp(kind, record)
+        if new_version:
+            written = self._repo.insert(record)
+            self._events.created.append((kind.key, record))
+        else:
+            written = self._repo.replace(record, current.etag)
+        if not written:
+            raise Aborted(f"{record.spec.name} changed concurrently; read it again and retry")
+        return record, Action.NEW_VERSION if new_version else Action.UPDATE, changed
 
-    def _prepare_feature_view(
-        self, repo: ResourceRepository, project: str, view: feature_view_pb2.FeatureView
-    ) -> list[str]:
-        entity = self._require_ref(repo, ENTITY, project, view.entity, "feature_view.entity")
-        validation.validate_feature_view(view, entity.spec.join_key, entity.spec.key_type)
-        refs = [ref(ENTITY, project, view.entity)]
-        if view.source:
-            self._require_ref(repo, DATA_SOURCE, project, view.source, "feature_view.source")
-            refs.append(ref(DATA_SOURCE, project, view.source))
-        names = {field.name for field in view.fields}
-        for index, field in enumerate(view.fields):
-            if not field.HasField("production"):
-                continue
-            path = f"feature_view.fields[{index}].production"
-            self._require_ref(
-                repo, EMBEDDING_MODEL, project, field.production.embedding_model, path
-            )
-            if field.value_type != VT.VALUE_TYPE_FLOAT_LIST:
-                raise InvalidArgument(path, "an LLM_EMBEDDING field must be VALUE_TYPE_FLOAT_LIST")
-            if field.production.input_field not in names:
-                raise InvalidArgument(
-                    f"{path}.input_field", f"{field.production.input_field!r} is not a field"
+    def upsert(self, kind: Kind, project: str, resource_id: str, desired: Message) -> PlanStep:
+        check_id(resource_id, "definitions.id")
+        name = kind.name(project, resource_id)
+        current = self._repo.get(kind.key, project, resource_id)
+        if current is None:
+            self.create(kind, project, resource_id, desired)
+            return PlanStep(name, Action.CREATE)
+        _, action, changed = self.update(kind, current, desired)
+        return PlanStep(name, action, changed)
+
+    def delete(self, kind: Kind, project: str, resource_id: str, version: int) -> None:
+        doomed = [
+            record
+            for record in self._repo.list_versions(kind.key, project, resource_id)
+            if version in (0, record.version)
+        ]
+        self._repo.delete(kind.key, project, resource_id, version or None)
+        # Checked after the delete, inside the transaction: only removing the last
+        # version of a resource can strand its dependants, and raising rolls it back.
+        if self._repo.get(kind.key, project, resource_id) is None:
+            dependants = self._repo.dependants(ref(kind, project, resource_id))
+            if dependants:
+                raise FailedPrecondition(
+                    f"{kind.name(project, resource_id)} is used by "
+                    f"{', '.join(dependants[:10])}; delete those first",
+                    reason="HAS_DEPENDANTS",
                 )
-            refs.append(ref(EMBEDDING_MODEL, project, field.production.embedding_model))
-        return refs
+        self._events.deleted += [(kind.key, record) for record in doomed]
 
-    def _prepare_feature_set(
-        self, repo: ResourceRepository, project: str, spec: Message
-    ) -> list[str]:
-        if not spec.features:
-            raise InvalidArgument("model_feature_set.features", "list at least one feature")
-        del spec.resolved_features[:]
-        refs: list[str] = []
-        for index, text in enumerate(spec.features):
-            path = f"model_feature_set.features[{index}]"
-            view_id, _, feature = text.partition(":")
-            if not view_id or not feature:
-                raise InvalidArgument(path, f"{text!r} is not `view:feature` or `view:*`")
-            view = self._require_ref(repo, FEATURE_VIEW, project, view_id, path)
-            fields = [field.name for field in view.spec.fields]
-            chosen = fields if feature == "*" else [feature]
-            if feature != "*" and feature not in fields:
-                raise InvalidArgument(path, f"feature view {view_id!r} has no field {feature!r}")
-            for name in chosen:
-                spec.resolved_features.add(feature_view=view_id, version=view.version, feature=name)
-            refs.append(ref(FEATURE_VIEW, project, view_id))
-        return refs
 
-    def _require_ref(
-        self, repo: ResourceRepository, kind: Kind, project: str, resource_id: str, field: str
-    ) -> StoredResource:
-        if not resource_id:
-            raise InvalidArgument(field, "is required")
-        record = repo.get(kind.key, project, resource_id)
-        if record is None:
-            raise NotFound(f"{field}: {kind.name(project, resource_id)} does not exist")
-        return record
+def _require(
+    repo: ResourceRepository, kind: Kind, project: str, resource_id: str, version: int = 0
+) -> StoredResource:
+    record = repo.get(kind.key, project, resource_id, version or None)
+    if record is None:
+        suffix = f" version {version}" if version else ""
+        raise NotFound(f"{kind.name(project, resource_id)}{suffix} does not exist")
+    return record
+
+
+def _all_latest(repo: ResourceRepository, kind: Kind, project: str) -> list[StoredResource]:
+    records: list[StoredResource] = []
+    while page := repo.list_latest(
+        kind.key, project, records[-1].resource_id if records else "", MAX_PAGE_SIZE
+    ):
+        records += page
+    return records
+
+
+def _check_declarations(declared: Sequence[Declared]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for index, item in enumerate(declared):
+        key = (item.kind.key, item.resource_id)
+        if key in seen:
+            raise InvalidArgument(
+                f"definitions[{index}].id", f"{item.kind.key} {item.resource_id!r} declared twice"
+            )
+        seen.add(key)
 
 
 def _copy(message: Message) -> Message:
@@ -259,16 +379,30 @@ def _stamp(kind: Kind, record: StoredResource) -> StoredResource:
     return replace(record, spec=spec, etag=spec.etag)
 
 
-def _check_etag(current: StoredResource, etag: str, field: str) -> None:
+def _changed_fields(current: Message, desired: Message) -> tuple[str, ...]:
+    """Top-level fields whose values differ, output-only fields (but derived ones) ignored."""
+
+    def as_dict(message: Message) -> dict[str, object]:
+        values = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        return {
+            k: v for k, v in values.items() if k not in OUTPUT_ONLY_FIELDS - {"resolved_features"}
+        }
+
+    before, after = as_dict(current), as_dict(desired)
+    return tuple(sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)))
+
+
+def _check_etag(current: StoredResource, etag: str, field_name: str) -> None:
     if etag and etag != current.etag:
         raise Aborted(
-            f"{field}.etag {etag!r} is stale (current {current.etag!r}): read it again and retry",
+            f"{field_name}.etag {etag!r} is stale (current {current.etag!r}): read it again "
+            "and retry",
             reason="ETAG_MISMATCH",
         )
 
 
 def _update_paths(kind: Kind, resource: Message, mask_paths: list[str]) -> list[str]:
-    fields = {field.name for field in resource.DESCRIPTOR.fields}
+    fields = {descriptor.name for descriptor in resource.DESCRIPTOR.fields}
     paths = list(mask_paths) or sorted(fields - OUTPUT_ONLY_FIELDS)
     for path in paths:
         top = path.split(".")[0]

@@ -10,11 +10,14 @@ import sqlalchemy as sa
 from recstack.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
 from services.registry.adapters.repository import postgres_unit_of_work
+from services.registry.online_tables import OnlineTables
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from shared.bootstrap import open_database, run
-from shared.db import ping
+from shared.db import ping, to_libpq
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
+from shared.online_store import OnlineStore
+from shared.online_store.postgres import PostgresOnlineStore
 from shared.settings import ServiceSettings
 
 SCHEMA = "registry"
@@ -29,10 +32,19 @@ class RegistrySettings(ServiceSettings):
 @dataclass(frozen=True)
 class RegistryDeps:
     engine: sa.Engine
+    # Where feature-view versions get their online tables; None leaves tables to writers.
+    online_store: OnlineStore | None = None
 
 
 def create_server(settings: RegistrySettings, deps: RegistryDeps) -> tuple[RunningServer, int]:
-    registry = Registry(partial(postgres_unit_of_work, deps.engine))
+    tables = OnlineTables(deps.online_store) if deps.online_store is not None else None
+    registry = Registry(
+        partial(postgres_unit_of_work, deps.engine),
+        on_version_created=tables.version_created if tables else None,
+        on_version_deleted=tables.version_deleted if tables else None,
+    )
+    if tables is not None:
+        tables.bind(registry)
     registration = ServiceRegistration(
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server,
         RegistryServicer(registry),
@@ -49,7 +61,8 @@ def main() -> None:
 
     def build() -> RunningServer:
         engine = open_database(settings, SCHEMA, MIGRATIONS)
-        return create_server(settings, RegistryDeps(engine))[0]
+        online_store = PostgresOnlineStore(to_libpq(engine.url.render_as_string(False)))
+        return create_server(settings, RegistryDeps(engine, online_store))[0]
 
     run(settings, build)
 

@@ -13,8 +13,10 @@ import grpc
 from recstack.registry.v1 import registry_service_pb2 as pb
 from recstack.registry.v1 import registry_service_pb2_grpc
 
+from services.registry.adapters.repository import KINDS_BY_KEY
 from services.registry.kinds import ALL_KINDS, Kind
-from services.registry.registry import Registry
+from services.registry.registry import Declared, Registry
+from shared.errors import InvalidArgument
 
 Handler = Callable[[Any, Any, grpc.ServicerContext], Any]
 
@@ -83,6 +85,41 @@ def _handlers(kind: Kind) -> dict[str, Handler]:
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+
+    def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
+        steps = self.registry.apply(
+            request.parent,
+            [_declared(index, item) for index, item in enumerate(request.definitions)],
+            request.validate_only,
+            request.prune,
+        )
+        return pb.ApplyResponse(
+            steps=[
+                pb.PlanStep(
+                    name=step.name,
+                    action=pb.PlanStep.Action.Value(f"ACTION_{step.action.value}"),
+                    changed_fields=step.changed_fields,
+                )
+                for step in steps
+            ],
+            applied=not request.validate_only,
+        )
+
+    def ListChanges(
+        self, request: pb.ListChangesRequest, context: grpc.ServicerContext
+    ) -> pb.ListChangesResponse:
+        changes, revision = self.registry.changes(request.since_revision, request.page_size)
+        return pb.ListChangesResponse(
+            changes=[pb.Change(revision=c.revision, name=c.name) for c in changes],
+            revision=revision,
+        )
+
+
+def _declared(index: int, definition: pb.Definition) -> Declared:
+    arm = definition.WhichOneof("resource")
+    if arm is None:
+        raise InvalidArgument(f"definitions[{index}]", "set one resource")
+    return Declared(KINDS_BY_KEY[arm], definition.id, getattr(definition, arm))
 
 
 for _kind in ALL_KINDS:

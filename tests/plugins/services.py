@@ -23,8 +23,9 @@ from services.registry.server import create_server as create_registry
 from services.serving.server import ServingSettings
 from services.serving.server import create_server as create_serving
 from services.serving.server import open_deps as open_serving_deps
-from shared.db import create_engine
+from shared.db import create_engine, to_libpq
 from shared.migrations import upgrade
+from shared.online_store.postgres import PostgresOnlineStore
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +39,11 @@ def registry_engine(database_url: str) -> Iterator[sa.Engine]:
 @pytest.fixture(scope="session")
 def registry_address(registry_engine: sa.Engine, database_url: str) -> Iterator[str]:
     settings = RegistrySettings(grpc_port=0, database_url=database_url)
-    running, port = create_registry(settings, RegistryDeps(registry_engine))
+    online_store = PostgresOnlineStore(to_libpq(database_url))
+    running, port = create_registry(settings, RegistryDeps(registry_engine, online_store))
     yield f"127.0.0.1:{port}"
     running.stop(0)
+    online_store.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import copy
 from contextlib import contextmanager
 
 import pytest
+from google.protobuf import json_format
 from recstack.registry.v1 import (
     embedding_model_pb2,
     entity_pb2,
@@ -48,10 +49,17 @@ class InMemoryRepository:
         ]
         return copy.deepcopy(max(matches, key=lambda row: row.version, default=None))
 
-    def list_latest(self, kind, project, after_id, limit):
+    def list_latest(self, kind, project, after_id, limit, conditions=()):
         ids = sorted({r for (k, p, r, _) in self.rows if k == kind and project in (None, p)})
-        ids = [i for i in ids if i > after_id][:limit]
-        return [self.get(kind, project, i) for i in ids]
+        latest = [self.get(kind, project, i) for i in ids if i > after_id]
+        return [row for row in latest if all(_matches(row.spec, c) for c in conditions)][:limit]
+
+    def list_versions(self, kind, project, resource_id):
+        rows = [row for key, row in self.rows.items() if key[:3] == (kind, project, resource_id)]
+        return sorted(rows, key=lambda row: row.version)
+
+    def changes_since(self, revision, limit):
+        return []
 
     def replace(self, record, expected_etag):
         key = (record.kind, record.project, record.resource_id, record.version)
@@ -74,6 +82,20 @@ class InMemoryRepository:
         return sorted(
             f"{row.kind}/{row.resource_id}" for row in self.rows.values() if ref in row.refs
         )
+
+
+def _matches(spec, condition):
+    value = json_format.MessageToDict(
+        spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for part in condition.path:
+        value = value.get(part) if isinstance(value, dict) else None
+    text = None if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if condition.operator == "=":
+        return text == condition.value
+    if condition.operator == "!=":
+        return text != condition.value
+    return text is not None and condition.value.lower() in text.lower()
 
 
 @pytest.fixture

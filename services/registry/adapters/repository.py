@@ -7,7 +7,8 @@ lists the resources a row depends on, so dependency checks are one indexed query
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql
 
+from services.registry.filtering import Condition
 from services.registry.kinds import ALL_KINDS, ID_PATTERN
 from shared.db import transaction
 
@@ -39,6 +41,15 @@ resources = sa.Table(
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
 )
 revision_sequence = sa.Sequence("revision_seq", schema="registry")
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("revision", sa.BigInteger, primary_key=True),
+    sa.Column("project", sa.Text),
+    sa.Column("kind", sa.Text),
+    sa.Column("resource_id", sa.Text),
+    sa.Column("change_time", sa.DateTime(timezone=True)),
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,26 @@ class ResourceRepository(Protocol):
         self, kind: str, project: str, resource_id: str, version: int | None = None
     ) -> StoredResource | None: ...
     def list_latest(
-        self, kind: str, project: str | None, after_id: str, limit: int
+        self,
+        kind: str,
+        project: str | None,
+        after_id: str,
+        limit: int,
+        conditions: Sequence[Condition] = (),
     ) -> list[StoredResource]: ...
+    def list_versions(self, kind: str, project: str, resource_id: str) -> list[StoredResource]: ...
     def replace(self, record: StoredResource, expected_etag: str) -> bool: ...
     def delete(self, kind: str, project: str, resource_id: str, version: int | None) -> int: ...
     def dependants(self, ref: str) -> list[str]: ...
+    def changes_since(self, revision: int, limit: int) -> list[Change]: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write to the registry, in commit order of its revision."""
+
+    revision: int
+    name: str
 
 
 def encode_page_token(last_id: str) -> str:
@@ -92,9 +118,12 @@ class PostgresResourceRepository:
             postgresql.insert(resources)
             .values(**self._row(record))
             .on_conflict_do_nothing()
-            .returning(resources.c.version)
+            .returning(resources.c.revision)
         )
-        return self._connection.execute(statement).first() is not None
+        inserted = self._connection.execute(statement).first()
+        if inserted is not None:
+            self._log(inserted.revision, record.kind, record.project, record.resource_id)
+        return inserted is not None
 
     def get(
         self, kind: str, project: str, resource_id: str, version: int | None = None
@@ -112,18 +141,50 @@ class PostgresResourceRepository:
         return None if row is None else self._record(row)
 
     def list_latest(
-        self, kind: str, project: str | None, after_id: str, limit: int
+        self,
+        kind: str,
+        project: str | None,
+        after_id: str,
+        limit: int,
+        conditions: Sequence[Condition] = (),
     ) -> list[StoredResource]:
-        query = (
+        latest = (
             sa.select(resources)
             .ext(postgresql.distinct_on(resources.c.resource_id))
             .where(resources.c.kind == kind, resources.c.resource_id > after_id)
             .order_by(resources.c.resource_id, resources.c.version.desc())
-            .limit(limit)
         )
         if project is not None:
-            query = query.where(resources.c.project == project)
+            latest = latest.where(resources.c.project == project)
+        # Filters apply to each resource's latest version, hence the subquery.
+        rows = latest.subquery()
+        query = sa.select(rows).where(*(_sql_condition(rows.c.spec, c) for c in conditions))
+        query = query.order_by(rows.c.resource_id).limit(limit)
         return [self._record(row) for row in self._connection.execute(query)]
+
+    def list_versions(self, kind: str, project: str, resource_id: str) -> list[StoredResource]:
+        query = (
+            sa.select(resources)
+            .where(
+                resources.c.kind == kind,
+                resources.c.project == project,
+                resources.c.resource_id == resource_id,
+            )
+            .order_by(resources.c.version)
+        )
+        return [self._record(row) for row in self._connection.execute(query)]
+
+    def changes_since(self, revision: int, limit: int) -> list[Change]:
+        query = (
+            sa.select(changes)
+            .where(changes.c.revision > revision)
+            .order_by(changes.c.revision)
+            .limit(limit)
+        )
+        return [
+            Change(row.revision, KINDS_BY_KEY[row.kind].name(row.project, row.resource_id))
+            for row in self._connection.execute(query)
+        ]
 
     def replace(self, record: StoredResource, expected_etag: str) -> bool:
         statement = (
@@ -136,8 +197,12 @@ class PostgresResourceRepository:
                 resources.c.etag == expected_etag,
             )
             .values(**self._row(record))
+            .returning(resources.c.revision)
         )
-        return self._connection.execute(statement).rowcount == 1
+        replaced = self._connection.execute(statement).first()
+        if replaced is not None:
+            self._log(replaced.revision, record.kind, record.project, record.resource_id)
+        return replaced is not None
 
     def delete(self, kind: str, project: str, resource_id: str, version: int | None) -> int:
         statement = resources.delete().where(
@@ -147,7 +212,22 @@ class PostgresResourceRepository:
         )
         if version:
             statement = statement.where(resources.c.version == version)
-        return self._connection.execute(statement).rowcount
+        deleted = self._connection.execute(statement).rowcount
+        if deleted:
+            revision = self._connection.execute(revision_sequence.next_value()).scalar_one()
+            self._log(revision, kind, project, resource_id)
+        return deleted
+
+    def _log(self, revision: int, kind: str, project: str, resource_id: str) -> None:
+        self._connection.execute(
+            changes.insert().values(
+                revision=revision,
+                project=project,
+                kind=kind,
+                resource_id=resource_id,
+                change_time=sa.func.now(),
+            )
+        )
 
     def dependants(self, ref: str) -> list[str]:
         query = (
@@ -167,7 +247,12 @@ class PostgresResourceRepository:
             "kind": record.kind,
             "resource_id": record.resource_id,
             "version": record.version,
-            "spec": json_format.MessageToDict(record.spec, preserving_proto_field_name=True),
+            # Defaults printed too, so filters such as `online_enabled=false` see a value.
+            "spec": json_format.MessageToDict(
+                record.spec,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            ),
             "refs": list(record.refs),
             "etag": record.etag,
             "revision": revision_sequence.next_value(),
@@ -196,3 +281,13 @@ def postgres_unit_of_work(engine: sa.Engine) -> Iterator[PostgresResourceReposit
     """A repository whose writes commit together when the block succeeds, else roll back."""
     with transaction(engine) as connection:
         yield PostgresResourceRepository(connection)
+
+
+def _sql_condition(spec: sa.ColumnElement[object], condition: Condition) -> sa.ColumnElement[bool]:
+    value = sa.cast(spec, postgresql.JSONB)[condition.path].astext  # type: ignore[index]
+    if condition.operator == "=":
+        return value == condition.value
+    if condition.operator == "!=":
+        return value.is_distinct_from(condition.value)
+    escaped = re.sub(r"([%_\\])", r"\\\1", condition.value)
+    return value.ilike(f"%{escaped}%")
