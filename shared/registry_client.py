@@ -1,7 +1,9 @@
 """Cached reads of registry definitions for the services that serve traffic.
 
-Serving and recommend must not call the registry per request: definitions are cached, a
-pinned version forever (it is immutable), the latest version for `ttl_seconds`.
+Serving and recommend must not call the registry per request. Definitions stay cached until
+the registry's change log names them: at most every `refresh_seconds` one `ListChanges` call
+asks what changed since the last revision seen, and only those entries are dropped. If the
+registry is unreachable, cached definitions keep serving and the check is retried later.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
+import structlog
 from recstack.registry.v1 import (
     data_source_pb2,
     entity_pb2,
@@ -25,25 +28,35 @@ from shared.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from shared.feature_views import ViewSchema, view_schema
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 _ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
 }
+CHANGES_PAGE = 1000
 
 
 class RegistryClient:
     def __init__(
-        self, address: str, *, ttl_seconds: float = 5.0, timeout_seconds: float = 5.0
+        self,
+        address: str,
+        *,
+        refresh_seconds: float = 5.0,
+        timeout_seconds: float = 5.0,
+        channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(address)
+        self._channel = channel or grpc.insecure_channel(address)
         self._stub = registry_service_pb2_grpc.RegistryServiceStub(self._channel)
         self._address = address
-        self._ttl = ttl_seconds
+        self._refresh_seconds = refresh_seconds
         self._timeout = timeout_seconds
-        self._cache: dict[tuple[object, ...], tuple[float, object]] = {}
+        # Keyed by (kind, resource name, ...): values stay until the change log names them.
+        self._cache: dict[tuple[object, ...], object] = {}
         self._lock = threading.Lock()
+        self._revision: int | None = None
+        self._next_check = 0.0
 
     def close(self) -> None:
         self._channel.close()
@@ -54,30 +67,26 @@ class RegistryClient:
         name = f"projects/{project}/featureViews/{view_id}"
         request = registry_service_pb2.GetFeatureViewRequest(name=name, version=version)
         return self._cached(
-            ("feature_view", name, version),
-            lambda: self._call(self._stub.GetFeatureView, request).feature_view,
-            forever=version > 0,
+            (name, version), lambda: self._call(self._stub.GetFeatureView, request).feature_view
         )
 
     def entity(self, project: str, entity_id: str) -> entity_pb2.Entity:
         name = f"projects/{project}/entities/{entity_id}"
         request = registry_service_pb2.GetEntityRequest(name=name)
-        return self._cached(
-            ("entity", name), lambda: self._call(self._stub.GetEntity, request).entity
-        )
+        return self._cached((name,), lambda: self._call(self._stub.GetEntity, request).entity)
 
     def data_source(self, project: str, source_id: str) -> data_source_pb2.DataSource:
         name = f"projects/{project}/dataSources/{source_id}"
         request = registry_service_pb2.GetDataSourceRequest(name=name)
         return self._cached(
-            ("data_source", name), lambda: self._call(self._stub.GetDataSource, request).data_source
+            (name,), lambda: self._call(self._stub.GetDataSource, request).data_source
         )
 
     def model_feature_set(self, project: str, set_id: str) -> model_feature_set_pb2.ModelFeatureSet:
         name = f"projects/{project}/modelFeatureSets/{set_id}"
         request = registry_service_pb2.GetModelFeatureSetRequest(name=name)
         return self._cached(
-            ("model_feature_set", name),
+            (name,),
             lambda: self._call(self._stub.GetModelFeatureSet, request).model_feature_set,
         )
 
@@ -85,17 +94,48 @@ class RegistryClient:
         view = self.feature_view(project, view_id, version)
         return view_schema(project, view, self.entity(project, view.entity))
 
-    def _cached(self, key: tuple[object, ...], load: Callable[[], T], forever: bool = False) -> T:
-        now = time.monotonic()
+    # --- cache --------------------------------------------------------------------------
+
+    def _cached(self, key: tuple[object, ...], load: Callable[[], T]) -> T:
+        self._refresh()
         with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]  # type: ignore[return-value]
+            if key in self._cache:
+                return self._cache[key]  # type: ignore[return-value]
         value = load()
-        expiry = float("inf") if forever else now + self._ttl
         with self._lock:
-            self._cache[key] = (expiry, value)
+            self._cache[key] = value
         return value
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self._refresh_seconds
+        try:
+            self._apply_changes()
+        except grpc.RpcError as exc:
+            log.warning("registry_refresh_failed", registry=self._address, code=exc.code().name)
+
+    def _apply_changes(self) -> None:
+        if self._revision is None:
+            head = self._list_changes(0, 1).head_revision
+            with self._lock:
+                self._cache.clear()
+                self._revision = head
+            return
+        while True:
+            response = self._list_changes(self._revision, CHANGES_PAGE)
+            changed = {change.name for change in response.changes}
+            with self._lock:
+                for key in [key for key in self._cache if key[0] in changed]:
+                    del self._cache[key]
+                self._revision = response.revision
+            if len(response.changes) < CHANGES_PAGE:
+                return
+
+    def _list_changes(self, since: int, page_size: int) -> registry_service_pb2.ListChangesResponse:
+        request = registry_service_pb2.ListChangesRequest(since_revision=since, page_size=page_size)
+        return self._stub.ListChanges(request, timeout=self._timeout)
 
     def _call(self, method: Callable[..., T], request: object) -> T:
         try:

@@ -116,7 +116,9 @@ def open_deps(settings: RecommendSettings) -> RecommendDeps:
         to_libpq(engine.url.render_as_string(hide_password=False)),
         max_size=settings.db_pool_size,
     )
-    registry = RegistryClient(settings.registry_addr, ttl_seconds=settings.registry_cache_seconds)
+    registry = RegistryClient(
+        settings.registry_addr, refresh_seconds=settings.registry_cache_seconds
+    )
     model_server = TritonModelServer(settings.triton_addr, settings.triton_timeout_seconds)
     user_features = ServingUserFeatures(
         settings.serving_addr, timeout_seconds=settings.serving_timeout_seconds

@@ -231,8 +231,9 @@ class Registry:
 
     # --- change feed ------------------------------------------------------------------
 
-    def changes(self, since_revision: int, page_size: int) -> tuple[list[Change], int]:
-        """Writes after `since_revision`, oldest first, and the revision to ask from next."""
+    def changes(self, since_revision: int, page_size: int) -> tuple[list[Change], int, int]:
+        """Writes after `since_revision` (oldest first), the revision to ask from next, and
+        the newest revision of the log."""
         if since_revision < 0:
             raise InvalidArgument("since_revision", "must not be negative")
         if page_size < 0:
@@ -240,7 +241,8 @@ class Registry:
         limit = min(page_size or MAX_CHANGES, MAX_CHANGES)
         with self._unit_of_work() as repo:
             found = repo.changes_since(since_revision, limit)
-        return found, found[-1].revision if found else since_revision
+            head = repo.head_revision()
+        return found, found[-1].revision if found else since_revision, head
 
     def _publish(self, events: _Events) -> None:
         for kind, record in events.created:

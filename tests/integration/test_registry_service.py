@@ -208,3 +208,112 @@ def test_file_source_requires_path(stub, project):
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "data_source.file.path" in error.details()
+
+
+def _apply(stub, project, definitions, **options):
+    response = stub.Apply(
+        pb.ApplyRequest(parent=f"projects/{project}", definitions=definitions, **options)
+    )
+    return [
+        (step.name.rsplit("/", 1)[1], pb.PlanStep.Action.Name(step.action))
+        for step in response.steps
+    ]
+
+
+def _definitions(description="", extra_field=False):
+    view = _view("x", entity="user")
+    if extra_field:
+        view.fields.add(name="score", value_type=VT.VALUE_TYPE_FLOAT)
+    view.description = description
+    return [
+        pb.Definition(
+            id="user", entity=entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64)
+        ),
+        pb.Definition(id="profile", feature_view=view),
+    ]
+
+
+def test_apply_is_idempotent_versions_schema_changes_and_prunes(stub):
+    project = f"a_{uuid.uuid4().hex[:8]}"
+    assert _apply(stub, project, _definitions()) == [
+        (project, "ACTION_CREATE"),
+        ("user", "ACTION_CREATE"),
+        ("profile", "ACTION_CREATE"),
+    ]
+    assert _apply(stub, project, _definitions()) == [
+        ("user", "ACTION_UNCHANGED"),
+        ("profile", "ACTION_UNCHANGED"),
+    ]
+    assert _apply(stub, project, _definitions("about users"))[1] == ("profile", "ACTION_UPDATE")
+    planned = _apply(stub, project, _definitions("about users", True), validate_only=True)
+    assert planned[1] == ("profile", "ACTION_NEW_VERSION")
+    name = f"projects/{project}/featureViews/profile"
+    assert stub.GetFeatureView(pb.GetFeatureViewRequest(name=name)).feature_view.version == 1
+    assert _apply(stub, project, _definitions("about users", True))[1] == (
+        "profile",
+        "ACTION_NEW_VERSION",
+    )
+    assert stub.GetFeatureView(pb.GetFeatureViewRequest(name=name)).feature_view.version == 2
+    assert _apply(stub, project, _definitions()[:1], prune=True) == [
+        ("user", "ACTION_UNCHANGED"),
+        ("profile", "ACTION_DELETE"),
+    ]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetFeatureView(pb.GetFeatureViewRequest(name=name))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_list_filter_selects_by_field_and_tag(stub, project):
+    _entity(stub, project)
+    for view_id, team in (("a", "ranking"), ("b", "search")):
+        view = _view(project)
+        view.tags["team"] = team
+        view.description = f"view {view_id}"
+        stub.CreateFeatureView(
+            pb.CreateFeatureViewRequest(
+                parent=f"projects/{project}", feature_view_id=view_id, feature_view=view
+            )
+        )
+
+    def listed(text):
+        request = pb.ListFeatureViewsRequest(parent=f"projects/{project}", filter=text)
+        return [
+            view.name.rsplit("/", 1)[1] for view in stub.ListFeatureViews(request).feature_views
+        ]
+
+    assert listed("tags.team=search") == ["b"]
+    assert listed('description:"VIEW A"') == ["a"]
+    assert listed("type=TYPE_REAL_TIME AND tags.team!=search") == ["a"]
+    assert listed("online_enabled=false") == ["a", "b"]
+
+
+def test_each_view_version_gets_an_online_table_dropped_with_it(stub, project, database_url):
+    import psycopg
+
+    from shared.db import to_libpq
+
+    def table_exists(version):
+        with psycopg.connect(to_libpq(database_url)) as connection:
+            row = connection.execute(
+                "SELECT to_regclass(%s)", (f'online."{project}__users__v{version}"',)
+            ).fetchone()
+        return row[0] is not None
+
+    _entity(stub, project)
+    view = stub.CreateFeatureView(
+        pb.CreateFeatureViewRequest(
+            parent=f"projects/{project}", feature_view_id="users", feature_view=_view(project)
+        )
+    ).feature_view
+    assert table_exists(1)
+    view.fields.add(name="score", value_type=VT.VALUE_TYPE_FLOAT)
+    stub.UpdateFeatureView(
+        pb.UpdateFeatureViewRequest(
+            feature_view=view, update_mask=field_mask_pb2.FieldMask(paths=["fields"])
+        )
+    )
+    assert table_exists(2)
+    stub.DeleteFeatureView(pb.DeleteFeatureViewRequest(name=view.name, version=1))
+    assert not table_exists(1) and table_exists(2)
+    stub.DeleteFeatureView(pb.DeleteFeatureViewRequest(name=view.name))
+    assert not table_exists(2)

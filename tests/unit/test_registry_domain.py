@@ -61,6 +61,9 @@ class InMemoryRepository:
     def changes_since(self, revision, limit):
         return []
 
+    def head_revision(self):
+        return 0
+
     def replace(self, record, expected_etag):
         key = (record.kind, record.project, record.resource_id, record.version)
         if self.rows[key].etag != expected_etag:

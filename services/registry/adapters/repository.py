@@ -85,6 +85,7 @@ class ResourceRepository(Protocol):
     def delete(self, kind: str, project: str, resource_id: str, version: int | None) -> int: ...
     def dependants(self, ref: str) -> list[str]: ...
     def changes_since(self, revision: int, limit: int) -> list[Change]: ...
+    def head_revision(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,10 @@ class PostgresResourceRepository:
             revision = self._connection.execute(revision_sequence.next_value()).scalar_one()
             self._log(revision, kind, project, resource_id)
         return deleted
+
+    def head_revision(self) -> int:
+        query = sa.select(sa.func.coalesce(sa.func.max(changes.c.revision), 0))
+        return int(self._connection.execute(query).scalar_one())
 
     def _log(self, revision: int, kind: str, project: str, resource_id: str) -> None:
         self._connection.execute(
