@@ -46,7 +46,9 @@ def create_server(settings: ServingSettings, deps: ServingDeps) -> tuple[Running
 def open_deps(settings: ServingSettings) -> ServingDeps:
     url = resolve_database_url(settings)
     store = PostgresOnlineStore(to_libpq(url), max_size=settings.db_pool_size)
-    registry = RegistryClient(settings.registry_addr, ttl_seconds=settings.registry_cache_seconds)
+    registry = RegistryClient(
+        settings.registry_addr, refresh_seconds=settings.registry_cache_seconds
+    )
     return ServingDeps(store, registry)
 
 
