@@ -295,12 +295,16 @@ class RunningServer:
     port: int
     health: HealthMonitor
     metrics: WSGIServer | None = None
+    # Run after the server stops (background workers, pools), in order.
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self, grace: float | None = None) -> None:
         self.health.shutdown()
         self.server.stop(grace).wait()
         if self.metrics is not None:
             self.metrics.shutdown()
+        for callback in self.on_stop:
+            callback()
 
 
 def create_grpc_server(

@@ -1,12 +1,13 @@
-"""Materialization jobs: the domain objects and the interfaces their runner depends on."""
+"""Materialization domain objects and the interfaces the service layer depends on."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
@@ -36,6 +37,24 @@ class Trigger(enum.StrEnum):
     PUBLISH = "PUBLISH"
 
 
+class PublishMode(enum.StrEnum):
+    MERGE = "MERGE"
+    OVERWRITE = "OVERWRITE"
+    INCREMENTAL = "INCREMENTAL"
+
+
+class Frequency(enum.StrEnum):
+    MINUTE = "MINUTE"
+    HOUR = "HOUR"
+    DAY = "DAY"
+
+    @property
+    def unit(self) -> timedelta:
+        return {"MINUTE": timedelta(minutes=1), "HOUR": timedelta(hours=1)}.get(
+            self.value, timedelta(days=1)
+        )
+
+
 @dataclass(frozen=True)
 class Window:
     """A half-open time range [start, end)."""
@@ -50,6 +69,15 @@ class Progress:
     rows_written_offline: int = 0
     rows_written_online: int = 0
     chunks_done: int = 0
+
+
+@dataclass(frozen=True)
+class Publish:
+    """What a PUBLISH job syncs: one offline partition to the online store."""
+
+    partition: str
+    mode: PublishMode
+    transform: bool
 
 
 @dataclass
@@ -68,6 +96,10 @@ class Job:
     retry_of: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
+    publish: Publish | None = None
+    cancel_requested: bool = False
+    runner_id: str = ""
+    heartbeat_time: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -75,8 +107,37 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Recurrence:
+    frequency: Frequency
+    interval: int
+    start_time: datetime
+
+    @property
+    def period(self) -> timedelta:
+        return self.frequency.unit * self.interval
+
+
+@dataclass
+class Settings:
+    """Which stores a view materializes into, and its recurring schedule."""
+
+    project: str
+    feature_view: str
+    offline_enabled: bool = False
+    online_enabled: bool = False
+    recurrence: Recurrence | None = None
+    source_delay: timedelta = timedelta(0)
+    last_trigger_time: datetime | None = None
+    etag: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/featureViews/{self.feature_view}/materializationSettings"
+
+
+@dataclass(frozen=True)
 class FileSourceSpec:
-    """Where a batch view's raw rows live (a FILE data source)."""
+    """Where rows are read from: a FILE data source, or the view's own offline data."""
 
     path: str
     file_format: str
@@ -91,19 +152,24 @@ class MaterializationTask:
     window: Window
     stores: tuple[Store, ...]
     job_id: str
-
-
-class JobRepository(Protocol):
-    def insert(self, job: Job) -> None: ...
-    def get(self, project: str, feature_view: str, job_id: str) -> Job | None: ...
-    def save(self, job: Job) -> None: ...
-    def list(self, project: str, feature_view: str, offset: int, limit: int) -> list[Job]: ...
+    # Incremental publish: keys present in this dataset are skipped.
+    exclude_keys_from: FileSourceSpec | None = None
 
 
 class OfflineStore(Protocol):
-    def write(self, view: ViewSchema, table: object, job_id: str, chunk: int) -> int:
+    def write(self, view: ViewSchema, table: Any, job_id: str, chunk: int) -> int:
         """Append rows (a pyarrow Table) atomically; returns rows written."""
         ...
+
+    def clear_window(self, view: ViewSchema, window: Window) -> int:
+        """Remove rows whose event time is in `window`, so a rerun never duplicates them."""
+        ...
+
+    def source(self, view: ViewSchema) -> FileSourceSpec:
+        """The view's offline data as a source to read (online bootstrap, publish)."""
+        ...
+
+    def drop(self, view: ViewSchema) -> None: ...
 
 
 class ComputeEngine(Protocol):
@@ -117,3 +183,45 @@ class ComputeEngine(Protocol):
     ) -> Progress:
         """Materialize the task; `on_chunk` reports progress and returns False to stop."""
         ...
+
+
+class JobRepository(Protocol):
+    def insert(self, job: Job) -> None: ...
+    def get(self, project: str, feature_view: str, job_id: str) -> Job | None: ...
+    def save(self, job: Job) -> None: ...
+    def list(self, project: str, feature_view: str, offset: int, limit: int) -> list[Job]: ...
+    def claim(self, runner_id: str, now: datetime) -> Job | None:
+        """Take the oldest QUEUED job for this runner; each job is claimed exactly once."""
+        ...
+
+    def stale(self, heartbeat_before: datetime) -> list[Job]:
+        """RUNNING jobs whose runner stopped sending heartbeats (locked for update)."""
+        ...
+
+
+class IntervalRepository(Protocol):
+    def lock(self, project: str, feature_view: str, version: int) -> None:
+        """Serialise timeline changes of one view version until the transaction ends."""
+        ...
+
+    def load(self, project: str, feature_view: str, version: int, store: Store) -> Any: ...
+    def save(
+        self, project: str, feature_view: str, version: int, store: Store, timeline: Any
+    ) -> None: ...
+
+
+class SettingsRepository(Protocol):
+    def get(self, project: str, feature_view: str) -> Settings | None: ...
+    def save(self, settings: Settings) -> None: ...
+    def due(self, now: datetime) -> Sequence[Settings]:
+        """Scheduled settings (locked, skipping those another replica holds)."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    jobs: JobRepository
+    intervals: IntervalRepository
+    settings: SettingsRepository
+
+
+UnitOfWorkFactory = Callable[[], AbstractContextManager[UnitOfWork]]

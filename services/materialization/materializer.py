@@ -1,43 +1,49 @@
-"""Materialization service layer: turns requests into jobs and runs them on the compute engine.
+"""Materialization requests: backfills, retries, cancels, settings, publishes, intervals.
 
-Knows nothing of gRPC. Jobs run on a small thread pool in this process; their state and
-progress are persisted after every chunk so `GetJob`/`WatchJob` see them from any replica.
+Knows nothing of gRPC. Each request is one unit of work: jobs are queued together with the
+PENDING intervals they cover, so a job never exists without its intervals or the reverse.
+The `JobRunner` (runner.py) executes queued jobs.
 """
 
 from __future__ import annotations
 
-import threading
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import structlog
-
+from services.materialization.intervals import (
+    Interval,
+    Status,
+    Timeline,
+    backfill_windows,
+    check_capacity,
+)
 from services.materialization.jobs import (
-    ComputeEngine,
-    FileSourceSpec,
     Job,
-    JobRepository,
     JobState,
-    MaterializationTask,
     OfflineStore,
-    Progress,
+    Publish,
+    PublishMode,
+    Settings,
     Store,
     Trigger,
+    UnitOfWork,
+    UnitOfWorkFactory,
     Window,
 )
-from shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
-
-log = structlog.get_logger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 WATCH_POLL_SECONDS = 0.2
+SETTINGS_FIELDS = frozenset({"offline_enabled", "online_enabled", "recurrence", "source_delay"})
+PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class Definitions(Protocol):
@@ -63,81 +69,171 @@ def parse_job_name(name: str) -> tuple[str, str, str]:
     return project, view, parts[5]
 
 
+def new_job(
+    project: str,
+    view: str,
+    version: int,
+    window: Window,
+    stores: Sequence[Store],
+    trigger: Trigger,
+    now: datetime,
+    **extra: Any,
+) -> Job:
+    return Job(
+        job_id=uuid.uuid4().hex[:16],
+        project=project,
+        feature_view=view,
+        feature_view_version=version,
+        window=window,
+        stores=tuple(stores),
+        state=JobState.QUEUED,
+        trigger=trigger,
+        create_time=now,
+        **extra,
+    )
+
+
+def enqueue(uow: UnitOfWork, jobs: Sequence[Job]) -> None:
+    """Insert jobs and mark their windows PENDING (the caller holds the view's lock)."""
+    timelines: dict[tuple[str, str, int, Store], Timeline] = {}
+    for job in jobs:
+        for store in job.stores:
+            key = (job.project, job.feature_view, job.feature_view_version, store)
+            if key not in timelines:
+                timelines[key] = uow.intervals.load(*key)
+            timelines[key] = timelines[key].set(job.window, Status.PENDING, job.job_id)
+        uow.jobs.insert(job)
+    for key, timeline in timelines.items():
+        uow.intervals.save(*key, timeline)
+
+
+def default_settings(project: str, view_id: str, view: Any) -> Settings:
+    """Before anyone sets them, a view materializes into the stores its definition enables."""
+    return Settings(
+        project, view_id, offline_enabled=view.offline_enabled, online_enabled=view.online_enabled
+    )
+
+
 class Materializer:
     def __init__(
         self,
         *,
-        jobs: JobRepository,
+        unit_of_work: UnitOfWorkFactory,
         definitions: Definitions,
-        engine: ComputeEngine,
         offline_store: OfflineStore,
         online_store: OnlineStore,
-        executor: Executor,
+        on_enqueue: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self._jobs = jobs
+        self._unit_of_work = unit_of_work
         self._definitions = definitions
-        self._engine = engine
         self._offline_store = offline_store
         self._online_store = online_store
-        self._executor = executor
+        self._on_enqueue = on_enqueue
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._cancel_requested: set[str] = set()
-        self._lock = threading.Lock()
 
-    def backfill(self, view_name: str, window: Window | None, stores: Sequence[Store]) -> list[Job]:
+    # --- backfill and retry -----------------------------------------------------------
+
+    def backfill(
+        self,
+        view_name: str,
+        start: datetime | None,
+        end: datetime | None,
+        statuses: Sequence[Status],
+        stores: Sequence[Store],
+    ) -> list[Job]:
         project, view_id = parse_view_name(view_name, "feature_view")
-        if window is None:
-            raise InvalidArgument("window", "give window.start_time and window.end_time")
-        if window.end <= window.start:
-            raise InvalidArgument("window.end_time", "must be after window.start_time")
         view = self._definitions.feature_view(project, view_id)
-        chosen = tuple(stores) or _enabled_stores(view)
-        if not chosen:
-            raise FailedPrecondition(
-                f"{view_name} has neither online nor offline materialization enabled"
+        if not view.source:
+            raise FailedPrecondition(f"{view_name} has no data source to materialize from")
+        with self._unit_of_work() as uow:
+            settings = uow.settings.get(project, view_id) or default_settings(
+                project, view_id, view
             )
-        self._source_spec(project, view)
-        job = Job(
-            job_id=uuid.uuid4().hex[:16],
-            project=project,
-            feature_view=view_id,
-            feature_view_version=view.version,
-            window=window,
-            stores=chosen,
-            state=JobState.QUEUED,
-            trigger=Trigger.BACKFILL,
-            create_time=self._clock(),
-        )
-        self._jobs.insert(job)
-        self._executor.submit(self._execute, job)
-        return [job]
+            chosen = _chosen_stores(settings, stores)
+            uow.intervals.lock(project, view_id, view.version)
+            windows: dict[Window, list[Store]] = {}
+            for store in chosen:
+                timeline = uow.intervals.load(project, view_id, view.version, store)
+                found = backfill_windows(timeline, statuses, start, end)
+                check_capacity(timeline, found)
+                for window in found:
+                    windows.setdefault(window, []).append(store)
+            now = self._clock()
+            jobs = [
+                new_job(
+                    project, view_id, view.version, window, windows[window], Trigger.BACKFILL, now
+                )
+                for window in sorted(windows, key=lambda window: window.start)
+            ]
+            enqueue(uow, jobs)
+        self._on_enqueue()
+        return jobs
 
-    def get_job(self, name: str) -> Job:
-        project, view, job_id = parse_job_name(name)
-        job = self._jobs.get(project, view, job_id)
-        if job is None:
-            raise NotFound(f"{name} does not exist")
+    def retry(self, name: str) -> Job:
+        project, view_id, job_id = parse_job_name(name)
+        with self._unit_of_work() as uow:
+            failed = _require_job(uow, project, view_id, job_id, name)
+            if failed.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise FailedPrecondition(
+                    f"{name} is {failed.state.value}; only FAILED or CANCELLED jobs can be retried"
+                )
+            uow.intervals.lock(project, view_id, failed.feature_view_version)
+            for store in failed.stores:
+                timeline = uow.intervals.load(project, view_id, failed.feature_view_version, store)
+                others = timeline.status_everywhere(failed.window, Status.INCOMPLETE)
+                if others:
+                    raise FailedPrecondition(
+                        f"{name} cannot be retried: {_describe(others[0], store)}; backfill that "
+                        "window instead",
+                        reason="WINDOW_NOT_INCOMPLETE",
+                    )
+            job = new_job(
+                project,
+                view_id,
+                failed.feature_view_version,
+                failed.window,
+                failed.stores,
+                Trigger.RETRY,
+                self._clock(),
+                retry_of=failed.job_id,
+                publish=failed.publish,
+            )
+            enqueue(uow, [job])
+        self._on_enqueue()
         return job
 
+    # --- jobs -------------------------------------------------------------------------
+
+    def get_job(self, name: str) -> Job:
+        project, view_id, job_id = parse_job_name(name)
+        with self._unit_of_work() as uow:
+            return _require_job(uow, project, view_id, job_id, name)
+
     def list_jobs(self, parent: str, page_size: int, page_token: str) -> tuple[list[Job], str]:
-        project, view = parse_view_name(parent, "parent")
+        project, view_id = parse_view_name(parent, "parent")
         if page_size < 0:
             raise InvalidArgument("page_size", "must not be negative")
         if page_token and not page_token.isdigit():
             raise InvalidArgument("page_token", "is not a token from a previous response")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         offset = int(page_token or 0)
-        jobs = self._jobs.list(project, view, offset, size + 1)
-        token = str(offset + size) if len(jobs) > size else ""
-        return jobs[:size], token
+        with self._unit_of_work() as uow:
+            jobs = uow.jobs.list(project, view_id, offset, size + 1)
+        return jobs[:size], str(offset + size) if len(jobs) > size else ""
 
     def cancel_job(self, name: str) -> Job:
-        job = self.get_job(name)
-        if job.state.terminal:
-            raise FailedPrecondition(f"{name} already ended {job.state.value}")
-        with self._lock:
-            self._cancel_requested.add(job.job_id)
+        project, view_id, job_id = parse_job_name(name)
+        with self._unit_of_work() as uow:
+            job = _require_job(uow, project, view_id, job_id, name)
+            if job.state.terminal:
+                raise FailedPrecondition(f"{name} already ended {job.state.value}")
+            if job.state is JobState.QUEUED:
+                finish(uow, job, JobState.CANCELLED, self._clock(), "cancelled before it started")
+            else:
+                # The runner stops at its next chunk and marks the job CANCELLED.
+                job.cancel_requested = True
+                uow.jobs.save(job)
         return job
 
     def watch_job(self, name: str) -> Iterator[Job]:
@@ -153,82 +249,136 @@ class Materializer:
                 return
             time.sleep(WATCH_POLL_SECONDS)
 
-    # --- running ----------------------------------------------------------------------
+    # --- intervals and settings -------------------------------------------------------
 
-    def _execute(self, job: Job) -> None:
-        structlog.contextvars.bind_contextvars(job=job.name)
-        try:
-            if self._take_cancel(job.job_id):
-                self._finish(job, JobState.CANCELLED)
-                return
-            view = self._definitions.view_schema(
-                job.project, job.feature_view, job.feature_view_version
+    def list_intervals(
+        self, view_name: str, version: int, store: Store | None, window: Window | None
+    ) -> list[Interval]:
+        project, view_id = parse_view_name(view_name, "feature_view")
+        if store is None:
+            raise InvalidArgument("store", "must be STORE_OFFLINE or STORE_ONLINE")
+        if version < 0:
+            raise InvalidArgument("version", "must not be negative")
+        version = version or self._definitions.feature_view(project, view_id).version
+        with self._unit_of_work() as uow:
+            timeline = uow.intervals.load(project, view_id, version, store)
+        return timeline.covering(window)
+
+    def get_settings(self, view_name: str) -> Settings:
+        project, view_id = parse_view_name(view_name, "name")
+        view = self._definitions.feature_view(project, view_id)
+        with self._unit_of_work() as uow:
+            return uow.settings.get(project, view_id) or default_settings(project, view_id, view)
+
+    def update_settings(self, desired: Settings, etag: str, paths: Sequence[str]) -> Settings:
+        unknown = sorted(set(paths) - SETTINGS_FIELDS)
+        if unknown:
+            raise InvalidArgument("update_mask", f"unknown or read-only fields {unknown}")
+        if desired.recurrence is not None and desired.recurrence.interval < 1:
+            raise InvalidArgument("settings.recurrence.interval", "must be at least 1")
+        if desired.source_delay < timedelta(0):
+            raise InvalidArgument("settings.source_delay", "must not be negative")
+        view = self._definitions.feature_view(desired.project, desired.feature_view)
+        schema = self._definitions.view_schema(desired.project, desired.feature_view)
+        with self._unit_of_work() as uow:
+            current = uow.settings.get(desired.project, desired.feature_view) or default_settings(
+                desired.project, desired.feature_view, view
             )
-            source = self._source_spec(
-                job.project,
-                self._definitions.feature_view(
-                    job.project, job.feature_view, job.feature_view_version
-                ),
+            if etag and etag != current.etag:
+                raise Aborted(f"{current.name} changed concurrently (etag {etag!r} is stale)")
+            updated = replace(current, etag=uuid.uuid4().hex)
+            for path in paths or sorted(SETTINGS_FIELDS):
+                setattr(updated, path, getattr(desired, path))
+            uow.intervals.lock(desired.project, desired.feature_view, view.version)
+            self._disable(uow, current, updated, schema)
+            uow.settings.save(updated)
+        return updated
+
+    def _disable(
+        self, uow: UnitOfWork, current: Settings, updated: Settings, view: ViewSchema
+    ) -> None:
+        """A store switched off forgets its intervals and stops serving its data."""
+        for store, was, now in (
+            (Store.OFFLINE, current.offline_enabled, updated.offline_enabled),
+            (Store.ONLINE, current.online_enabled, updated.online_enabled),
+        ):
+            if was and not now:
+                uow.intervals.save(view.project, view.name, view.version, store, Timeline())
+                if store is Store.OFFLINE:
+                    self._offline_store.drop(view)
+                else:
+                    self._online_store.drop_table(view)
+                    self._online_store.ensure_table(view)
+
+    # --- publish ----------------------------------------------------------------------
+
+    def publish(self, view_name: str, partition: str, mode: PublishMode, transform: bool) -> Job:
+        project, view_id = parse_view_name(view_name, "feature_view")
+        if not PARTITION.match(partition):
+            raise InvalidArgument("partition", f"{partition!r} is not a YYYY-MM-DD partition")
+        day = datetime.strptime(partition, "%Y-%m-%d").replace(tzinfo=UTC)
+        view = self._definitions.feature_view(project, view_id)
+        with self._unit_of_work() as uow:
+            settings = uow.settings.get(project, view_id) or default_settings(
+                project, view_id, view
             )
-            job.state, job.start_time = JobState.RUNNING, self._clock()
-            self._jobs.save(job)
-            task = MaterializationTask(view, source, job.window, job.stores, job.job_id)
-            cancelled = False
-
-            def on_chunk(progress: Progress) -> bool:
-                nonlocal cancelled
-                job.progress = progress
-                self._jobs.save(job)
-                cancelled = self._take_cancel(job.job_id)
-                return not cancelled
-
-            job.progress = self._engine.run(
-                task,
-                offline_store=self._offline_store,
-                online_store=self._online_store,
-                on_chunk=on_chunk,
+            _chosen_stores(settings, [Store.ONLINE])
+            uow.intervals.lock(project, view_id, view.version)
+            job = new_job(
+                project,
+                view_id,
+                view.version,
+                Window(day, day + timedelta(days=1)),
+                [Store.ONLINE],
+                Trigger.PUBLISH,
+                self._clock(),
+                publish=Publish(partition, mode, transform),
             )
-            self._finish(job, JobState.CANCELLED if cancelled else JobState.SUCCEEDED)
-        except DomainError as exc:
-            self._finish(job, JobState.FAILED, exc.message)
-        except Exception as exc:  # a job must end FAILED, whatever broke
-            log.exception("job_failed")
-            self._finish(job, JobState.FAILED, f"{type(exc).__name__}: {exc}")
+            enqueue(uow, [job])
+        self._on_enqueue()
+        return job
 
-    def _finish(self, job: Job, state: JobState, error: str = "") -> None:
-        job.state, job.error_message, job.end_time = state, error, self._clock()
-        self._jobs.save(job)
-        log.info("job_ended", state=state.value, rows_read=job.progress.rows_read, error=error)
 
-    def _take_cancel(self, job_id: str) -> bool:
-        with self._lock:
-            if job_id in self._cancel_requested:
-                self._cancel_requested.discard(job_id)
-                return True
-        return False
+def finish(uow: UnitOfWork, job: Job, state: JobState, now: datetime, error: str = "") -> None:
+    """End a job and give its window the matching status in every store it wrote."""
+    job.state, job.error_message, job.end_time = state, error, now
+    uow.jobs.save(job)
+    status = Status.COMPLETE if state is JobState.SUCCEEDED else Status.INCOMPLETE
+    uow.intervals.lock(job.project, job.feature_view, job.feature_view_version)
+    for store in job.stores:
+        key = (job.project, job.feature_view, job.feature_view_version, store)
+        uow.intervals.save(*key, uow.intervals.load(*key).set(job.window, status, job.job_id))
 
-    def _source_spec(self, project: str, view: Any) -> FileSourceSpec:
-        if not view.source:
-            raise FailedPrecondition(f"{view.name} has no data source to materialize from")
-        source = self._definitions.data_source(project, view.source)
-        if source.WhichOneof("kind") != "file":
+
+def _chosen_stores(settings: Settings, requested: Sequence[Store]) -> tuple[Store, ...]:
+    enabled = {Store.OFFLINE: settings.offline_enabled, Store.ONLINE: settings.online_enabled}
+    if not requested:
+        chosen = tuple(store for store in (Store.OFFLINE, Store.ONLINE) if enabled[store])
+        if not chosen:
             raise FailedPrecondition(
-                f"data source {view.source!r} is not a FILE source; only FILE sources "
-                "materialize in this version"
+                f"{settings.name}: neither offline nor online materialization is enabled"
             )
-        file_format = "PARQUET" if source.file.format == 1 else "CSV"
-        return FileSourceSpec(
-            source.file.path,
-            file_format,
-            source.event_timestamp_column,
-            source.file.partition_column,
-        )
+        return chosen
+    for store in requested:
+        if not enabled[store]:
+            raise FailedPrecondition(
+                f"{store.value.lower()} materialization is disabled for "
+                f"projects/{settings.project}/featureViews/{settings.feature_view}; enable it "
+                "with UpdateMaterializationSettings",
+                reason="STORE_DISABLED",
+            )
+    return tuple(dict.fromkeys(requested))
 
 
-def _enabled_stores(view: Any) -> tuple[Store, ...]:
-    stores = []
-    if view.offline_enabled:
-        stores.append(Store.OFFLINE)
-    if view.online_enabled:
-        stores.append(Store.ONLINE)
-    return tuple(stores)
+def _require_job(uow: UnitOfWork, project: str, view_id: str, job_id: str, name: str) -> Job:
+    job = uow.jobs.get(project, view_id, job_id)
+    if job is None:
+        raise NotFound(f"{name} does not exist")
+    return job
+
+
+def _describe(interval: Interval, store: Store) -> str:
+    return (
+        f"{store.value.lower()} [{interval.start.isoformat()}, {interval.end.isoformat()}) "
+        f"is {interval.status.value}, not INCOMPLETE"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -13,10 +12,11 @@ from recstack.materialization.v1 import (
     materialization_service_pb2_grpc,
 )
 
-from services.materialization.adapters.job_repository import PostgresJobRepository
 from services.materialization.adapters.local_engine import LocalEngine
 from services.materialization.adapters.offline_store import ParquetOfflineStore
+from services.materialization.adapters.repository import postgres_unit_of_work
 from services.materialization.materializer import Materializer
+from services.materialization.runner import JobRunner
 from services.materialization.servicer import MaterializationServicer
 from shared.bootstrap import open_database, run
 from shared.db import ping, to_libpq
@@ -36,6 +36,10 @@ class MaterializationSettings(ServiceSettings):
     offline_store_uri: str = ""
     # Jobs that run at once in this replica.
     job_workers: int = 2
+    # A running job whose runner sent no heartbeat for this long is ended FAILED.
+    job_lease_seconds: float = 60.0
+    # How often an idle runner looks for queued jobs and due schedules.
+    job_poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,22 @@ class MaterializationDeps:
 def create_server(
     settings: MaterializationSettings, deps: MaterializationDeps
 ) -> tuple[RunningServer, int]:
-    materializer = Materializer(
-        jobs=PostgresJobRepository(deps.engine),
+    unit_of_work = partial(postgres_unit_of_work, deps.engine)
+    runner = JobRunner(
+        unit_of_work=unit_of_work,
         definitions=deps.registry,
         engine=LocalEngine(),
         offline_store=deps.offline_store,
         online_store=deps.online_store,
-        executor=ThreadPoolExecutor(settings.job_workers, thread_name_prefix="job"),
+        lease_seconds=settings.job_lease_seconds,
+        poll_seconds=settings.job_poll_seconds,
+    )
+    materializer = Materializer(
+        unit_of_work=unit_of_work,
+        definitions=deps.registry,
+        offline_store=deps.offline_store,
+        online_store=deps.online_store,
+        on_enqueue=runner.wake,
     )
     registration = ServiceRegistration(
         materialization_service_pb2_grpc.add_MaterializationServiceServicer_to_server,
@@ -65,6 +78,8 @@ def create_server(
     running = create_grpc_server(
         settings, [registration], readiness_checks={"postgres": partial(ping, deps.engine)}
     )
+    runner.start(settings.job_workers)
+    running.on_stop.append(runner.stop)
     return running, running.port
 
 
@@ -73,7 +88,7 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
     offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
     return MaterializationDeps(
         engine=engine,
-        online_store=PostgresOnlineStore(to_libpq(str(engine.url.render_as_string(False)))),
+        online_store=PostgresOnlineStore(to_libpq(engine.url.render_as_string(False))),
         registry=RegistryClient(settings.registry_addr),
         offline_store=ParquetOfflineStore(offline_uri),
     )

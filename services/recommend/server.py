@@ -8,7 +8,7 @@ and bind port 0.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -68,22 +68,7 @@ class RecommendDeps:
     on_stop: tuple[Callable[[], None], ...] = ()
 
 
-@dataclass
-class RecommendServer(RunningServer):
-    """The running server, which also stops the item cache's refresh thread."""
-
-    item_cache: ItemCache | None = None
-    on_stop: tuple[Callable[[], None], ...] = ()
-
-    def stop(self, grace: float | None = None) -> None:
-        super().stop(grace)
-        if self.item_cache is not None:
-            self.item_cache.stop()
-        for callback in self.on_stop:
-            callback()
-
-
-def create_server(settings: RecommendSettings, deps: RecommendDeps) -> tuple[RecommendServer, int]:
+def create_server(settings: RecommendSettings, deps: RecommendDeps) -> tuple[RunningServer, int]:
     """Build the service on `deps`, bind `settings.grpc_port` (0: a free port) and start it."""
     stages = deps.stages or default_stage_registry()
     cache = ItemCache(
@@ -103,10 +88,8 @@ def create_server(settings: RecommendSettings, deps: RecommendDeps) -> tuple[Rec
     }
     running = create_grpc_server(settings, [registration], readiness_checks=readiness)
     cache.start(warm=recommender.item_views_in_use)
-    # Every field of the shared server, whatever it grows, plus what this service must stop.
-    shared_fields = {f.name: getattr(running, f.name) for f in fields(running) if f.init}
-    server = RecommendServer(**shared_fields, item_cache=cache, on_stop=deps.on_stop)
-    return server, server.port
+    running.on_stop += [cache.stop, *deps.on_stop]
+    return running, running.port
 
 
 def open_deps(settings: RecommendSettings) -> RecommendDeps:

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from services.materialization.jobs import (
+    FileSourceSpec,
     MaterializationTask,
     OfflineStore,
     Progress,
@@ -40,7 +41,12 @@ class LocalEngine:
         on_chunk: Callable[[Progress], bool],
     ) -> Progress:
         progress = Progress()
+        excluded = self._keys(task.exclude_keys_from, task.view.join_key)
         for chunk in self._chunks(task):
+            if excluded is not None:
+                chunk = chunk.filter(
+                    pc.invert(pc.is_in(chunk.column(task.view.join_key), excluded))
+                )
             progress.rows_read += chunk.num_rows
             if Store.OFFLINE in task.stores:
                 progress.rows_written_offline += offline_store.write(
@@ -54,13 +60,18 @@ class LocalEngine:
                 break
         return progress
 
+    def _keys(self, source: FileSourceSpec | None, key: str) -> pa.Array | None:
+        if source is None:
+            return None
+        try:
+            return pc.unique(_dataset(source).to_table(columns=[key]).column(key)).combine_chunks()
+        except FileNotFoundError:
+            # No previous partition: every key of this one is new.
+            return None
+
     def _chunks(self, task: MaterializationTask) -> Iterator[pa.Table]:
         source = task.source
-        dataset = ds.dataset(
-            source.path,
-            format="parquet" if source.file_format == "PARQUET" else "csv",
-            partitioning="hive" if source.partition_column else None,
-        )
+        dataset = _dataset(source)
         ts_column = source.event_timestamp_column
         if ts_column not in dataset.schema.names:
             raise FailedPrecondition(
@@ -83,6 +94,14 @@ class LocalEngine:
                 yield table.rename_columns([*columns[:-1], EVENT_TS]).set_column(
                     len(columns) - 1, EVENT_TS, _as_utc(table.column(ts_column))
                 )
+
+
+def _dataset(source: FileSourceSpec) -> ds.Dataset:
+    return ds.dataset(
+        source.path,
+        format="parquet" if source.file_format == "PARQUET" else "csv",
+        partitioning="hive" if source.partition_column else None,
+    )
 
 
 def _scalar(moment: datetime, ts_type: pa.DataType) -> pa.Scalar:

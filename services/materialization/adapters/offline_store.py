@@ -1,40 +1,88 @@
 """Offline store: Parquet per feature-view version, partitioned by event date, every event kept.
 
 Each file is written under a temporary name and then moved into place, so a reader never
-sees half a file. Paths go through pyarrow's filesystem layer, so an object-store URI works
-as well as a local directory.
+sees half a file. Before a job writes a window it clears that window's rows, so rerunning a
+job (or backfilling a window again) never duplicates events. Paths go through pyarrow's
+filesystem layer, so an object-store URI works as well as a local directory.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from services.materialization.jobs import FileSourceSpec, Window
 from shared.feature_views import ViewSchema
 
 PARTITION = "ds"
+EVENT_TS = "event_ts"
 
 
 class ParquetOfflineStore:
     def __init__(self, uri: str) -> None:
+        self.uri = uri
         self._fs, self._root = pafs.FileSystem.from_uri(uri)
         self._fs.create_dir(self._root, recursive=True)
 
     def view_path(self, view: ViewSchema) -> str:
         return f"{self._root}/{view.project}/{view.name}/v{view.version}"
 
+    def source(self, view: ViewSchema) -> FileSourceSpec:
+        return FileSourceSpec(self.view_path(view), "PARQUET", EVENT_TS, PARTITION)
+
     def write(self, view: ViewSchema, table: pa.Table, job_id: str, chunk: int) -> int:
-        days = pc.strftime(table.column("event_ts"), format="%Y-%m-%d")
+        days = pc.strftime(table.column(EVENT_TS), format="%Y-%m-%d")
         for day in pc.unique(days).to_pylist():
             part = table.filter(pc.equal(days, day))
-            directory = f"{self.view_path(view)}/{PARTITION}={day}"
+            directory = self._partition(view, day)
             self._fs.create_dir(directory, recursive=True)
-            final = f"{directory}/{job_id}-{chunk:06d}.parquet"
-            temporary = f"{directory}/.tmp-{uuid.uuid4().hex}"
-            pq.write_table(part, temporary, filesystem=self._fs)
-            self._fs.move(temporary, final)
+            self._replace(f"{directory}/{job_id}-{chunk:06d}.parquet", part)
         return table.num_rows
+
+    def clear_window(self, view: ViewSchema, window: Window) -> int:
+        removed = 0
+        day = window.start.date()
+        while day <= (window.end - timedelta(microseconds=1)).date():
+            for path in self._files(self._partition(view, day.isoformat())):
+                removed += self._remove_rows(path, window)
+            day += timedelta(days=1)
+        return removed
+
+    def drop(self, view: ViewSchema) -> None:
+        if self._fs.get_file_info(self.view_path(view)).type != pafs.FileType.NotFound:
+            self._fs.delete_dir(self.view_path(view))
+
+    def _partition(self, view: ViewSchema, day: str) -> str:
+        return f"{self.view_path(view)}/{PARTITION}={day}"
+
+    def _files(self, directory: str) -> list[str]:
+        selector = pafs.FileSelector(directory, allow_not_found=True)
+        return [
+            info.path
+            for info in self._fs.get_file_info(selector)
+            if info.is_file and info.path.endswith(".parquet")
+        ]
+
+    def _remove_rows(self, path: str, window: Window) -> int:
+        table = pq.read_table(path, filesystem=self._fs)
+        times = table.column(EVENT_TS)
+        inside = pc.and_(
+            pc.greater_equal(times, pa.scalar(window.start, times.type)),
+            pc.less(times, pa.scalar(window.end, times.type)),
+        )
+        removed = pc.sum(inside).as_py() or 0
+        if removed == table.num_rows:
+            self._fs.delete_file(path)
+        elif removed:
+            self._replace(path, table.filter(pc.invert(inside)))
+        return removed
+
+    def _replace(self, final: str, table: pa.Table) -> None:
+        temporary = f"{final.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}"
+        pq.write_table(table, temporary, filesystem=self._fs)
+        self._fs.move(temporary, final)
