@@ -1,0 +1,272 @@
+"""Runs queued materialization jobs and fires schedules, in any number of replicas.
+
+Each replica polls for work: a job is claimed with `FOR UPDATE SKIP LOCKED`, so it runs
+exactly once; a running job's heartbeat is refreshed after every chunk, and a job whose
+runner died (no heartbeat for `lease_seconds`) is ended FAILED with its intervals
+INCOMPLETE, never COMPLETE. Schedules are locked the same way, so one replica fires each.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from services.materialization.intervals import Status, check_capacity
+from services.materialization.jobs import (
+    ComputeEngine,
+    FileSourceSpec,
+    Job,
+    JobState,
+    MaterializationTask,
+    OfflineStore,
+    Progress,
+    PublishMode,
+    Settings,
+    Store,
+    Trigger,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
+from services.materialization.materializer import (
+    Definitions,
+    enqueue,
+    finish,
+    new_job,
+)
+from services.materialization.schedules import due_triggers, run_window
+from shared.errors import DomainError, FailedPrecondition
+from shared.feature_views import ViewSchema
+from shared.online_store import OnlineStore
+
+log = structlog.get_logger(__name__)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        unit_of_work: UnitOfWorkFactory,
+        definitions: Definitions,
+        engine: ComputeEngine,
+        offline_store: OfflineStore,
+        online_store: OnlineStore,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 1.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.runner_id = uuid.uuid4().hex[:12]
+        self._unit_of_work = unit_of_work
+        self._definitions = definitions
+        self._engine = engine
+        self._offline_store = offline_store
+        self._online_store = online_store
+        self._lease = timedelta(seconds=lease_seconds)
+        self._poll_seconds = poll_seconds
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, workers: int = 1) -> None:
+        for index in range(workers):
+            thread = threading.Thread(target=self._loop, name=f"job-runner-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def run_pending(self) -> int:
+        """Reap dead jobs, fire due schedules, then run queued jobs until none is left."""
+        self.reap()
+        self.fire_schedules()
+        ran = 0
+        while not self._stop.is_set() and self.run_one():
+            ran += 1
+        return ran
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_pending()
+            except Exception:  # the loop must survive a bad cycle (database blip, bug)
+                log.exception("runner_cycle_failed")
+            self._wake.wait(self._poll_seconds)
+            self._wake.clear()
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def run_one(self) -> bool:
+        with self._unit_of_work() as uow:
+            job = uow.jobs.claim(self.runner_id, self._clock())
+        if job is None:
+            return False
+        structlog.contextvars.bind_contextvars(job=job.name)
+        try:
+            state, error = self._execute(job)
+        except DomainError as exc:
+            state, error = JobState.FAILED, exc.message
+        except Exception as exc:  # a job must end FAILED, whatever broke
+            log.exception("job_failed")
+            state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+        with self._unit_of_work() as uow:
+            finish(uow, job, state, self._clock(), error)
+        log.info("job_ended", state=state.value, rows_read=job.progress.rows_read, error=error)
+        structlog.contextvars.unbind_contextvars("job")
+        return True
+
+    def _execute(self, job: Job) -> tuple[JobState, str]:
+        view = self._definitions.view_schema(
+            job.project, job.feature_view, job.feature_view_version
+        )
+        task = self._task(job, view)
+        if Store.OFFLINE in job.stores:
+            # Rerunning a window must replace its events, not add them a second time.
+            self._offline_store.clear_window(view, job.window)
+        if job.publish is not None and job.publish.mode is PublishMode.OVERWRITE:
+            self._online_store.drop_table(view)
+            self._online_store.ensure_table(view)
+        cancelled = False
+
+        def on_chunk(progress: Progress) -> bool:
+            nonlocal cancelled
+            with self._unit_of_work() as uow:
+                current = uow.jobs.get(job.project, job.feature_view, job.job_id)
+                job.progress, job.heartbeat_time = progress, self._clock()
+                job.cancel_requested = bool(current and current.cancel_requested)
+                uow.jobs.save(job)
+            cancelled = job.cancel_requested
+            return not cancelled
+
+        job.progress = self._engine.run(
+            task,
+            offline_store=self._offline_store,
+            online_store=self._online_store,
+            on_chunk=on_chunk,
+        )
+        if cancelled:
+            return JobState.CANCELLED, "cancelled while running"
+        return JobState.SUCCEEDED, ""
+
+    def _task(self, job: Job, view: ViewSchema) -> MaterializationTask:
+        source, excluded = self._sources(job, view)
+        return MaterializationTask(view, source, job.window, job.stores, job.job_id, excluded)
+
+    def _sources(self, job: Job, view: ViewSchema) -> tuple[FileSourceSpec, FileSourceSpec | None]:
+        offline = self._offline_store.source(view)
+        if job.publish is not None:
+            return self._publish_sources(job, offline)
+        if job.stores == (Store.ONLINE,) and self._offline_complete(job):
+            # Online bootstrap: the offline store already holds this window; copy it rather
+            # than reading (and paying for) the source again.
+            return offline, None
+        return self._file_source(job), None
+
+    def _publish_sources(
+        self, job: Job, offline: FileSourceSpec
+    ) -> tuple[FileSourceSpec, FileSourceSpec | None]:
+        assert job.publish is not None
+        partition = f"{offline.path}/{offline.partition_column}={job.publish.partition}"
+        source = FileSourceSpec(partition, "PARQUET", offline.event_timestamp_column)
+        excluded = None
+        if job.publish.mode is PublishMode.INCREMENTAL:
+            previous = (job.window.start - timedelta(days=1)).date().isoformat()
+            excluded = FileSourceSpec(
+                f"{offline.path}/{offline.partition_column}={previous}",
+                "PARQUET",
+                offline.event_timestamp_column,
+            )
+        return source, excluded
+
+    def _offline_complete(self, job: Job) -> bool:
+        with self._unit_of_work() as uow:
+            timeline = uow.intervals.load(
+                job.project, job.feature_view, job.feature_view_version, Store.OFFLINE
+            )
+        return not timeline.status_everywhere(job.window, Status.COMPLETE)
+
+    def _file_source(self, job: Job) -> FileSourceSpec:
+        view = self._definitions.feature_view(
+            job.project, job.feature_view, job.feature_view_version
+        )
+        source = self._definitions.data_source(job.project, view.source)
+        if source.WhichOneof("kind") != "file":
+            raise FailedPrecondition(
+                f"data source {view.source!r} is not a FILE source; only FILE sources "
+                "materialize in this version"
+            )
+        file_format = "PARQUET" if source.file.format == source.file.FORMAT_PARQUET else "CSV"
+        return FileSourceSpec(
+            source.file.path,
+            file_format,
+            source.event_timestamp_column,
+            source.file.partition_column,
+        )
+
+    # --- failures and schedules -------------------------------------------------------
+
+    def reap(self) -> int:
+        """End jobs whose runner stopped heartbeating (crashed or killed) as FAILED."""
+        now = self._clock()
+        with self._unit_of_work() as uow:
+            dead = uow.jobs.stale(now - self._lease)
+            for job in dead:
+                finish(
+                    uow,
+                    job,
+                    JobState.FAILED,
+                    now,
+                    f"the materialization service running it (runner {job.runner_id}) stopped; "
+                    "its window is INCOMPLETE: retry the job",
+                )
+        return len(dead)
+
+    def fire_schedules(self) -> int:
+        now = self._clock()
+        fired = 0
+        with self._unit_of_work() as uow:
+            for settings in uow.settings.due(now):
+                fired += self._fire(uow, settings, now)
+        if fired:
+            self._wake.set()
+        return fired
+
+    def _fire(self, uow: UnitOfWork, settings: Settings, now: datetime) -> int:
+        recurrence = settings.recurrence
+        assert recurrence is not None, "due() returns scheduled settings only"
+        triggers = due_triggers(recurrence, settings.last_trigger_time, now)
+        if not triggers:
+            return 0
+        project, view_id = settings.project, settings.feature_view
+        view = self._definitions.feature_view(project, view_id)
+        stores = tuple(
+            store
+            for store, enabled in (
+                (Store.OFFLINE, settings.offline_enabled),
+                (Store.ONLINE, settings.online_enabled),
+            )
+            if enabled
+        )
+        uow.intervals.lock(project, view_id, view.version)
+        windows = [run_window(t, recurrence, settings.source_delay) for t in triggers]
+        for store in stores:
+            check_capacity(uow.intervals.load(project, view_id, view.version, store), windows)
+        jobs = [
+            new_job(project, view_id, view.version, window, stores, Trigger.SCHEDULE, now)
+            for window in windows
+        ]
+        if stores:
+            enqueue(uow, jobs)
+        settings.last_trigger_time = triggers[-1]
+        uow.settings.save(settings)
+        return len(jobs) if stores else 0

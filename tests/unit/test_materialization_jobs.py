@@ -1,0 +1,339 @@
+"""Backfill, retry, cancel, crash reaping, schedules, bootstrap and publish against in-memory
+fakes of the repositories, the engine and the stores."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from services.materialization.intervals import Status, Timeline
+from services.materialization.jobs import (
+    FileSourceSpec,
+    Frequency,
+    JobState,
+    Progress,
+    PublishMode,
+    Recurrence,
+    Settings,
+    Store,
+    Trigger,
+    Window,
+)
+from services.materialization.materializer import Materializer
+from services.materialization.runner import JobRunner
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from shared.feature_views import Feature, ViewSchema
+from shared.values import VT
+
+VIEW = "projects/p/featureViews/clicks"
+SCHEMA = ViewSchema(
+    "p", "clicks", 1, "user_id", VT.VALUE_TYPE_INT64, (Feature("n", VT.VALUE_TYPE_DOUBLE),)
+)
+C, INC, N, P = Status.COMPLETE, Status.INCOMPLETE, Status.NONE, Status.PENDING
+
+
+def day(d, hour=4):
+    return datetime(2026, 4, d, hour, tzinfo=UTC)
+
+
+@dataclass
+class State:
+    jobs: dict = field(default_factory=dict)
+    timelines: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+class Jobs:
+    def __init__(self, state):
+        self.s = state
+
+    def insert(self, job):
+        self.s.jobs[job.job_id] = job
+
+    save = insert
+
+    def get(self, project, view, job_id):
+        return self.s.jobs.get(job_id)
+
+    def list(self, project, view, offset, limit):
+        return sorted(self.s.jobs.values(), key=lambda j: j.create_time)[offset : offset + limit]
+
+    def claim(self, runner_id, now):
+        queued = [j for j in self.s.jobs.values() if j.state is JobState.QUEUED]
+        if not queued:
+            return None
+        job = min(queued, key=lambda j: (j.create_time, j.job_id))
+        job.state, job.runner_id, job.start_time, job.heartbeat_time = (
+            JobState.RUNNING,
+            runner_id,
+            now,
+            now,
+        )
+        return job
+
+    def stale(self, before):
+        return [
+            j
+            for j in self.s.jobs.values()
+            if j.state is JobState.RUNNING and j.heartbeat_time < before
+        ]
+
+
+class Intervals:
+    def __init__(self, state):
+        self.s = state
+
+    def lock(self, *key):
+        pass
+
+    def load(self, *key):
+        return self.s.timelines.get(key, Timeline())
+
+    def save(self, *args):
+        *key, timeline = args
+        self.s.timelines[tuple(key)] = timeline
+
+
+class SettingsRepo:
+    def __init__(self, state):
+        self.s = state
+
+    def get(self, project, view):
+        return copy.deepcopy(self.s.settings.get((project, view)))
+
+    def save(self, settings):
+        self.s.settings[(settings.project, settings.feature_view)] = copy.deepcopy(settings)
+
+    def due(self, now):
+        return [copy.deepcopy(s) for s in self.s.settings.values() if s.recurrence]
+
+
+class World:
+    """Everything a Materializer and a JobRunner need, in memory, with a settable clock."""
+
+    def __init__(self, online=True, offline=True):
+        self.state = State()
+        self.now = day(10)
+        self.engine_calls = []
+        self.fail_with = None
+        self.cleared = []
+        self.dropped = []
+        self.view = SimpleNamespace(
+            name=VIEW, version=1, source="events", online_enabled=online, offline_enabled=offline
+        )
+        definitions = SimpleNamespace(
+            feature_view=lambda project, view, version=0: self.view,
+            view_schema=lambda project, view, version=0: SCHEMA,
+            data_source=lambda project, source: SimpleNamespace(
+                WhichOneof=lambda _: "file",
+                file=SimpleNamespace(path="/src", format=1, FORMAT_PARQUET=1, partition_column=""),
+                event_timestamp_column="ts",
+            ),
+        )
+        offline = SimpleNamespace(
+            source=lambda view: FileSourceSpec("/offline/p/clicks/v1", "PARQUET", "event_ts", "ds"),
+            clear_window=lambda view, window: self.cleared.append(window) or 0,
+            drop=lambda view: self.dropped.append("offline"),
+        )
+        online = SimpleNamespace(
+            drop_table=lambda view: self.dropped.append("online"), ensure_table=lambda view: None
+        )
+        common = {
+            "unit_of_work": self.unit_of_work,
+            "definitions": definitions,
+            "offline_store": offline,
+            "online_store": online,
+            "clock": lambda: self.now,
+        }
+        self.materializer = Materializer(**common)
+        self.runner = JobRunner(engine=self, lease_seconds=30, **common)
+
+    @contextmanager
+    def unit_of_work(self):
+        working = copy.deepcopy(self.state)
+        yield SimpleNamespace(
+            jobs=Jobs(working), intervals=Intervals(working), settings=SettingsRepo(working)
+        )
+        self.state = working
+
+    def run(self, task, *, offline_store, online_store, on_chunk):
+        self.engine_calls.append(task)
+        if self.fail_with:
+            raise self.fail_with
+        progress = Progress(rows_read=10, chunks_done=1)
+        on_chunk(progress)
+        return progress
+
+    def timeline(self, store):
+        return [
+            (i.start, i.end, i.status)
+            for i in self.state.timelines.get(("p", "clicks", 1, store), Timeline()).covering()
+        ]
+
+    def seed(self, store, *spans):
+        timeline = Timeline()
+        for start, end, status in spans:
+            timeline = timeline.set(Window(start, end), status)
+        self.state.timelines[("p", "clicks", 1, store)] = timeline
+
+
+@pytest.fixture
+def world():
+    return World(online=False)
+
+
+def test_the_issue_example_end_to_end(world):
+    world.seed(Store.OFFLINE, (day(2), day(3), INC), (day(4), day(5), C))
+    jobs = world.materializer.backfill(VIEW, day(2, 12), day(4, 12), [C, INC], [])
+    assert [(j.window.start, j.window.end, j.stores) for j in jobs] == [
+        (day(2, 12), day(3), (Store.OFFLINE,)),
+        (day(4), day(4, 12), (Store.OFFLINE,)),
+    ]
+    assert world.timeline(Store.OFFLINE)[:2] == [
+        (day(2), day(2, 12), INC),
+        (day(2, 12), day(3), P),
+    ]
+    assert world.runner.run_pending() == 2
+    assert world.timeline(Store.OFFLINE) == [
+        (day(2), day(2, 12), INC),
+        (day(2, 12), day(3), C),
+        (day(3), day(4), N),
+        (day(4), day(5), C),
+    ]
+    assert {j.state for j in world.state.jobs.values()} == {JobState.SUCCEEDED}
+    assert sorted(world.cleared, key=lambda w: w.start) == [
+        Window(day(2, 12), day(3)),
+        Window(day(4), day(4, 12)),
+    ]
+
+
+def test_a_failed_job_leaves_its_window_incomplete_and_retry_finishes_it(world):
+    [job] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    world.fail_with = OSError("disk full")
+    world.runner.run_pending()
+    failed = world.materializer.get_job(job.name)
+    assert (failed.state, failed.error_message) == (JobState.FAILED, "OSError: disk full")
+    assert world.timeline(Store.OFFLINE) == [(day(1), day(2), INC)]
+    world.fail_with = None
+    retry = world.materializer.retry(job.name)
+    assert (retry.trigger, retry.retry_of, retry.window) == (Trigger.RETRY, job.job_id, job.window)
+    world.runner.run_pending()
+    assert world.timeline(Store.OFFLINE) == [(day(1), day(2), C)]
+
+
+def test_retry_is_refused_unless_the_whole_window_is_incomplete(world):
+    [job] = world.materializer.backfill(VIEW, day(1), day(3), [], [])
+    world.fail_with = OSError("boom")
+    world.runner.run_pending()
+    world.fail_with = None
+    world.materializer.backfill(VIEW, day(2), day(3), [INC], [])
+    world.runner.run_pending()
+    with pytest.raises(FailedPrecondition, match=r"2026-04-02T04:00:00\+00:00.*COMPLETE"):
+        world.materializer.retry(job.name)
+    with pytest.raises(FailedPrecondition, match="SUCCEEDED"):
+        world.materializer.retry(world.materializer.list_jobs(VIEW, 0, "")[0][1].name)
+
+
+def test_cancelling_a_queued_job_marks_its_window_incomplete(world):
+    [job] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    assert world.materializer.cancel_job(job.name).state is JobState.CANCELLED
+    assert world.timeline(Store.OFFLINE) == [(day(1), day(2), INC)]
+    assert world.runner.run_pending() == 0
+    with pytest.raises(FailedPrecondition):
+        world.materializer.cancel_job(job.name)
+
+
+def test_a_job_whose_runner_died_is_failed_never_complete(world):
+    [job] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    with world.unit_of_work() as uow:
+        uow.jobs.claim("dead-runner", world.now)
+    world.now += timedelta(seconds=10)
+    assert world.runner.reap() == 0
+    world.now += timedelta(minutes=5)
+    assert world.runner.reap() == 1
+    dead = world.materializer.get_job(job.name)
+    assert dead.state is JobState.FAILED and "dead-runner" in dead.error_message
+    assert world.timeline(Store.OFFLINE) == [(day(1), day(2), INC)]
+    world.materializer.retry(job.name)
+    world.runner.run_pending()
+    assert world.timeline(Store.OFFLINE) == [(day(1), day(2), C)]
+
+
+def test_backfill_needs_an_enabled_store_and_a_valid_window(world):
+    with pytest.raises(FailedPrecondition, match="online materialization is disabled"):
+        world.materializer.backfill(VIEW, day(1), day(2), [], [Store.ONLINE])
+    with pytest.raises(InvalidArgument) as caught:
+        world.materializer.backfill(VIEW, day(1), None, [], [])
+    assert caught.value.field == "window"
+    with pytest.raises(InvalidArgument):
+        world.materializer.backfill("clicks", day(1), day(2), [], [])
+    with pytest.raises(NotFound):
+        world.materializer.get_job(f"{VIEW}/jobs/nope")
+
+
+def test_online_enabled_after_offline_bootstraps_from_offline_data():
+    world = World(online=False)
+    world.materializer.backfill(VIEW, day(1), day(3), [], [])
+    world.runner.run_pending()
+    assert world.engine_calls[-1].source.path == "/src"
+    world.materializer.update_settings(
+        Settings("p", "clicks", offline_enabled=True, online_enabled=True), "", ["online_enabled"]
+    )
+    world.materializer.backfill(VIEW, day(1), day(3), [], [Store.ONLINE])
+    world.runner.run_pending()
+    bootstrap = world.engine_calls[-1]
+    assert bootstrap.source.path == "/offline/p/clicks/v1"
+    assert bootstrap.stores == (Store.ONLINE,)
+    source_reads = [task for task in world.engine_calls if task.source.path == "/src"]
+    assert len(source_reads) == 1
+
+
+def test_disabling_a_store_resets_its_intervals_and_stops_serving(world):
+    world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    world.runner.run_pending()
+    world.materializer.update_settings(
+        Settings("p", "clicks", offline_enabled=False), "", ["offline_enabled"]
+    )
+    assert world.timeline(Store.OFFLINE) == []
+    assert world.dropped == ["offline"]
+
+
+def test_schedules_catch_up_missed_runs_with_source_delay(world):
+    hourly = Recurrence(Frequency.HOUR, 1, day(10, 0))
+    world.materializer.update_settings(
+        Settings(
+            "p",
+            "clicks",
+            offline_enabled=True,
+            recurrence=hourly,
+            source_delay=timedelta(minutes=30),
+        ),
+        "",
+        [],
+    )
+    world.now = day(10, 2) + timedelta(minutes=5)
+    assert world.runner.fire_schedules() == 3
+    windows = sorted((j.window.start, j.window.end) for j in world.state.jobs.values())
+    assert windows[0] == (day(9, 22) + timedelta(minutes=30), day(9, 23) + timedelta(minutes=30))
+    assert windows[-1] == (day(10, 0) + timedelta(minutes=30), day(10, 1) + timedelta(minutes=30))
+    assert world.runner.fire_schedules() == 0
+    world.now = day(10, 3)
+    assert world.runner.fire_schedules() == 1
+
+
+def test_incremental_publish_skips_keys_of_the_previous_partition():
+    world = World(online=True)
+    job = world.materializer.publish(VIEW, "2026-04-05", PublishMode.INCREMENTAL, True)
+    assert job.window == Window(datetime(2026, 4, 5, tzinfo=UTC), datetime(2026, 4, 6, tzinfo=UTC))
+    world.runner.run_pending()
+    task = world.engine_calls[-1]
+    assert task.source.path.endswith("ds=2026-04-05")
+    assert task.exclude_keys_from.path.endswith("ds=2026-04-04")
+    assert task.stores == (Store.ONLINE,)
+    with pytest.raises(InvalidArgument):
+        world.materializer.publish(VIEW, "April 5", PublishMode.MERGE, True)
