@@ -40,6 +40,8 @@ class MaterializationSettings(ServiceSettings):
     job_lease_seconds: float = 60.0
     # How often an idle runner looks for queued jobs and due schedules.
     job_poll_seconds: float = 1.0
+    # Rows per chunk: progress, cancellation and heartbeats happen between chunks.
+    job_chunk_rows: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def create_server(
     runner = JobRunner(
         unit_of_work=unit_of_work,
         definitions=deps.registry,
-        engine=LocalEngine(),
+        engine=LocalEngine(chunk_rows=settings.job_chunk_rows),
         offline_store=deps.offline_store,
         online_store=deps.online_store,
         lease_seconds=settings.job_lease_seconds,

@@ -1,0 +1,315 @@
+"""Materialization over gRPC with real PostgreSQL and Parquet: intervals, backfill by status,
+retry, settings, publish, and a service killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from recstack.common.v1 import time_window_pb2, value_pb2
+from recstack.materialization.v1 import (
+    data_interval_pb2,
+    job_pb2,
+    materialization_service_pb2_grpc,
+    materialization_settings_pb2,
+)
+from recstack.materialization.v1 import materialization_service_pb2 as mpb
+from recstack.registry.v1 import (
+    data_source_pb2,
+    entity_pb2,
+    feature_view_pb2,
+    registry_service_pb2_grpc,
+)
+from recstack.registry.v1 import registry_service_pb2 as rpb
+from recstack.serving.v1 import serving_service_pb2 as spb
+from recstack.serving.v1 import serving_service_pb2_grpc
+
+from shared.db import create_database, drop_database
+
+VT = value_pb2.ValueType
+DI = data_interval_pb2.DataInterval
+REPO = Path(__file__).resolve().parents[2]
+
+
+def day(d, hour=4):
+    return datetime(2026, 4, d, hour, tzinfo=UTC)
+
+
+def _window(start, end):
+    window = time_window_pb2.TimeWindow()
+    window.start_time.FromDatetime(start)
+    window.end_time.FromDatetime(end)
+    return window
+
+
+def _write_source(path: Path, users: int, events_per_day: int, days=range(1, 6)) -> None:
+    rng = np.random.default_rng(7)
+    times, keys = [], []
+    for d in days:
+        base = day(d, 0)
+        times += [base + timedelta(seconds=int(s)) for s in rng.integers(0, 86400, events_per_day)]
+        keys += list(rng.integers(1, users + 1, events_per_day))
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(keys, pa.int64()),
+                "clicks": pa.array(rng.random(len(keys))),
+                "ts": pa.array(times, pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+
+
+def _register(registry, project, source_path):
+    parent = f"projects/{project}"
+    field = feature_view_pb2.FeatureField
+    registry.Apply(
+        rpb.ApplyRequest(
+            parent=parent,
+            definitions=[
+                rpb.Definition(
+                    id="user",
+                    entity=entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64),
+                ),
+                rpb.Definition(
+                    id="events",
+                    data_source=data_source_pb2.DataSource(
+                        file=data_source_pb2.FileSource(
+                            path=str(source_path), format=data_source_pb2.FileSource.FORMAT_PARQUET
+                        ),
+                        event_timestamp_column="ts",
+                    ),
+                ),
+                rpb.Definition(
+                    id="clicks",
+                    feature_view=feature_view_pb2.FeatureView(
+                        entity="user",
+                        source="events",
+                        type=feature_view_pb2.FeatureView.TYPE_BATCH,
+                        offline_enabled=True,
+                        fields=[
+                            field(name="user_id", value_type=VT.VALUE_TYPE_INT64),
+                            field(name="clicks", value_type=VT.VALUE_TYPE_DOUBLE),
+                        ],
+                    ),
+                ),
+            ],
+        )
+    )
+    return f"{parent}/featureViews/clicks"
+
+
+def _wait(materialization, name, timeout=60):
+    last = None
+    for update in materialization.WatchJob(mpb.WatchJobRequest(name=name), timeout=timeout):
+        last = update.job
+    return last
+
+
+def _intervals(materialization, view, store=job_pb2.STORE_OFFLINE, window=None):
+    request = mpb.ListDataIntervalsRequest(feature_view=view, store=store)
+    if window:
+        request.window.CopyFrom(_window(*window))
+    response = materialization.ListDataIntervals(request)
+    return [
+        (
+            i.window.start_time.ToDatetime(tzinfo=UTC),
+            i.window.end_time.ToDatetime(tzinfo=UTC),
+            DI.Status.Name(i.status).removeprefix("STATUS_"),
+        )
+        for i in response.data_intervals
+    ]
+
+
+@pytest.fixture(scope="module")
+def stubs(registry_address, materialization_address, serving_address):
+    with (
+        grpc.insecure_channel(registry_address) as r,
+        grpc.insecure_channel(materialization_address) as m,
+        grpc.insecure_channel(serving_address) as s,
+    ):
+        yield (
+            registry_service_pb2_grpc.RegistryServiceStub(r),
+            materialization_service_pb2_grpc.MaterializationServiceStub(m),
+            serving_service_pb2_grpc.FeatureServingServiceStub(s),
+        )
+
+
+@pytest.fixture
+def view(stubs, tmp_path):
+    source = tmp_path / "events.parquet"
+    _write_source(source, users=20, events_per_day=50)
+    return _register(stubs[0], f"m_{uuid.uuid4().hex[:8]}", source)
+
+
+def _backfill(materialization, view, start=None, end=None, statuses=()):
+    request = mpb.BackfillRequest(feature_view=view, statuses=list(statuses))
+    if start:
+        request.window.start_time.FromDatetime(start)
+    if end:
+        request.window.end_time.FromDatetime(end)
+    return [_wait(materialization, job.name) for job in materialization.Backfill(request).jobs]
+
+
+def test_the_issue_example_over_grpc(stubs, view, tmp_path):
+    _, materialization, _ = stubs
+    # 04-02 INCOMPLETE (its job fails: the source is missing), 04-04 COMPLETE, the rest NONE.
+    source = tmp_path / "events.parquet"
+    source.rename(tmp_path / "hidden.parquet")
+    [failed] = _backfill(materialization, view, day(2), day(3), [DI.STATUS_NONE])
+    assert failed.state == job_pb2.Job.STATE_FAILED
+    (tmp_path / "hidden.parquet").rename(source)
+    _backfill(materialization, view, day(4), day(5), [DI.STATUS_NONE])
+    assert _intervals(materialization, view, window=(day(1), day(6))) == [
+        (day(1), day(2), "NONE"),
+        (day(2), day(3), "INCOMPLETE"),
+        (day(3), day(4), "NONE"),
+        (day(4), day(5), "COMPLETE"),
+        (day(5), day(6), "NONE"),
+    ]
+    jobs = _backfill(
+        materialization, view, day(2, 12), day(4, 12), [DI.STATUS_COMPLETE, DI.STATUS_INCOMPLETE]
+    )
+    windows = sorted(
+        (j.window.start_time.ToDatetime(tzinfo=UTC), j.window.end_time.ToDatetime(tzinfo=UTC))
+        for j in jobs
+    )
+    assert windows == [(day(2, 12), day(3)), (day(4), day(4, 12))]
+    assert {j.state for j in jobs} == {job_pb2.Job.STATE_SUCCEEDED}
+    assert _intervals(materialization, view) == [
+        (day(2), day(2, 12), "INCOMPLETE"),
+        (day(2, 12), day(3), "COMPLETE"),
+        (day(3), day(4), "NONE"),
+        (day(4), day(5), "COMPLETE"),
+    ]
+
+
+def test_retry_of_a_window_no_longer_incomplete_is_refused(stubs, view):
+    _, materialization, _ = stubs
+    [done] = _backfill(materialization, view, day(1), day(2))
+    with pytest.raises(grpc.RpcError) as caught:
+        materialization.RetryJob(mpb.RetryJobRequest(name=done.name))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_never_materialized_view_needs_a_window(stubs, view):
+    _, materialization, _ = stubs
+    with pytest.raises(grpc.RpcError) as caught:
+        materialization.Backfill(mpb.BackfillRequest(feature_view=view))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "window" in caught.value.details()
+
+
+def test_rerunning_a_window_does_not_duplicate_offline_rows(stubs, view, tmp_path):
+    _, materialization, _ = stubs
+    first = _backfill(materialization, view, day(1), day(3))[0]
+    again = _backfill(materialization, view, day(1), day(3), [DI.STATUS_COMPLETE])[0]
+    assert first.progress.rows_read == again.progress.rows_read == 100
+
+
+def test_enabling_online_bootstraps_from_offline_and_serves(stubs, view):
+    _, materialization, serving = stubs
+    _backfill(materialization, view, day(1), day(6))
+    settings = materialization_settings_pb2.MaterializationSettings(
+        name=f"{view}/materializationSettings", offline_enabled=True, online_enabled=True
+    )
+    materialization.UpdateMaterializationSettings(
+        mpb.UpdateMaterializationSettingsRequest(settings=settings)
+    )
+    [job] = _backfill(materialization, view, day(1), day(6), [DI.STATUS_NONE])
+    assert job.state == job_pb2.Job.STATE_SUCCEEDED
+    assert list(job.stores) == [job_pb2.STORE_ONLINE]
+    project = view.split("/")[1]
+    response = serving.GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=project,
+            features=["clicks:clicks"],
+            entity_keys=[value_pb2.Value(int64_value=k) for k in range(1, 21)],
+        )
+    )
+    assert list(response.columns[0].statuses).count(spb.FEATURE_STATUS_PRESENT) == 20
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_service(database_url, registry_address, offline_dir, port):
+    env = os.environ | {
+        "RECSTACK_DATABASE_URL": database_url,
+        "RECSTACK_GRPC_PORT": str(port),
+        "RECSTACK_REGISTRY_ADDR": registry_address,
+        "RECSTACK_OFFLINE_STORE_URI": str(offline_dir),
+        "RECSTACK_JOB_LEASE_SECONDS": "2",
+        "RECSTACK_JOB_POLL_SECONDS": "0.2",
+        "RECSTACK_JOB_CHUNK_ROWS": "500",
+        "RECSTACK_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.materialization.server"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    return process, channel
+
+
+def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishes(
+    registry_address, postgres_server_url, tmp_path
+):
+    database = f"crash_{uuid.uuid4().hex[:8]}"
+    url = create_database(postgres_server_url, database)
+    source = tmp_path / "big.parquet"
+    _write_source(source, users=500, events_per_day=20_000)
+    with grpc.insecure_channel(registry_address) as channel:
+        view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
+    port = _free_port()
+    process, channel = _start_service(url, registry_address, tmp_path / "offline", port)
+    try:
+        materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
+        [job] = materialization.Backfill(
+            mpb.BackfillRequest(feature_view=view, window=_window(day(1, 0), day(6, 0)))
+        ).jobs
+        for update in materialization.WatchJob(mpb.WatchJobRequest(name=job.name), timeout=60):
+            if update.job.progress.chunks_done >= 2:
+                break
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        channel.close()
+        process, channel = _start_service(url, registry_address, tmp_path / "offline", port)
+        materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
+        failed = _wait(materialization, job.name)
+        assert failed.state == job_pb2.Job.STATE_FAILED
+        assert "stopped" in failed.error_message
+        assert {s for *_, s in _intervals(materialization, view)} == {"INCOMPLETE"}
+        retry = materialization.RetryJob(mpb.RetryJobRequest(name=job.name)).job
+        finished = _wait(materialization, retry.name, timeout=120)
+        assert finished.state == job_pb2.Job.STATE_SUCCEEDED
+        assert finished.progress.rows_read == 100_000
+        assert _intervals(materialization, view) == [(day(1, 0), day(6, 0), "COMPLETE")]
+        offline_rows = sum(
+            pq.read_metadata(p).num_rows for p in (tmp_path / "offline").rglob("*.parquet")
+        )
+        assert offline_rows == 100_000
+    finally:
+        process.kill()
+        process.wait(10)
+        channel.close()
+        drop_database(postgres_server_url, database)
