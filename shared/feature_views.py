@@ -12,6 +12,13 @@ from recstack.registry.v1 import entity_pb2, feature_view_pb2
 class Feature:
     name: str
     value_type: int
+    # Set for fields the platform produces (LLM_EMBEDDING): the model and its raw input field.
+    embedding_model: str = ""
+    input_field: str = ""
+
+    @property
+    def produced(self) -> bool:
+        return bool(self.embedding_model)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,12 @@ def view_schema(
     project: str, view: feature_view_pb2.FeatureView, entity: entity_pb2.Entity
 ) -> ViewSchema:
     features = tuple(
-        Feature(field.name, field.value_type)
+        Feature(
+            field.name,
+            field.value_type,
+            field.production.embedding_model if field.HasField("production") else "",
+            field.production.input_field if field.HasField("production") else "",
+        )
         for field in view.fields
         if field.name != entity.join_key
     )
