@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -36,7 +36,14 @@ from services.registry.kinds import (
     parse_project,
 )
 from services.registry.preparation import prepare, ref
-from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import (
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
 # Called after commit with (kind, stored record) for every version created or deleted.
@@ -49,7 +56,10 @@ OUTPUT_ONLY_FIELDS = frozenset(
     {"name", "version", "create_time", "update_time", "etag", "resolved_features"}
 )
 # Feature-view fields that change only metadata: updating them never creates a version.
-IN_PLACE_FIELDS = frozenset({"description", "tags", "owner", "online_enabled", "offline_enabled"})
+# TTL changes how values are served, not how they are stored, so it needs no new table.
+IN_PLACE_FIELDS = frozenset(
+    {"description", "tags", "owner", "online_enabled", "offline_enabled", "ttl"}
+)
 # Apply creates in this order (references first) and prunes in the reverse.
 APPLY_ORDER = (ENTITY, DATA_SOURCE, EMBEDDING_MODEL, FEATURE_VIEW, MODEL_FEATURE_SET)
 
@@ -189,6 +199,7 @@ class Registry:
     ) -> list[PlanStep]:
         """Bring the project to the declared state in one transaction; return the plan."""
         project = parse_project(parent)
+        check_id(project, "parent")
         _check_declarations(declared)
         events = _Events()
         try:
@@ -214,10 +225,12 @@ class Registry:
         if repo.get(PROJECT.key, project, project) is None:
             writer.create(PROJECT, project, project, PROJECT.message())
             steps.append(PlanStep(PROJECT.name(project, project), Action.CREATE))
+        positions = {id(item): index for index, item in enumerate(declared)}
         by_kind = {kind.key: [d for d in declared if d.kind is kind] for kind in APPLY_ORDER}
         for kind in APPLY_ORDER:
             for item in by_kind[kind.key]:
-                steps.append(writer.upsert(kind, project, item.resource_id, item.spec))
+                with _blame(positions[id(item)], item):
+                    steps.append(writer.upsert(kind, project, item.resource_id, item.spec))
         if prune:
             for kind in reversed(APPLY_ORDER):
                 wanted = {item.resource_id for item in by_kind[kind.key]}
@@ -304,7 +317,7 @@ class _Writer:
         return record, Action.NEW_VERSION if new_version else Action.UPDATE, changed
 
     def upsert(self, kind: Kind, project: str, resource_id: str, desired: Message) -> PlanStep:
-        check_id(resource_id, "definitions.id")
+        check_id(resource_id, "id")
         name = kind.name(project, resource_id)
         current = self._repo.get(kind.key, project, resource_id)
         if current is None:
@@ -350,6 +363,23 @@ def _all_latest(repo: ResourceRepository, kind: Kind, project: str) -> list[Stor
     ):
         records += page
     return records
+
+
+@contextmanager
+def _blame(index: int, item: Declared) -> Iterator[None]:
+    """Name the definition (by its position in the request) in any error it causes."""
+    try:
+        yield
+    except InvalidArgument as error:
+        raise InvalidArgument(
+            f"definitions[{index}].{error.field}", error.description, reason=error.reason
+        ) from error
+    except DomainError as error:
+        error.message = (
+            f"definitions[{index}] ({item.kind.key} {item.resource_id}): {error.message}"
+        )
+        error.args = (error.message,)
+        raise
 
 
 def _check_declarations(declared: Sequence[Declared]) -> None:

@@ -108,9 +108,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     def ListChanges(
         self, request: pb.ListChangesRequest, context: grpc.ServicerContext
     ) -> pb.ListChangesResponse:
-        changes, revision, head = self.registry.changes(
-            request.since_revision, request.page_size
-        )
+        changes, revision, head = self.registry.changes(request.since_revision, request.page_size)
         return pb.ListChangesResponse(
             changes=[pb.Change(revision=c.revision, name=c.name) for c in changes],
             revision=revision,
