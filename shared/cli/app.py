@@ -11,14 +11,14 @@ from typing import TextIO
 
 import pydantic
 
-from shared.cli import registry
+from shared.cli import materialize, registry
 from shared.cli.connection import CliSettings, Context
 from shared.cli.errors import EXIT_ERROR, EXIT_USAGE, CliError, UsageError
 from shared.cli.output import FORMATS, TABLE
 
 # Each group adds its commands with `register(commands, common)`; a `materialize` group goes
 # beside `registry` here.
-COMMAND_GROUPS = (registry,)
+COMMAND_GROUPS = (registry, materialize)
 EPILOG = """\
 examples:
   recstack plan examples/feature_repo

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 from google.protobuf.message import Message
@@ -32,22 +33,63 @@ class CliSettings(BaseSettings):
     debug: bool = False
 
 
-class Connection:
-    """A channel to the registry; `call` adds the deadline and credentials to every RPC."""
+@dataclass(frozen=True)
+class Service:
+    """A service the CLI talks to: its stub and how a user points the CLI at it."""
 
-    def __init__(self, settings: CliSettings, *, tls: bool = False) -> None:
-        self.address = settings.registry_addr
+    label: str
+    flag: str
+    env: str
+    stub: Callable[[grpc.Channel], Any]
+
+
+REGISTRY = Service(
+    "registry",
+    "--registry",
+    "RECSTACK_REGISTRY_ADDR",
+    registry_service_pb2_grpc.RegistryServiceStub,
+)
+
+
+class Connection:
+    """A channel to one service; every RPC gets the deadline and credentials.
+
+    Long calls (watching a job, exporting) take as long as the work unless the user set a
+    timeout (--timeout or RECSTACK_TIMEOUT_SECONDS).
+    """
+
+    def __init__(
+        self, settings: CliSettings, address: str, service: Service, *, tls: bool = False
+    ) -> None:
+        self.address = address
+        self.service = service
         self._timeout = settings.timeout_seconds
-        self._channel = _channel(settings, tls)
-        self._stub = registry_service_pb2_grpc.RegistryServiceStub(self._channel)
+        explicit = "timeout_seconds" in settings.model_fields_set
+        self._long_timeout = settings.timeout_seconds if explicit else None
+        self._channel = _channel(address, settings, tls)
+        self._stub = service.stub(self._channel)
         token = settings.auth_token.get_secret_value() if settings.auth_token else ""
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
-    def call(self, rpc: str, request: Message, *, locate: Locator | None = None) -> Message:
+    def call(
+        self, rpc: str, request: Message, *, locate: Locator | None = None, long: bool = False
+    ) -> Message:
+        timeout = self._long_timeout if long else self._timeout
         try:
-            return getattr(self._stub, rpc)(request, timeout=self._timeout, metadata=self._metadata)
+            return getattr(self._stub, rpc)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise RpcFailed(error, self.address, locate) from None
+            raise RpcFailed(error, self.address, locate, self.service) from None
+
+    def stream(self, rpc: str, request: Message) -> Iterator[Message]:
+        responses = getattr(self._stub, rpc)(
+            request, timeout=self._long_timeout, metadata=self._metadata
+        )
+        try:
+            yield from responses
+        except grpc.RpcError as error:
+            raise RpcFailed(error, self.address, None, self.service) from None
+        finally:
+            responses.cancel()  # an interrupted watch must not leave the stream open
 
     def close(self) -> None:
         self._channel.close()
@@ -64,9 +106,9 @@ class Connection:
         self.close()
 
 
-def _channel(settings: CliSettings, tls: bool) -> grpc.Channel:
+def _channel(address: str, settings: CliSettings, tls: bool) -> grpc.Channel:
     if settings.tls_ca_file is None and not tls:
-        return grpc.insecure_channel(settings.registry_addr)
+        return grpc.insecure_channel(address)
     roots = None
     if settings.tls_ca_file is not None:
         try:
@@ -74,7 +116,7 @@ def _channel(settings: CliSettings, tls: bool) -> grpc.Channel:
         except OSError as exc:
             raise UsageError(f"cannot read the TLS CA file: {exc}") from None
     credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-    return grpc.secure_channel(settings.registry_addr, credentials)
+    return grpc.secure_channel(address, credentials)
 
 
 @dataclass(frozen=True)
@@ -87,7 +129,7 @@ class Context:
     tls: bool = False
 
     def connect(self) -> Connection:
-        return Connection(self.settings, tls=self.tls)
+        return Connection(self.settings, self.settings.registry_addr, REGISTRY, tls=self.tls)
 
     def echo(self, text: str) -> None:
         print(text, file=self.out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 from google.protobuf import any_pb2
@@ -38,14 +39,33 @@ class DefinitionError(CliError):
 
 
 class RpcFailed(CliError):
-    """A registry call answered with an error status."""
+    """A call answered with an error status."""
 
-    def __init__(self, error: grpc.RpcError, address: str, locate: Locator | None = None) -> None:
-        super().__init__(describe_rpc_error(error, address, locate))
+    def __init__(
+        self,
+        error: grpc.RpcError,
+        address: str,
+        locate: Locator | None = None,
+        service: ServiceHint | None = None,
+    ) -> None:
+        super().__init__(describe_rpc_error(error, address, locate, service))
         self.code: grpc.StatusCode = error.code()
 
 
-def describe_rpc_error(error: grpc.RpcError, address: str, locate: Locator | None = None) -> str:
+class ServiceHint(Protocol):
+    """How to point the CLI at a service (shared.cli.connection.Service)."""
+
+    label: str
+    flag: str
+    env: str
+
+
+def describe_rpc_error(
+    error: grpc.RpcError,
+    address: str,
+    locate: Locator | None = None,
+    service: ServiceHint | None = None,
+) -> str:
     """`CODE: message`, then the BadRequest fields and ErrorInfo reason when the status has them."""
     code: grpc.StatusCode = error.code()
     lines = [f"{code.name}: {error.details()}"]
@@ -58,10 +78,12 @@ def describe_rpc_error(error: grpc.RpcError, address: str, locate: Locator | Non
             if info.reason and info.reason != code.name:
                 lines.append(f"  reason: {info.reason}")
     if code == grpc.StatusCode.UNAVAILABLE:
-        lines.append(
-            f"  hint: is the registry running at {address}? "
-            "Set --registry or RECSTACK_REGISTRY_ADDR."
+        label, flag, env = (
+            (service.label, service.flag, service.env)
+            if service
+            else ("registry", "--registry", "RECSTACK_REGISTRY_ADDR")
         )
+        lines.append(f"  hint: is the {label} running at {address}? Set {flag} or {env}.")
     return "\n".join(lines)
 
 

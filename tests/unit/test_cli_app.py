@@ -12,7 +12,7 @@ from recstack.registry.v1 import entity_pb2
 from recstack.registry.v1 import registry_service_pb2 as pb
 
 from shared.cli import main, resources
-from shared.cli.connection import CliSettings, Connection, Context
+from shared.cli.connection import REGISTRY, CliSettings, Connection, Context
 from shared.cli.errors import UsageError
 
 
@@ -224,7 +224,7 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("RECSTACK_DATABASE_URL", "postgresql://elsewhere")  # a service's setting
     settings = CliSettings()
     assert settings.registry_addr == "registry:1234"
-    connection = Connection(settings)
+    connection = Connection(settings, settings.registry_addr, REGISTRY)
     try:
         assert connection._metadata == (("authorization", "Bearer s3cret"),)
     finally:
