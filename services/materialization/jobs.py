@@ -137,23 +137,87 @@ class Settings:
 
 @dataclass(frozen=True)
 class FileSourceSpec:
-    """Where rows are read from: a FILE data source, or the view's own offline data."""
+    """Where rows are read from: a FILE data source, or the view's own offline data.
+
+    `path` is a file, a directory or a glob (`*`, `?`, `[…]`, `**`), local or an object-store
+    URL. Partition values (`{partition_column}=value` directories) are read with
+    `partition_format`, a strftime format; empty means `%Y-%m-%d`.
+    """
 
     path: str
     file_format: str
     event_timestamp_column: str
     partition_column: str = ""
+    partition_format: str = ""
+
+
+@dataclass(frozen=True)
+class PostgresSourceSpec:
+    """Rows of a PostgreSQL table (optionally `schema.table`) or of a SELECT query.
+
+    An empty `url` means the platform's own database, which the compute engine is given.
+    """
+
+    event_timestamp_column: str
+    table: str = ""
+    query: str = ""
+    url: str = ""
+
+
+SourceSpec = FileSourceSpec | PostgresSourceSpec
+
+
+class AggregationFunction(enum.StrEnum):
+    COUNT = "COUNT"
+    SUM = "SUM"
+    AVG = "AVG"
+    MIN = "MIN"
+    MAX = "MAX"
+    LAST_N = "LAST_N"
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """`function` of `column` over each key's events in (t - window, t], named `output`."""
+
+    function: AggregationFunction
+    column: str
+    window: timedelta
+    output: str
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class WindowedAggregations:
+    aggregations: tuple[Aggregation, ...]
+
+
+@dataclass(frozen=True)
+class SqlTransformation:
+    """A DuckDB SELECT over the relation `source`.
+
+    `source` also holds `lookback` of history before the window (for the query's own window
+    functions); only output rows whose event time is inside the window are stored.
+    """
+
+    sql: str
+    lookback: timedelta = timedelta(0)
+
+
+Transformation = SqlTransformation | WindowedAggregations
 
 
 @dataclass(frozen=True)
 class MaterializationTask:
     view: ViewSchema
-    source: FileSourceSpec
+    source: SourceSpec
     window: Window
     stores: tuple[Store, ...]
     job_id: str
     # Incremental publish: keys present in this dataset are skipped.
     exclude_keys_from: FileSourceSpec | None = None
+    # How source rows become feature rows; None stores the source columns as they are.
+    transformation: Transformation | None = None
 
 
 class OfflineStore(Protocol):

@@ -12,24 +12,33 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
+from recstack.registry.v1 import feature_view_pb2
 
 from services.materialization.intervals import Status, check_capacity
 from services.materialization.jobs import (
+    Aggregation,
+    AggregationFunction,
     ComputeEngine,
     FileSourceSpec,
     Job,
     JobState,
     MaterializationTask,
     OfflineStore,
+    PostgresSourceSpec,
     Progress,
     PublishMode,
     Settings,
+    SourceSpec,
+    SqlTransformation,
     Store,
+    Transformation,
     Trigger,
     UnitOfWork,
     UnitOfWorkFactory,
+    WindowedAggregations,
 )
 from services.materialization.materializer import (
     Definitions,
@@ -159,18 +168,22 @@ class JobRunner:
         return JobState.SUCCEEDED, ""
 
     def _task(self, job: Job, view: ViewSchema) -> MaterializationTask:
-        source, excluded = self._sources(job, view)
-        return MaterializationTask(view, source, job.window, job.stores, job.job_id, excluded)
+        source, excluded, transformation = self._sources(job, view)
+        return MaterializationTask(
+            view, source, job.window, job.stores, job.job_id, excluded, transformation
+        )
 
-    def _sources(self, job: Job, view: ViewSchema) -> tuple[FileSourceSpec, FileSourceSpec | None]:
+    def _sources(
+        self, job: Job, view: ViewSchema
+    ) -> tuple[SourceSpec, FileSourceSpec | None, Transformation | None]:
         offline = self._offline_store.source(view)
         if job.publish is not None:
-            return self._publish_sources(job, offline)
+            return *self._publish_sources(job, offline), None
         if job.stores == (Store.ONLINE,) and self._offline_complete(job):
-            # Online bootstrap: the offline store already holds this window; copy it rather
-            # than reading (and paying for) the source again.
-            return offline, None
-        return self._file_source(job), None
+            # Online bootstrap: the offline store already holds this window, transformed;
+            # copy it rather than reading (and paying for) the source again.
+            return offline, None, None
+        return *self._file_source(job), None
 
     def _publish_sources(
         self, job: Job, offline: FileSourceSpec
@@ -195,22 +208,15 @@ class JobRunner:
             )
         return not timeline.status_everywhere(job.window, Status.COMPLETE)
 
-    def _file_source(self, job: Job) -> FileSourceSpec:
+    def _file_source(self, job: Job) -> tuple[SourceSpec, Transformation | None]:
+        """The view's data source (FILE or POSTGRES) and its transformation."""
         view = self._definitions.feature_view(
             job.project, job.feature_view, job.feature_view_version
         )
         source = self._definitions.data_source(job.project, view.source)
-        if source.WhichOneof("kind") != "file":
-            raise FailedPrecondition(
-                f"data source {view.source!r} is not a FILE source; only FILE sources "
-                "materialize in this version"
-            )
-        file_format = "PARQUET" if source.file.format == source.file.FORMAT_PARQUET else "CSV"
-        return FileSourceSpec(
-            source.file.path,
-            file_format,
-            source.event_timestamp_column,
-            source.file.partition_column,
+        # `getattr`: registry stand-ins in the unit tests predate transformations.
+        return _source_spec(view.source, source), _transformation(
+            getattr(view, "transformation", None)
         )
 
     # --- failures and schedules -------------------------------------------------------
@@ -270,3 +276,50 @@ class JobRunner:
         settings.last_trigger_time = triggers[-1]
         uow.settings.save(settings)
         return len(jobs) if stores else 0
+
+
+def _source_spec(name: str, source: Any) -> SourceSpec:
+    """The registry's DataSource message as what the compute engine reads."""
+    kind = source.WhichOneof("kind")
+    if kind == "postgres":
+        postgres = source.postgres
+        return PostgresSourceSpec(
+            source.event_timestamp_column, postgres.table, postgres.query, postgres.url
+        )
+    if kind == "file":
+        file = source.file
+        return FileSourceSpec(
+            file.path,
+            "PARQUET" if file.format == file.FORMAT_PARQUET else "CSV",
+            source.event_timestamp_column,
+            file.partition_column,
+            # `getattr`: registry stand-ins in the unit tests predate partition formats.
+            getattr(file, "partition_format", ""),
+        )
+    raise FailedPrecondition(
+        f"data source {name!r} is a {kind} source: its rows arrive through PushFeatures, "
+        "there is nothing to materialize"
+    )
+
+
+def _transformation(message: Any) -> Transformation | None:
+    """The registry's Transformation message as a domain object (None when unset)."""
+    kind = message.WhichOneof("kind") if message is not None else None
+    if kind == "sql":
+        return SqlTransformation(message.sql)
+    if kind == "aggregations":
+        return WindowedAggregations(
+            tuple(_aggregation(item) for item in message.aggregations.aggregations)
+        )
+    return None
+
+
+def _aggregation(message: Any) -> Aggregation:
+    name = feature_view_pb2.Aggregation.Function.Name(message.function)
+    return Aggregation(
+        AggregationFunction(name.removeprefix("FUNCTION_")),
+        message.column,
+        message.window.ToTimedelta(),
+        message.output,
+        message.n,
+    )

@@ -12,9 +12,11 @@ from recstack.materialization.v1 import (
     materialization_service_pb2_grpc,
 )
 
+from services.materialization.adapters.entity_rows import PostgresEntityTables
 from services.materialization.adapters.local_engine import LocalEngine
 from services.materialization.adapters.offline_store import ParquetOfflineStore
 from services.materialization.adapters.repository import postgres_unit_of_work
+from services.materialization.export import TrainingSetExporter
 from services.materialization.materializer import Materializer
 from services.materialization.runner import JobRunner
 from services.materialization.servicer import MaterializationServicer
@@ -50,6 +52,7 @@ class MaterializationDeps:
     online_store: PostgresOnlineStore
     registry: RegistryClient
     offline_store: ParquetOfflineStore
+    exporter: TrainingSetExporter
 
 
 def create_server(
@@ -74,7 +77,7 @@ def create_server(
     )
     registration = ServiceRegistration(
         materialization_service_pb2_grpc.add_MaterializationServiceServicer_to_server,
-        MaterializationServicer(materializer),
+        MaterializationServicer(materializer, deps.exporter),
         materialization_service_pb2.DESCRIPTOR.services_by_name["MaterializationService"].full_name,
     )
     running = create_grpc_server(
@@ -87,12 +90,17 @@ def create_server(
 
 def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
     engine = open_database(settings, SCHEMA, MIGRATIONS)
+    conninfo = to_libpq(engine.url.render_as_string(False))
     offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
+    registry = RegistryClient(settings.registry_addr)
     return MaterializationDeps(
         engine=engine,
-        online_store=PostgresOnlineStore(to_libpq(engine.url.render_as_string(False))),
-        registry=RegistryClient(settings.registry_addr),
+        online_store=PostgresOnlineStore(conninfo),
+        registry=registry,
         offline_store=ParquetOfflineStore(offline_uri),
+        exporter=TrainingSetExporter(
+            registry, offline_uri, entity_tables=PostgresEntityTables(conninfo)
+        ),
     )
 
 

@@ -16,6 +16,7 @@ from recstack.materialization.v1 import (
 )
 from recstack.materialization.v1 import materialization_service_pb2 as pb
 
+from services.materialization.export import ExportRequest, TrainingSetExporter
 from services.materialization.intervals import Interval, Status
 from services.materialization.jobs import (
     Frequency,
@@ -142,8 +143,9 @@ def _settings_proto(settings: Settings) -> materialization_settings_pb2.Material
 
 
 class MaterializationServicer(materialization_service_pb2_grpc.MaterializationServiceServicer):
-    def __init__(self, materializer: Materializer) -> None:
+    def __init__(self, materializer: Materializer, exporter: TrainingSetExporter) -> None:
         self._materializer = materializer
+        self._exporter = exporter
 
     def Backfill(
         self, request: pb.BackfillRequest, context: grpc.ServicerContext
@@ -223,3 +225,27 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
             request.transform,
         )
         return pb.PublishTableResponse(job=job_to_proto(job))
+
+    def ExportTrainingSet(
+        self, request: pb.ExportTrainingSetRequest, context: grpc.ServicerContext
+    ) -> pb.ExportTrainingSetResponse:
+        changes = None
+        if request.HasField("changes_window"):
+            window = request.changes_window
+            changes = Window(_time(window.start_time), _time(window.end_time))
+        result = self._exporter.export(
+            ExportRequest(
+                model_feature_set=request.model_feature_set,
+                output_path=request.output_path,
+                entity_parquet_path=request.entity_parquet_path,
+                entity_table=request.entity_table,
+                timestamp_column=request.timestamp_column,
+                snapshot_time=_time(request.snapshot_time)
+                if request.HasField("snapshot_time")
+                else None,
+                changes_window=changes,
+            )
+        )
+        return pb.ExportTrainingSetResponse(
+            output_path=result.output_path, row_count=result.row_count
+        )

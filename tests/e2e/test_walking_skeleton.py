@@ -78,3 +78,47 @@ def test_recommend_without_user_is_invalid_argument(stubs, materialized):
         stubs.recommend.Recommend(cpb.RecommendRequest(scene="home_feed"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "user_id" in caught.value.details()
+
+
+def test_export_training_set_is_point_in_time_correct(stubs, materialized, data, tmp_path):
+    from datetime import timedelta
+
+    import pyarrow as pa
+    from recstack.materialization.v1 import materialization_service_pb2 as mpb
+    from recstack.registry.v1 import model_feature_set_pb2
+    from recstack.registry.v1 import registry_service_pb2 as rpb
+
+    stubs.registry.CreateModelFeatureSet(
+        rpb.CreateModelFeatureSetRequest(
+            parent=f"projects/{PROJECT}",
+            model_feature_set_id="ranker_features",
+            model_feature_set=model_feature_set_pb2.ModelFeatureSet(
+                features=["user_profile:age_norm"], label="clicked", entities=["user"]
+            ),
+        )
+    )
+    users = pq.read_table(data["users"])
+    first_seen = users.filter(pc.equal(users["user_id"], 7)).sort_by("event_ts")
+    when = first_seen["event_ts"][0].as_py()
+    rows = pa.table(
+        {
+            "user_id": pa.array([7, 7, 999], pa.int64()),
+            "event_ts": pa.array(
+                [when - timedelta(seconds=1), when, when], pa.timestamp("us", tz="UTC")
+            ),
+            "clicked": pa.array([0, 1, 0]),
+        }
+    )
+    pq.write_table(rows, tmp_path / "labels.parquet")
+    response = stubs.materialization.ExportTrainingSet(
+        mpb.ExportTrainingSetRequest(
+            model_feature_set=f"projects/{PROJECT}/modelFeatureSets/ranker_features",
+            entity_parquet_path=str(tmp_path / "labels.parquet"),
+            output_path=str(tmp_path / "train.parquet"),
+        )
+    )
+    assert response.row_count == 3
+    exported = pq.read_table(response.output_path).to_pylist()
+    assert exported[0]["user_profile__age_norm"] is None
+    assert exported[1]["user_profile__age_norm"] == first_seen["age_norm"][0].as_py()
+    assert exported[2]["user_profile__age_norm"] is None

@@ -1,36 +1,65 @@
-"""The default compute engine: pyarrow reads the source in bounded chunks on this machine.
+"""The default compute engine: DuckDB over pyarrow sources, on this machine, in bounded chunks.
 
-Chunks keep memory flat whatever the dataset size; each chunk goes to the offline store
-(every event) and to the online store (its upsert keeps the newest row per key).
+A task's source (files or PostgreSQL, see `sources`) is scanned lazily by DuckDB, which runs
+the view's transformation (see `transform`) and streams the window's rows back as Arrow
+batches of at most `chunk_rows`. Memory stays flat whatever the dataset size: scans and plain
+transformations are pipelined, and what DuckDB must hold (window-function partitions, a SQL
+query's joins and sorts, a one-shot source a query reads twice) spills to a temporary
+directory past `memory_limit`. Each chunk goes to the offline store (every event) and to the
+online store, whose bulk load keeps the newest row per key.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import Any
+from contextlib import closing, contextmanager
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
+from services.materialization.adapters import transform
+from services.materialization.adapters.sources import (
+    ReadOptions,
+    SourceRows,
+    file_dataset,
+    open_source,
+)
 from services.materialization.jobs import (
     FileSourceSpec,
     MaterializationTask,
     OfflineStore,
     Progress,
+    SourceSpec,
     Store,
+    Window,
 )
 from shared.errors import FailedPrecondition
 from shared.online_store import OnlineStore
 
 CHUNK_ROWS = 100_000
-EVENT_TS = "event_ts"
 
 
 class LocalEngine:
-    def __init__(self, chunk_rows: int = CHUNK_ROWS) -> None:
+    """`database_url` is the platform's database (POSTGRES sources without a url read it);
+    `memory_limit` (DuckDB syntax, e.g. "4GB") and `threads` default to DuckDB's own."""
+
+    def __init__(
+        self,
+        chunk_rows: int = CHUNK_ROWS,
+        *,
+        database_url: str = "",
+        memory_limit: str = "",
+        threads: int = 0,
+    ) -> None:
         self._chunk_rows = chunk_rows
+        self._database_url = database_url
+        self._duckdb_config: dict[str, str | int | bool] = {
+            # User SQL runs in this process: it may read the registered sources, no file.
+            "enable_external_access": False,
+            **({"memory_limit": memory_limit} if memory_limit else {}),
+            **({"threads": threads} if threads else {}),
+        }
 
     def run(
         self,
@@ -41,82 +70,119 @@ class LocalEngine:
         on_chunk: Callable[[Progress], bool],
     ) -> Progress:
         progress = Progress()
-        excluded = self._keys(task.exclude_keys_from, task.view.join_key)
-        for chunk in self._chunks(task):
-            if excluded is not None:
-                chunk = chunk.filter(
-                    pc.invert(pc.is_in(chunk.column(task.view.join_key), excluded))
-                )
-            progress.rows_read += chunk.num_rows
-            if Store.OFFLINE in task.stores:
-                progress.rows_written_offline += offline_store.write(
-                    task.view, chunk, task.job_id, progress.chunks_done
-                )
-            if Store.ONLINE in task.stores:
-                result = online_store.write(task.view, _online_rows(task, chunk))
-                progress.rows_written_online += result.written
-            progress.chunks_done += 1
-            if not on_chunk(progress):
-                break
+        # `closing`: stopping early must end the source scan (and its database cursor) now.
+        with closing(self.chunks(task)) as chunks:
+            for chunk in chunks:
+                progress.rows_read += chunk.num_rows
+                if Store.OFFLINE in task.stores:
+                    progress.rows_written_offline += offline_store.write(
+                        task.view, chunk, task.job_id, progress.chunks_done
+                    )
+                if Store.ONLINE in task.stores:
+                    progress.rows_written_online += online_store.bulk_load(task.view, chunk).written
+                progress.chunks_done += 1
+                if not on_chunk(progress):
+                    break
         return progress
 
-    def _keys(self, source: FileSourceSpec | None, key: str) -> pa.Array | None:
-        if source is None:
-            return None
-        try:
-            return pc.unique(_dataset(source).to_table(columns=[key]).column(key)).combine_chunks()
-        except FileNotFoundError:
-            # No previous partition: every key of this one is new.
-            return None
+    def chunks(self, task: MaterializationTask) -> Iterator[pa.Table]:
+        """The view's rows of the task's window (key, features, `event_ts`), chunk by chunk."""
+        plan = transform.plan(task.view, task.transformation, task.source.event_timestamp_column)
+        span = Window(task.window.start - plan.lookback, task.window.end)
+        options = ReadOptions(span, plan.columns, self._chunk_rows, self._database_url)
+        with _engine_errors(task.source), open_source(task.source, options) as rows:
+            if rows is None:
+                return
+            with self._session() as connection:
+                query = _prepare(connection, task, plan, rows, span)
+                reader = connection.sql(query).to_arrow_reader(self._chunk_rows)
+                schema = transform.output_schema(task.view)
+                for batch in reader:
+                    if batch.num_rows:
+                        yield _conform(batch, schema)
 
-    def _chunks(self, task: MaterializationTask) -> Iterator[pa.Table]:
-        source = task.source
-        dataset = _dataset(source)
-        ts_column = source.event_timestamp_column
-        if ts_column not in dataset.schema.names:
-            raise FailedPrecondition(
-                f"source {source.path} has no event timestamp column {ts_column!r}"
-            )
-        ts_type = dataset.schema.field(ts_column).type
-        window_filter = (ds.field(ts_column) >= _scalar(task.window.start, ts_type)) & (
-            ds.field(ts_column) < _scalar(task.window.end, ts_type)
-        )
-        columns = [task.view.join_key, *(f.name for f in task.view.features), ts_column]
-        missing = [name for name in columns if name not in dataset.schema.names]
-        if missing:
-            raise FailedPrecondition(f"source {source.path} lacks columns {missing}")
-        scanner = dataset.scanner(
-            columns=columns, filter=window_filter, batch_size=self._chunk_rows
-        )
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                table = pa.Table.from_batches([batch])
-                yield table.rename_columns([*columns[:-1], EVENT_TS]).set_column(
-                    len(columns) - 1, EVENT_TS, _as_utc(table.column(ts_column))
-                )
+    @contextmanager
+    def _session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with tempfile.TemporaryDirectory(prefix="recstack-engine-") as spill:
+            connection = duckdb.connect(config={**self._duckdb_config, "temp_directory": spill})
+            try:
+                # Naive source times are UTC, and TIMESTAMPTZ results come back in UTC.
+                connection.execute("SET TimeZone = 'UTC'")
+                yield connection
+            finally:
+                connection.close()
 
 
-def _dataset(source: FileSourceSpec) -> ds.Dataset:
-    return ds.dataset(
-        source.path,
-        format="parquet" if source.file_format == "PARQUET" else "csv",
-        partitioning="hive" if source.partition_column else None,
+def _prepare(
+    connection: duckdb.DuckDBPyConnection,
+    task: MaterializationTask,
+    plan: transform.Plan,
+    rows: SourceRows,
+    span: Window,
+) -> str:
+    """Registers `raw`, `source` and `excluded`; returns the output query."""
+    ts = task.source.event_timestamp_column
+    _require(rows.schema.names, plan.columns or [ts], f"source {_describe(task.source)}")
+    connection.register("raw", rows.data)
+    # A one-shot stream (PostgreSQL) is staged once when the query may read it twice.
+    kind = "TABLE" if plan.rescans and not rows.rescannable else "VIEW"
+    connection.execute(
+        f"CREATE TEMP {kind} source AS {transform.source_sql(rows.schema, ts, span)}"
+    )
+    produced = connection.sql(plan.select).columns
+    _require(produced, transform.output_columns(task.view, ts), "the transformation's output")
+    return transform.output_sql(
+        task.view,
+        plan.select,
+        ts,
+        task.window,
+        exclude=_register_excluded(connection, task.exclude_keys_from),
     )
 
 
-def _scalar(moment: datetime, ts_type: pa.DataType) -> pa.Scalar:
-    if pa.types.is_timestamp(ts_type) and ts_type.tz is None:
-        return pa.scalar(moment.astimezone(UTC).replace(tzinfo=None), type=ts_type)
-    return pa.scalar(moment, type=ts_type)
+def _register_excluded(
+    connection: duckdb.DuckDBPyConnection, source: FileSourceSpec | None
+) -> bool:
+    dataset = None if source is None else file_dataset(source, missing_ok=True)
+    if dataset is None:
+        # No previous partition: every key of this one is new.
+        return False
+    connection.register("excluded", dataset)
+    return True
 
 
-def _as_utc(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    if column.type.tz is None:
-        return pc.assume_timezone(column, "UTC")
-    return column.cast(pa.timestamp(column.type.unit, tz="UTC"))
+def _require(present: list[str], needed: list[str] | tuple[str, ...], what: str) -> None:
+    missing = [name for name in needed if name not in present]
+    if missing:
+        raise FailedPrecondition(f"{what} lacks columns {missing}")
 
 
-def _online_rows(task: MaterializationTask, chunk: pa.Table) -> list[tuple[Any, ...]]:
-    names = [task.view.join_key, *(f.name for f in task.view.features), EVENT_TS]
-    columns = [chunk.column(name).to_pylist() for name in names]
-    return list(zip(*columns, strict=True))
+def _describe(source: SourceSpec) -> str:
+    if isinstance(source, FileSourceSpec):
+        return repr(source.path)
+    return f"table {source.table!r}" if source.table else "query"
+
+
+@contextmanager
+def _engine_errors(source: SourceSpec) -> Iterator[None]:
+    """Bad SQL, unparseable times or unreadable files as job failures that say so."""
+    try:
+        yield
+    except (duckdb.Error, pa.ArrowInvalid) as exc:
+        raise FailedPrecondition(f"materializing from {_describe(source)} failed: {exc}") from exc
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """The batch in the view's declared types, so every chunk and store agrees on them."""
+    columns = []
+    for field, column in zip(schema, batch.columns, strict=True):
+        if column.type != field.type:
+            try:
+                # Nanosecond times lose their last digits, as PostgreSQL would on insert.
+                column = column.cast(field.type, safe=not pa.types.is_timestamp(field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise FailedPrecondition(
+                    f"column {field.name!r}: cannot store {column.type} as {field.type}: {exc}"
+                ) from exc
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
