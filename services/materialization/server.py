@@ -62,7 +62,11 @@ def create_server(
     runner = JobRunner(
         unit_of_work=unit_of_work,
         definitions=deps.registry,
-        engine=LocalEngine(chunk_rows=settings.job_chunk_rows),
+        engine=LocalEngine(
+            chunk_rows=settings.job_chunk_rows,
+            # POSTGRES sources without a url read the platform's own database.
+            database_url=deps.engine.url.render_as_string(hide_password=False),
+        ),
         offline_store=deps.offline_store,
         online_store=deps.online_store,
         lease_seconds=settings.job_lease_seconds,

@@ -28,11 +28,6 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from services.materialization.adapters.entity_rows import PostgresEntityTables
 from services.materialization.export import ExportRequest, TrainingSetExporter
 from services.materialization.jobs import Window
-from services.materialization.server import (
-    MaterializationSettings,
-    create_server,
-    open_deps,
-)
 from shared.db import to_libpq
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.local import demo
@@ -46,31 +41,16 @@ RECENT_TTL = timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
-def offline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export_offline")
+def offline_dir(offline_store_dir: Path) -> Path:
+    return offline_store_dir
 
 
 @pytest.fixture(scope="module")
-def materialization(database_url: str, registry_address: str, offline_dir: Path) -> Iterator[str]:
-    settings = MaterializationSettings(
-        grpc_port=0,
-        database_url=database_url,
-        registry_addr=registry_address,
-        offline_store_uri=str(offline_dir),
-    )
-    deps = open_deps(settings)
-    running, port = create_server(settings, deps)
-    yield f"127.0.0.1:{port}"
-    running.stop(0)
-    deps.online_store.close()
-    deps.registry.close()
-    deps.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def stubs(registry_address: str, materialization: str) -> demo.Stubs:
+def stubs(registry_address: str, materialization_address: str) -> demo.Stubs:
     # Serving and recommend are not used here; their channels are never opened.
-    return demo.Stubs.connect(registry_address, materialization, "127.0.0.1:1", "127.0.0.1:1")
+    return demo.Stubs.connect(
+        registry_address, materialization_address, "127.0.0.1:1", "127.0.0.1:1"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ Each fixture yields the service's gRPC address; tests talk to it only through ge
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -63,14 +64,22 @@ def serving_address(database_url: str, registry_address: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def offline_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline store of the session's materialization service."""
+    return tmp_path_factory.mktemp("offline")
+
+
+@pytest.fixture(scope="session")
 def materialization_address(
-    database_url: str, registry_address: str, tmp_path_factory: pytest.TempPathFactory
+    database_url: str, registry_address: str, offline_store_dir: Path
 ) -> Iterator[str]:
+    # One runner per test session: a second service on the same database would claim jobs
+    # too, and write them to its own offline store.
     settings = MaterializationSettings(
         grpc_port=0,
         database_url=database_url,
         registry_addr=registry_address,
-        offline_store_uri=str(tmp_path_factory.mktemp("offline")),
+        offline_store_uri=str(offline_store_dir),
     )
     deps = open_materialization_deps(settings)
     running, port = create_materialization(settings, deps)

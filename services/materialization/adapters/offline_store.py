@@ -27,13 +27,18 @@ class ParquetOfflineStore:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._fs, self._root = pafs.FileSystem.from_uri(uri)
+        # Paths handed to readers keep the store's scheme (s3://…); local paths stay plain.
+        scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+        self._reader_prefix = "" if scheme == "file" else f"{scheme}://"
         self._fs.create_dir(self._root, recursive=True)
 
     def view_path(self, view: ViewSchema) -> str:
         return f"{self._root}/{view.project}/{view.name}/v{view.version}"
 
     def source(self, view: ViewSchema) -> FileSourceSpec:
-        return FileSourceSpec(self.view_path(view), "PARQUET", EVENT_TS, PARTITION)
+        return FileSourceSpec(
+            f"{self._reader_prefix}{self.view_path(view)}", "PARQUET", EVENT_TS, PARTITION
+        )
 
     def write(self, view: ViewSchema, table: pa.Table, job_id: str, chunk: int) -> int:
         days = pc.strftime(table.column(EVENT_TS), format="%Y-%m-%d")
