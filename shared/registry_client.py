@@ -17,6 +17,7 @@ import grpc
 import structlog
 from recstack.registry.v1 import (
     data_source_pb2,
+    embedding_model_pb2,
     entity_pb2,
     feature_view_pb2,
     model_feature_set_pb2,
@@ -80,6 +81,13 @@ class RegistryClient:
         request = registry_service_pb2.GetDataSourceRequest(name=name)
         return self._cached(
             (name,), lambda: self._call(self._stub.GetDataSource, request).data_source
+        )
+
+    def embedding_model(self, project: str, model_id: str) -> embedding_model_pb2.EmbeddingModel:
+        name = f"projects/{project}/embeddingModels/{model_id}"
+        request = registry_service_pb2.GetEmbeddingModelRequest(name=name)
+        return self._cached(
+            (name,), lambda: self._call(self._stub.GetEmbeddingModel, request).embedding_model
         )
 
     def model_feature_set(self, project: str, set_id: str) -> model_feature_set_pb2.ModelFeatureSet:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -218,6 +218,8 @@ class MaterializationTask:
     exclude_keys_from: FileSourceSpec | None = None
     # How source rows become feature rows; None stores the source columns as they are.
     transformation: Transformation | None = None
+    # Produced (embedding) fields that arrive pre-computed: each vector must have this length.
+    vector_dimensions: Mapping[str, int] = field(default_factory=dict)
 
 
 class OfflineStore(Protocol):

@@ -170,8 +170,32 @@ class JobRunner:
     def _task(self, job: Job, view: ViewSchema) -> MaterializationTask:
         source, excluded, transformation = self._sources(job, view)
         return MaterializationTask(
-            view, source, job.window, job.stores, job.job_id, excluded, transformation
+            view,
+            source,
+            job.window,
+            job.stores,
+            job.job_id,
+            excluded,
+            transformation,
+            self._vector_dimensions(job, view),
         )
+
+    def _vector_dimensions(self, job: Job, view: ViewSchema) -> dict[str, int]:
+        """Produced (LLM_EMBEDDING) fields must arrive pre-computed, with the model's size."""
+        produced = [feature for feature in view.features if feature.produced]
+        if produced and job.publish is not None and job.publish.transform:
+            raise FailedPrecondition(
+                f"{', '.join(f.name for f in produced)} are produced by LLM_EMBEDDING and this "
+                "version does not call embedding models: publish pre-computed vectors with "
+                "transform=false",
+                reason="EMBEDDING_NOT_SUPPORTED",
+            )
+        return {
+            feature.name: self._definitions.embedding_model(
+                job.project, feature.embedding_model
+            ).dimension
+            for feature in produced
+        }
 
     def _sources(
         self, job: Job, view: ViewSchema

@@ -313,3 +313,122 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
         process.wait(10)
         channel.close()
         drop_database(postgres_server_url, database)
+
+
+def _register_reviews(registry, project, source_path):
+    from recstack.registry.v1 import embedding_model_pb2
+
+    field = feature_view_pb2.FeatureField
+    production = feature_view_pb2.FeatureProduction(
+        transform=feature_view_pb2.FeatureProduction.TRANSFORM_LLM_EMBEDDING,
+        input_field="review_text",
+        multimodal_type=feature_view_pb2.FeatureProduction.MULTIMODAL_TYPE_TEXT,
+        embedding_model="tiny",
+    )
+    em = embedding_model_pb2.EmbeddingModel
+    registry.Apply(
+        rpb.ApplyRequest(
+            parent=f"projects/{project}",
+            definitions=[
+                rpb.Definition(
+                    id="item",
+                    entity=entity_pb2.Entity(join_key="item_id", key_type=VT.VALUE_TYPE_INT64),
+                ),
+                rpb.Definition(
+                    id="tiny",
+                    embedding_model=em(
+                        model_type=em.MODEL_TYPE_TEXT_EMBEDDING,
+                        provider=em.PROVIDER_TRITON,
+                        model_name="tiny",
+                        dimension=4,
+                    ),
+                ),
+                rpb.Definition(
+                    id="reviews",
+                    data_source=data_source_pb2.DataSource(
+                        file=data_source_pb2.FileSource(
+                            path=str(source_path), format=data_source_pb2.FileSource.FORMAT_PARQUET
+                        ),
+                        event_timestamp_column="ts",
+                    ),
+                ),
+                rpb.Definition(
+                    id="item_reviews",
+                    feature_view=feature_view_pb2.FeatureView(
+                        entity="item",
+                        source="reviews",
+                        type=feature_view_pb2.FeatureView.TYPE_BATCH,
+                        offline_enabled=True,
+                        online_enabled=True,
+                        fields=[
+                            field(name="item_id", value_type=VT.VALUE_TYPE_INT64),
+                            field(name="review_text", value_type=VT.VALUE_TYPE_STRING),
+                            field(
+                                name="review_text_embedding",
+                                value_type=VT.VALUE_TYPE_FLOAT_LIST,
+                                production=production,
+                            ),
+                        ],
+                    ),
+                ),
+            ],
+        )
+    )
+    return f"projects/{project}/featureViews/item_reviews"
+
+
+def _reviews(path, vectors):
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": pa.array(range(1, len(vectors) + 1), pa.int64()),
+                "review_text": pa.array([f"review {i}" for i in range(len(vectors))]),
+                "review_text_embedding": pa.array(vectors, pa.list_(pa.float32())),
+                "ts": pa.array([day(2, 6)] * len(vectors), pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+
+
+def test_precomputed_vectors_are_validated_and_published_without_a_model(stubs, tmp_path):
+    registry, materialization, serving = stubs
+    project = f"e_{uuid.uuid4().hex[:8]}"
+    source = tmp_path / "reviews.parquet"
+    _reviews(source, [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7]])
+    view = _register_reviews(registry, project, source)
+    [bad] = _backfill(materialization, view, day(2), day(3))
+    assert bad.state == job_pb2.Job.STATE_FAILED
+    assert "'review_text_embedding' of key 2 has 3 dimensions" in bad.error_message
+    assert "declares 4" in bad.error_message
+    _reviews(source, [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    [good] = _backfill(materialization, view, None, None, [DI.STATUS_INCOMPLETE])
+    assert good.state == job_pb2.Job.STATE_SUCCEEDED
+    recompute = materialization.PublishTable(
+        mpb.PublishTableRequest(
+            feature_view=view,
+            partition="2026-04-02",
+            mode=mpb.PublishTableRequest.MODE_MERGE,
+            transform=True,
+        )
+    ).job
+    assert "transform=false" in _wait(materialization, recompute.name).error_message
+    published = materialization.PublishTable(
+        mpb.PublishTableRequest(
+            feature_view=view,
+            partition="2026-04-02",
+            mode=mpb.PublishTableRequest.MODE_MERGE,
+            transform=False,
+        )
+    ).job
+    assert _wait(materialization, published.name).state == job_pb2.Job.STATE_SUCCEEDED
+    response = serving.GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=project,
+            features=["item_reviews:review_text_embedding"],
+            entity_keys=[value_pb2.Value(int64_value=2)],
+        )
+    )
+    assert list(response.columns[0].values[0].float_list_value.values) == pytest.approx(
+        [0.5, 0.6, 0.7, 0.8]
+    )

@@ -17,6 +17,7 @@ from contextlib import closing, contextmanager
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from services.materialization.adapters import transform
 from services.materialization.adapters.sources import (
@@ -73,6 +74,7 @@ class LocalEngine:
         # `closing`: stopping early must end the source scan (and its database cursor) now.
         with closing(self.chunks(task)) as chunks:
             for chunk in chunks:
+                _check_vectors(task, chunk)
                 progress.rows_read += chunk.num_rows
                 if Store.OFFLINE in task.stores:
                     progress.rows_written_offline += offline_store.write(
@@ -170,6 +172,21 @@ def _engine_errors(source: SourceSpec) -> Iterator[None]:
         yield
     except (duckdb.Error, pa.ArrowInvalid) as exc:
         raise FailedPrecondition(f"materializing from {_describe(source)} failed: {exc}") from exc
+
+
+def _check_vectors(task: MaterializationTask, chunk: pa.Table) -> None:
+    """Pre-computed embeddings must have the model's dimension; a wrong one fails the job."""
+    for name, dimension in task.vector_dimensions.items():
+        lengths = pc.list_value_length(chunk.column(name))
+        wrong = pc.and_kleene(pc.is_valid(lengths), pc.not_equal(lengths, dimension))
+        if pc.any(wrong).as_py():
+            index = pc.index(wrong, True).as_py()
+            key = chunk.column(task.view.join_key)[index].as_py()
+            raise FailedPrecondition(
+                f"field {name!r} of key {key!r} has {lengths[index].as_py()} dimensions; "
+                f"its embedding model declares {dimension}",
+                reason="WRONG_VECTOR_DIMENSION",
+            )
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
