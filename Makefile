@@ -116,5 +116,8 @@ demo: up ## Bring the stack up and run the walking-skeleton scenario.
 	$(PY) -m shared.local.demo
 
 .PHONY: bench
-bench: ## Run every benchmark under bench/.
-	@echo "no benchmarks yet"
+bench: bench-serving ## Run every benchmark under bench/ (results in bench/results/).
+
+.PHONY: bench-serving
+bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
+	$(PY) -m bench.serving

@@ -1,23 +1,31 @@
 """Online feature reads and writes, validated against registry definitions.
 
 Knows nothing of gRPC: the servicer hands in plain values and gets plain columns back.
+A read resolves its feature refs once per request shape (cached, re-checked against the
+definitions every `definitions_seconds`), then costs one store round trip.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from shared.errors import InvalidArgument
 from shared.feature_views import ViewSchema
-from shared.online_store import OnlineStore, WriteResult
+from shared.online_store import OnlineStore, ViewColumns, WriteResult
 from shared.values import proto_kind, type_name
 
 MAX_KEYS = 1000
 MAX_WRITE_ROWS = 10_000
+# Distinct request shapes kept resolved; beyond this the cache starts over (bounded memory).
+MAX_PLANS = 10_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 class Status(enum.IntEnum):
@@ -47,14 +55,31 @@ class FeatureRef:
             raise InvalidArgument(field, f"{text!r} is not `view:feature`, `view:*` or `view@N:f`")
         return cls(view, int(version or 0), feature)
 
+    @property
+    def view_label(self) -> str:
+        """How the ref named its view: `view`, or `view@N` when it pinned a version."""
+        return f"{self.view}@{self.version}" if self.version else self.view
+
 
 @dataclass(frozen=True)
-class FeatureColumn:
-    name: str
-    value_type: int
-    values: list[Any]
+class EntityKeys:
+    """Join-key values as they arrived: the `Value` arm of each key, and its value."""
+
+    kinds: list[str | None]
+    values: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class ViewRead:
+    """One view's share of a read: a column per requested feature, and per key a status and
+    an event time (microseconds since the Unix epoch, None where the view has no row)."""
+
+    view: ViewSchema
+    names: tuple[str, ...]
+    value_types: tuple[int, ...]
+    values: Sequence[Sequence[Any]]
     statuses: list[Status]
-    event_times: list[datetime | None]
+    event_micros: list[int | None]
 
 
 @dataclass(frozen=True)
@@ -71,40 +96,74 @@ class RowInput:
     event_time: datetime | None
 
 
+class Observer(Protocol):
+    """Told about every store call (metrics)."""
+
+    def read(self, views: Sequence[ViewRead], seconds: float, now_micros: int) -> None: ...
+    def write(self, view: ViewSchema, result: WriteResult, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def read(self, views: Sequence[ViewRead], seconds: float, now_micros: int) -> None:
+        return None
+
+    def write(self, view: ViewSchema, result: WriteResult, seconds: float) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class _ViewPlan:
+    view: ViewSchema
+    features: tuple[str, ...]
+    names: tuple[str, ...]
+    value_types: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    views: tuple[_ViewPlan, ...]
+    requests: tuple[tuple[ViewSchema, tuple[str, ...]], ...]
+    resolved_at: float
+
+
 class FeatureServer:
-    def __init__(self, store: OnlineStore, definitions: Definitions) -> None:
+    def __init__(
+        self,
+        store: OnlineStore,
+        definitions: Definitions,
+        *,
+        observer: Observer | None = None,
+        definitions_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._definitions = definitions
+        self._observer = observer or _Unobserved()
+        self._definitions_seconds = definitions_seconds
+        self._clock = clock
+        self._plans: dict[tuple[str, tuple[str, ...], str], _Plan] = {}
+        self._lock = threading.Lock()
 
     def get_online_features(
         self,
         project: str,
         refs: Sequence[str],
         feature_set: str,
-        keys: Sequence[TypedValue],
+        keys: EntityKeys,
         now: datetime | None = None,
-    ) -> list[FeatureColumn]:
-        _require(project, "project")
-        requests = self._resolve(project, refs, feature_set)
-        key_values = _check_keys(keys, requests[0][0])
-        columns = self._store.read(requests, key_values)
-        now = now or datetime.now(UTC)
-        result: list[FeatureColumn] = []
-        for (view, features), view_columns in zip(requests, columns, strict=True):
-            statuses = _statuses(view, view_columns.event_times, now)
-            for feature in features:
-                schema = view.feature(feature)
-                assert schema is not None
-                result.append(
-                    FeatureColumn(
-                        f"{view.name}:{feature}",
-                        schema.value_type,
-                        view_columns.values[feature],
-                        statuses,
-                        view_columns.event_times,
-                    )
-                )
-        return result
+    ) -> list[ViewRead]:
+        plan = self._plan(project, refs, feature_set)
+        key_values = _check_keys(keys, plan.views[0].view)
+        started = time.perf_counter()
+        columns = self._store.read(plan.requests, key_values)
+        seconds = time.perf_counter() - started
+        now_us = ((now or datetime.now(UTC)) - EPOCH) // ONE_MICROSECOND
+        views = [
+            _view_read(view_plan, view_columns, now_us)
+            for view_plan, view_columns in zip(plan.views, columns, strict=True)
+        ]
+        self._observer.read(views, seconds, now_us)
+        return views
 
     def write(
         self, project: str, view_id: str, version: int, rows: Sequence[RowInput]
@@ -117,29 +176,49 @@ class FeatureServer:
             raise InvalidArgument("rows", f"at most {MAX_WRITE_ROWS} rows per batch")
         view = self._definitions.view_schema(project, view_id, version)
         converted = [_row_tuple(view, row, f"rows[{index}]") for index, row in enumerate(rows)]
-        return self._store.write(view, converted)
+        started = time.perf_counter()
+        result = self._store.write(view, converted)
+        self._observer.write(view, result, time.perf_counter() - started)
+        return result
 
-    def _resolve(
-        self, project: str, refs: Sequence[str], feature_set: str
-    ) -> list[tuple[ViewSchema, list[str]]]:
+    # --- resolving refs -------------------------------------------------------------------
+
+    def _plan(self, project: str, refs: Sequence[str], feature_set: str) -> _Plan:
+        key = (project, tuple(refs), feature_set)
+        plan = self._plans.get(key)
+        if plan is not None and self._clock() - plan.resolved_at < self._definitions_seconds:
+            return plan
+        plan = self._resolve(project, key[1], feature_set)
+        with self._lock:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _resolve(self, project: str, refs: Sequence[str], feature_set: str) -> _Plan:
+        _require(project, "project")
         if bool(refs) == bool(feature_set):
             raise InvalidArgument("features", "set exactly one of features and model_feature_set")
-        parsed = (
-            [FeatureRef.parse(text, f"features[{i}]") for i, text in enumerate(refs)]
-            if refs
-            else self._feature_set_refs(project, feature_set)
-        )
+        if refs:
+            parsed = [FeatureRef.parse(text, f"features[{i}]") for i, text in enumerate(refs)]
+        else:
+            parsed = self._feature_set_refs(project, feature_set)
         by_view: dict[tuple[str, int], list[str]] = {}
+        labels: dict[tuple[str, int], str] = {}
         for ref in parsed:
             by_view.setdefault((ref.view, ref.version), []).append(ref.feature)
-        requests = []
+            # Columns are named as the caller wrote the view; a feature set's refs are pinned
+            # by the registry, but its users wrote (and look up) `view:feature`.
+            labels[(ref.view, ref.version)] = ref.view_label if refs else ref.view
+        views = []
         for (view_id, version), features in by_view.items():
             view = self._definitions.view_schema(project, view_id, version)
-            requests.append((view, _expand(view, features)))
-        entities = {(view.join_key, view.key_type) for view, _ in requests}
-        if len(entities) > 1:
+            expanded = _expand(view, features)
+            views.append(_view_plan(view, labels[(view_id, version)], expanded))
+        if len({(plan.view.join_key, plan.view.key_type) for plan in views}) > 1:
             raise InvalidArgument("features", "all feature views of one call must share an entity")
-        return requests
+        requests = tuple((plan.view, plan.features) for plan in views)
+        return _Plan(tuple(views), requests, self._clock())
 
     def _feature_set_refs(self, project: str, set_id: str) -> list[FeatureRef]:
         feature_set = self._definitions.model_feature_set(project, set_id)
@@ -147,6 +226,29 @@ class FeatureServer:
             FeatureRef(ref.feature_view, ref.version, ref.feature)
             for ref in feature_set.resolved_features
         ]
+
+
+def _view_plan(view: ViewSchema, label: str, features: list[str]) -> _ViewPlan:
+    types = {feature.name: feature.value_type for feature in view.features}
+    return _ViewPlan(
+        view,
+        tuple(features),
+        tuple(f"{label}:{feature}" for feature in features),
+        tuple(types[feature] for feature in features),
+    )
+
+
+def _view_read(plan: _ViewPlan, columns: ViewColumns, now_us: int) -> ViewRead:
+    # Event times as integer microseconds: statuses, ages and the wire encoding all need them.
+    micros = [None if t is None else (t - EPOCH) // ONE_MICROSECOND for t in columns.event_times]
+    return ViewRead(
+        plan.view,
+        plan.names,
+        plan.value_types,
+        [columns.values[feature] for feature in plan.features],
+        _statuses(plan.view, micros, now_us),
+        micros,
+    )
 
 
 def _require(value: str, field: str) -> None:
@@ -165,31 +267,29 @@ def _expand(view: ViewSchema, features: list[str]) -> list[str]:
     return list(dict.fromkeys(features))
 
 
-def _check_keys(keys: Sequence[TypedValue], view: ViewSchema) -> list[Any]:
-    if not keys:
+def _check_keys(keys: EntityKeys, view: ViewSchema) -> Sequence[Any]:
+    count = len(keys.kinds)
+    if not count:
         raise InvalidArgument("entity_keys", "send at least one entity key")
-    if len(keys) > MAX_KEYS:
-        raise InvalidArgument("entity_keys", f"at most {MAX_KEYS} keys per call, got {len(keys)}")
+    if count > MAX_KEYS:
+        raise InvalidArgument("entity_keys", f"at most {MAX_KEYS} keys per call, got {count}")
     expected = proto_kind(view.key_type)
-    for index, key in enumerate(keys):
-        if key.kind != expected:
-            raise InvalidArgument(
-                f"entity_keys[{index}]",
-                f"{view.join_key} is {type_name(view.key_type)}; send it as {expected}",
-            )
-    return [key.value for key in keys]
+    if keys.kinds.count(expected) != count:
+        index = next(i for i, kind in enumerate(keys.kinds) if kind != expected)
+        raise InvalidArgument(
+            f"entity_keys[{index}]",
+            f"{view.join_key} is {type_name(view.key_type)}; send it as {expected}",
+        )
+    return keys.values
 
 
-def _statuses(view: ViewSchema, event_times: list[datetime | None], now: datetime) -> list[Status]:
-    ttl = view.ttl_seconds
-    return [
-        Status.NOT_FOUND
-        if event_time is None
-        else Status.OUTSIDE_TTL
-        if ttl and (now - event_time).total_seconds() > ttl
-        else Status.PRESENT
-        for event_time in event_times
-    ]
+def _statuses(view: ViewSchema, micros: list[int | None], now_us: int) -> list[Status]:
+    """NOT_FOUND without a row; OUTSIDE_TTL when older than the view's TTL (0: no TTL)."""
+    present, missing, stale = Status.PRESENT, Status.NOT_FOUND, Status.OUTSIDE_TTL
+    if not view.ttl_seconds:
+        return [missing if m is None else present for m in micros]
+    cutoff = now_us - round(view.ttl_seconds * 1_000_000)
+    return [missing if m is None else stale if m < cutoff else present for m in micros]
 
 
 def _row_tuple(view: ViewSchema, row: RowInput, path: str) -> tuple[Any, ...]:

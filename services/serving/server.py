@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from recstack.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
-
 from services.serving.features import FeatureServer
-from services.serving.servicer import FeatureServingServicer
+from services.serving.metrics import default_metrics
+from services.serving.servicer import SERVICE, FeatureServingServicer, add_to_server
 from shared.bootstrap import run
 from shared.db import resolve_database_url, to_libpq
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
@@ -22,6 +21,9 @@ class ServingSettings(ServiceSettings):
     grpc_port: int = 50053
     # Latest feature-view definitions are re-read at most this often.
     registry_cache_seconds: float = 5.0
+    # A request shape's resolved feature refs are re-checked against those definitions at
+    # most this often (never more than `registry_cache_seconds`).
+    resolved_refs_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,14 @@ class ServingDeps:
 
 
 def create_server(settings: ServingSettings, deps: ServingDeps) -> tuple[RunningServer, int]:
-    servicer = FeatureServingServicer(FeatureServer(deps.store, deps.registry))
+    features = FeatureServer(
+        deps.store,
+        deps.registry,
+        observer=default_metrics(),
+        definitions_seconds=min(settings.resolved_refs_seconds, settings.registry_cache_seconds),
+    )
     registration = ServiceRegistration(
-        serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server,
-        servicer,
-        serving_service_pb2.DESCRIPTOR.services_by_name["FeatureServingService"].full_name,
+        add_to_server, FeatureServingServicer(features), SERVICE.full_name
     )
     running = create_grpc_server(
         settings, [registration], readiness_checks={"postgres": partial(deps.store.ping)}

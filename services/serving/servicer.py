@@ -1,47 +1,49 @@
-"""gRPC edge of serving: protobuf ↔ plain values around `FeatureServer`."""
+"""gRPC edge of serving: protobuf ↔ plain values around `FeatureServer`.
+
+GetOnlineFeatures answers with bytes already in the wire format of its response message
+(`wire.py`), so `add_to_server` registers it with a serializer that passes bytes through.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import UTC
+from operator import attrgetter
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.message import Message
+from recstack.common.v1 import value_pb2
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
-from services.serving.features import FeatureColumn, FeatureServer, RowInput, TypedValue
-from shared.values import from_proto, to_proto
+from services.serving.features import EntityKeys, FeatureServer, RowInput, TypedValue
+from services.serving.wire import encode_response
+from shared.values import from_proto
 
-_UTC = UTC
+SERVICE = pb.DESCRIPTOR.services_by_name["FeatureServingService"]
 
 
-def _typed(value: object) -> TypedValue:
-    return TypedValue(from_proto(value), value.WhichOneof("kind"))  # type: ignore[attr-defined]
+def _typed(value: value_pb2.Value) -> TypedValue:
+    return TypedValue(from_proto(value), value.WhichOneof("kind"))
+
+
+def _entity_keys(keys: Iterable[value_pb2.Value]) -> EntityKeys:
+    keys = list(keys)
+    kinds = [key.WhichOneof("kind") for key in keys]
+    if kinds and kinds[0] is not None and kinds.count(kinds[0]) == len(kinds):
+        # One arm for all keys (every valid request): one C-level attribute sweep.
+        return EntityKeys(kinds, list(map(attrgetter(kinds[0]), keys)))
+    return EntityKeys(kinds, [from_proto(key) for key in keys])
 
 
 def _rows(rows: Iterable[pb.FeatureRow]) -> list[RowInput]:
     return [
         RowInput(
             {name: _typed(value) for name, value in row.values.items()},
-            row.event_time.ToDatetime(tzinfo=_UTC) if row.HasField("event_time") else None,
+            row.event_time.ToDatetime(tzinfo=UTC) if row.HasField("event_time") else None,
         )
         for row in rows
     ]
-
-
-def _column(column: FeatureColumn) -> pb.FeatureColumn:
-    event_times = []
-    for event_time in column.event_times:
-        stamp = Timestamp()
-        if event_time is not None:
-            stamp.FromDatetime(event_time)
-        event_times.append(stamp)
-    return pb.FeatureColumn(
-        values=[to_proto(value, column.value_type) for value in column.values],
-        statuses=[int(status) for status in column.statuses],
-        event_times=event_times,
-    )
 
 
 class FeatureServingServicer(serving_service_pb2_grpc.FeatureServingServiceServicer):
@@ -50,17 +52,14 @@ class FeatureServingServicer(serving_service_pb2_grpc.FeatureServingServiceServi
 
     def GetOnlineFeatures(
         self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
-    ) -> pb.GetOnlineFeaturesResponse:
-        columns = self._features.get_online_features(
+    ) -> bytes:
+        views = self._features.get_online_features(
             request.project,
-            list(request.features),
+            request.features,
             request.model_feature_set,
-            [_typed(key) for key in request.entity_keys],
+            _entity_keys(request.entity_keys),
         )
-        return pb.GetOnlineFeaturesResponse(
-            feature_names=[column.name for column in columns],
-            columns=[_column(column) for column in columns],
-        )
+        return encode_response(views)
 
     def WriteFeatures(
         self, request: pb.WriteFeaturesRequest, context: grpc.ServicerContext
@@ -80,3 +79,32 @@ class FeatureServingServicer(serving_service_pb2_grpc.FeatureServingServiceServi
             )
             written, stale, batches = written + result.written, stale + result.stale, batches + 1
         return pb.PushFeaturesResponse(rows_written=written, rows_stale=stale, batches=batches)
+
+
+def _serialize(response: bytes | Message) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def add_to_server(servicer: FeatureServingServicer, server: grpc.Server) -> None:
+    """The generated `add_FeatureServingServiceServicer_to_server`, except that every response
+    may also be pre-encoded bytes."""
+    messages = {method.name: method for method in SERVICE.methods}
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for name, method in messages.items():
+        request_class = getattr(pb, method.input_type.name)
+        factory = factories[(method.client_streaming, method.server_streaming)]
+        handlers[name] = factory(
+            getattr(servicer, name),
+            request_deserializer=request_class.FromString,
+            response_serializer=_serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)

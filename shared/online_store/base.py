@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from shared.feature_views import ViewSchema
 
 # A row to write: the key, then each feature of the view in declared order, then event time.
@@ -21,10 +23,13 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class ViewColumns:
-    """One view's values for a batch of keys, in key order: one list per requested feature."""
+    """One view's values for a batch of keys, in key order: one sequence per requested feature.
 
-    values: dict[str, list[Any]]
-    event_times: list[datetime | None]
+    A key the view has no row for reads as None in every column, event time included.
+    """
+
+    values: dict[str, Sequence[Any]]
+    event_times: Sequence[datetime | None]
 
 
 class OnlineStore(Protocol):
@@ -36,6 +41,10 @@ class OnlineStore(Protocol):
 
     def write(self, view: ViewSchema, rows: Sequence[Row]) -> WriteResult:
         """Upsert atomically; a row never replaces one with a newer event time."""
+        ...
+
+    def bulk_load(self, view: ViewSchema, data: pa.Table | Sequence[Row]) -> WriteResult:
+        """`write` for large loads (columns: join key, features, `event_ts`), one transaction."""
         ...
 
     def read(

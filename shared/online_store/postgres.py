@@ -1,35 +1,48 @@
 """PostgreSQL online store: one table per feature-view version in schema `online`.
 
 Typed columns (arrays as PostgreSQL arrays, maps as jsonb) keep the layout inspectable with
-SQL. Writes go through binary COPY into a staging table and one upsert, so a batch is atomic
-and large loads run near COPY speed. Reads of several views are one statement.
+SQL. Writes go through binary COPY into a staging table and one upsert, so a batch is atomic;
+bulk loads sort and deduplicate on the client and, into an empty table, COPY straight in.
+Reads of several views are one prepared statement with binary results.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import psycopg_pool
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from shared.errors import Unavailable
+from shared.errors import Aborted, NotFound, Unavailable
 from shared.feature_views import ViewSchema
+from shared.online_store import statements
 from shared.online_store.base import Row, ViewColumns, WriteResult
+from shared.online_store.bulk import LoadData, PreparedLoad, prepare
+from shared.online_store.statements import SCHEMA
 from shared.request_context import seconds_remaining
-from shared.values import TYPES
 
-SCHEMA = "online"
+__all__ = ["SCHEMA", "PostgresOnlineStore"]
+
 POOL_WAIT_SECONDS = 5.0
+# Distinct read shapes (views x features) kept rendered; past this the cache starts over.
+MAX_READ_PLANS = 10_000
+ReadRequests = Sequence[tuple[ViewSchema, Sequence[str]]]
 
 
-def _pg_type(value_type: int) -> str:
-    return TYPES[value_type].postgres
+@dataclass(frozen=True)
+class _ReadPlan:
+    """A read statement rendered once, and where each view's columns sit in its rows."""
+
+    query: bytes
+    spans: tuple[tuple[tuple[str, ...], int], ...]  # (features, first column) per view
 
 
 class PostgresOnlineStore:
@@ -38,13 +51,24 @@ class PostgresOnlineStore:
             conninfo,
             min_size=min_size,
             max_size=max_size,
+            # Every statement is prepared on first use, so the hot read is parsed and planned
+            # once per connection.
             kwargs={"autocommit": True, "prepare_threshold": 0},
+            configure=_configure,
             open=True,
             name="online-store",
         )
         self._ensured: set[str] = set()
         self._lock = threading.Lock()
-        self._read_statements: dict[tuple[Any, ...], sql.Composed] = {}
+        self._read_plans: dict[tuple[tuple[str, tuple[str, ...]], ...], _ReadPlan] = {}
+        # Per pooled session: its staging tables (they outlive any one write), and one
+        # binary cursor for reads (a new cursor per read costs ~20 us).
+        self._staged: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._cursors: weakref.WeakKeyDictionary[psycopg.Connection[Any], psycopg.Cursor[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         with self._connection() as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
 
@@ -58,143 +82,167 @@ class PostgresOnlineStore:
     # --- DDL -----------------------------------------------------------------------------
 
     def ensure_table(self, view: ViewSchema) -> None:
+        """Create the view version's table if missing (idempotent, safe to race)."""
         if view.table_name in self._ensured:
             return
-        columns = [
-            sql.SQL("{} {} PRIMARY KEY").format(
-                sql.Identifier(view.join_key), sql.SQL(_pg_type(view.key_type))
-            ),
-            *(
-                sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(_pg_type(f.value_type)))
-                for f in view.features
-            ),
-            sql.SQL("event_ts timestamptz NOT NULL"),
-            sql.SQL("written_ts timestamptz NOT NULL DEFAULT now()"),
-        ]
-        statement = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-            self._table(view), sql.SQL(", ").join(columns)
-        )
         # Concurrent first writers race on the catalog; the advisory lock serialises them.
         with self._connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (view.table_name,))
-            conn.execute(statement)
+            conn.execute(statements.create_table(view))
         with self._lock:
             self._ensured.add(view.table_name)
 
     def drop_table(self, view: ViewSchema) -> None:
+        """Drop the version's table; only `project`, `name` and `version` of `view` matter."""
         with self._connection() as conn:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._table(view)))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(statements.table(view)))
         with self._lock:
             self._ensured.discard(view.table_name)
 
     # --- writes --------------------------------------------------------------------------
 
     def write(self, view: ViewSchema, rows: Sequence[Row]) -> WriteResult:
+        """A real-time batch: rows → session staging table → one upsert, one transaction."""
         if not rows:
             return WriteResult(0, 0)
         self.ensure_table(view)
-        names = [view.join_key, *(f.name for f in view.features), "event_ts"]
-        types = [
-            _pg_type(view.key_type),
-            *(_pg_type(f.value_type) for f in view.features),
-            "timestamptz",
-        ]
+        types = statements.column_types(view)
         json_columns = [i for i, pg_type in enumerate(types) if pg_type == "jsonb"]
-        staging = sql.Identifier(f"staging_{view.table_name}"[:63])
-        with self._connection() as conn, conn.transaction():
-            conn.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
-                ).format(staging, sql.SQL(", ").join(map(sql.Identifier, names)), self._table(view))
-            )
-            with conn.cursor().copy(
-                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                    staging, sql.SQL(", ").join(map(sql.Identifier, names))
-                )
-            ) as copy:
-                copy.set_types(types)
-                for row in rows:
-                    copy.write_row(_wrap_json(row, json_columns) if json_columns else row)
-            written = conn.execute(self._upsert(view, names, staging)).rowcount
+        copy_rows = statements.copy_into(
+            statements.staging_table(view), statements.column_names(view)
+        )
+        with self._connection() as conn:
+            self._ensure_staging(conn, view)
+            with conn.transaction():
+                with conn.cursor().copy(copy_rows) as copy:
+                    copy.set_types(types)
+                    for row in rows:
+                        copy.write_row(_wrap_json(row, json_columns) if json_columns else row)
+                upsert = statements.upsert_from_staging(view, deduplicated=False)
+                written = conn.execute(upsert).rowcount
         return WriteResult(written=written, stale=len(rows) - written)
 
-    def _upsert(self, view: ViewSchema, names: list[str], staging: sql.Identifier) -> sql.Composed:
-        key = sql.Identifier(view.join_key)
-        columns = sql.SQL(", ").join(map(sql.Identifier, names))
-        updates = sql.SQL(", ").join(
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
-            for name in [*names[1:], "written_ts"]
-        )
-        # DISTINCT ON keeps each key's newest row of the batch; the WHERE keeps the stored
-        # row when it is newer, so out-of-order and concurrent writers converge on the newest.
-        return sql.SQL(
-            "INSERT INTO {table} AS t ({columns}, written_ts) "
-            "SELECT DISTINCT ON ({key}) {columns}, clock_timestamp() FROM {staging} "
-            "ORDER BY {key}, event_ts DESC "
-            "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE t.event_ts <= EXCLUDED.event_ts"
-        ).format(
-            table=self._table(view), columns=columns, key=key, staging=staging, updates=updates
-        )
+    def bulk_load(self, view: ViewSchema, data: LoadData) -> WriteResult:
+        """A large load (an Arrow table, or rows) in one transaction, near COPY speed.
+
+        Columns are the view's join key, its features and `event_ts`, matched by name for
+        Arrow input. An empty table (a new version's first load) is filled by COPY directly,
+        holding off other writers meanwhile; otherwise rows are staged and upserted, where an
+        older event never replaces a newer one. Pass a whole load per call: each call sorts
+        its rows and commits once.
+        """
+        self.ensure_table(view)
+        load = prepare(view, data)
+        if not load.rows:
+            return WriteResult(0, 0)
+        with self._connection() as conn:
+            self._ensure_staging(conn, view)
+            with conn.transaction():
+                if self._claim_if_empty(conn, view):
+                    self._copy(conn, statements.table(view), view, load)
+                    written = load.rows
+                else:
+                    self._copy(conn, statements.staging_table(view), view, load)
+                    upsert = statements.upsert_from_staging(view, deduplicated=True)
+                    written = conn.execute(upsert).rowcount
+        return WriteResult(written=written, stale=load.input_rows - written)
+
+    def _claim_if_empty(self, conn: psycopg.Connection[Any], view: ViewSchema) -> bool:
+        """True when the table is empty and locked against other writers until commit."""
+        if not conn.execute(statements.is_empty(view)).fetchone()[0]:  # type: ignore[index]
+            return False
+        conn.execute(statements.lock_for_load(view))
+        # A writer may have committed between the check and the lock.
+        return bool(conn.execute(statements.is_empty(view)).fetchone()[0])  # type: ignore[index]
+
+    def _copy(
+        self,
+        conn: psycopg.Connection[Any],
+        target: sql.Identifier,
+        view: ViewSchema,
+        load: PreparedLoad,
+    ) -> None:
+        statement = statements.copy_into(target, statements.column_names(view))
+        with conn.cursor().copy(statement) as copy:
+            if load.fixed_width:
+                for chunk in load.copy_chunks():
+                    copy.write(chunk)
+                return
+            copy.set_types(statements.column_types(view))
+            for row in load.python_rows():
+                copy.write_row(row)
+
+    def _ensure_staging(self, conn: psycopg.Connection[Any], view: ViewSchema) -> None:
+        """The session's staging table, created outside any transaction: created inside one
+        that rolls back, it would vanish while this cache still names it."""
+        staged = self._staged.setdefault(conn, set())
+        if view.table_name not in staged:
+            conn.execute(statements.create_staging(view))
+            staged.add(view.table_name)
 
     # --- reads ---------------------------------------------------------------------------
 
-    def read(
-        self, requests: Sequence[tuple[ViewSchema, Sequence[str]]], keys: Sequence[Any]
-    ) -> list[ViewColumns]:
+    def read(self, requests: ReadRequests, keys: Sequence[Any]) -> list[ViewColumns]:
+        """Each view's features for `keys` (in key order, NULL where absent), one round trip."""
+        plan = self._read_plans.get(_plan_key(requests))
+        if plan is None:
+            plan = self._plan_read(requests)
+        with self._connection() as conn:
+            cursor = self._cursors.get(conn)
+            if cursor is None:
+                cursor = self._cursors.setdefault(conn, conn.cursor(binary=True))
+            try:
+                rows = cursor.execute(plan.query, (keys,), prepare=True).fetchall()
+            except errors.UndefinedTable as exc:
+                self._forget(requests)
+                raise NotFound(
+                    "the online table of a requested feature view version is gone (version "
+                    "deleted?); retry with a current version"
+                ) from exc
+        columns = list(zip(*rows, strict=True)) if rows else [()] * _width(plan)
+        return [
+            ViewColumns(
+                dict(zip(features, columns[start : start + len(features)], strict=True)),
+                columns[start + len(features)],
+            )
+            for features, start in plan.spans
+        ]
+
+    def _plan_read(self, requests: ReadRequests) -> _ReadPlan:
         for view, _ in requests:
             self.ensure_table(view)
-        statement = self._read_statement(requests)
-        with self._connection() as conn, conn.cursor(binary=True) as cursor:
-            cursor.execute(statement, (list(keys),))
-            rows = cursor.fetchall()
-        return _split_columns(requests, rows)
+        spans = []
+        start = 0
+        for _, features in requests:
+            spans.append((tuple(features), start))
+            start += len(features) + 1
+        with self._connection() as conn:
+            query = statements.read(requests).as_bytes(conn)
+        plan = _ReadPlan(query, tuple(spans))
+        with self._lock:
+            if len(self._read_plans) >= MAX_READ_PLANS:
+                self._read_plans.clear()
+            self._read_plans[_plan_key(requests)] = plan
+        return plan
 
-    def _read_statement(self, requests: Sequence[tuple[ViewSchema, Sequence[str]]]) -> sql.Composed:
-        cache_key = tuple((view, tuple(features)) for view, features in requests)
-        statement = self._read_statements.get(cache_key)
-        if statement is not None:
-            return statement
-        key_type = _pg_type(requests[0][0].key_type)
-        selected: list[sql.Composable] = []
-        joins: list[sql.Composable] = []
-        for index, (view, features) in enumerate(requests):
-            alias = sql.Identifier(f"v{index}")
-            selected += [sql.SQL("{}.{}").format(alias, sql.Identifier(f)) for f in features]
-            selected.append(sql.SQL("{}.event_ts").format(alias))
-            joins.append(
-                sql.SQL("LEFT JOIN {table} {alias} ON {alias}.{key} = k.key").format(
-                    table=self._table(view), alias=alias, key=sql.Identifier(view.join_key)
-                )
-            )
-        statement = sql.SQL(
-            "SELECT {selected} FROM unnest(%s::{key_type}[]) WITH ORDINALITY AS k(key, ord) "
-            "{joins} ORDER BY k.ord"
-        ).format(
-            selected=sql.SQL(", ").join(selected),
-            key_type=sql.SQL(key_type),
-            joins=sql.SQL(" ").join(joins),
-        )
-        self._read_statements[cache_key] = statement
-        return statement
+    def _forget(self, requests: ReadRequests) -> None:
+        with self._lock:
+            self._read_plans.pop(_plan_key(requests), None)
+            for view, _ in requests:
+                self._ensured.discard(view.table_name)
 
     def scan(self, view: ViewSchema, features: Sequence[str]) -> tuple[list[Any], ViewColumns]:
         self.ensure_table(view)
-        statement = sql.SQL(
-            "SELECT {key}, {features}, event_ts FROM {table} ORDER BY {key}"
-        ).format(
-            key=sql.Identifier(view.join_key),
-            features=sql.SQL(", ").join(map(sql.Identifier, features)),
-            table=self._table(view),
-        )
-        with self._connection() as conn, conn.cursor(binary=True) as cursor:
-            rows = cursor.execute(statement).fetchall()
+        with self._connection() as conn:
+            rows = conn.execute(statements.scan(view, features), binary=True).fetchall()
         keys = [row[0] for row in rows]
-        return keys, _split_columns([(view, features)], [row[1:] for row in rows])[0]
+        values = {
+            feature: [row[position] for row in rows]
+            for position, feature in enumerate(features, start=1)
+        }
+        return keys, ViewColumns(values, [row[-1] for row in rows])
 
     # --- helpers -------------------------------------------------------------------------
-
-    def _table(self, view: ViewSchema) -> sql.Identifier:
-        return sql.Identifier(SCHEMA, view.table_name)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -202,15 +250,44 @@ class PostgresOnlineStore:
         remaining = seconds_remaining()
         timeout = POOL_WAIT_SECONDS if remaining is None else min(POOL_WAIT_SECONDS, remaining)
         try:
-            with self._pool.connection(timeout=timeout) as conn:
-                yield conn
+            conn = self._pool.getconn(timeout=timeout)
         except psycopg_pool.PoolTimeout as exc:
             raise Unavailable(
                 f"no online-store connection within {timeout:.1f}s: the database is down or "
                 "every pooled connection is busy (RECSTACK_DB_POOL_SIZE)"
             ) from exc
+        # getconn/putconn rather than `pool.connection()`: the hot read saves ~6 us, and the
+        # pool still rolls back and checks (or replaces) a connection returned mid-transaction
+        # or broken.
+        try:
+            yield conn
+        except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+            # Both subclass OperationalError: caught first, they are conflicts, not outages.
+            raise Aborted(f"concurrent online-store write conflict; retry: {exc}") from exc
         except psycopg.OperationalError as exc:
             raise Unavailable(f"online store database connection failed: {exc}") from exc
+        finally:
+            self._pool.putconn(conn)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Session settings of every pooled connection.
+
+    A generic plan for prepared statements: PostgreSQL otherwise re-plans the read for each
+    new key array (custom plans win its cost comparison), which doubles a 1-key read. The
+    generic plan (nested loop over the primary-key index) is the right one for 1 to 1,000
+    keys anyway.
+    """
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+def _plan_key(requests: ReadRequests) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((view.table_name, tuple(features)) for view, features in requests)
+
+
+def _width(plan: _ReadPlan) -> int:
+    features, start = plan.spans[-1]
+    return start + len(features) + 1
 
 
 def _wrap_json(row: Row, json_columns: list[int]) -> Row:
@@ -219,21 +296,3 @@ def _wrap_json(row: Row, json_columns: list[int]) -> Row:
         if values[index] is not None:
             values[index] = Jsonb(values[index])
     return tuple(values)
-
-
-def _split_columns(
-    requests: Sequence[tuple[ViewSchema, Sequence[str]]], rows: list[tuple[Any, ...]]
-) -> list[ViewColumns]:
-    """Cut each result row into per-view column lists (features…, event_ts per view)."""
-    result: list[ViewColumns] = []
-    offset = 0
-    for _, features in requests:
-        width = len(features)
-        values = {
-            feature: [row[offset + position] for row in rows]
-            for position, feature in enumerate(features)
-        }
-        event_times = [row[offset + width] for row in rows]
-        result.append(ViewColumns(values, event_times))
-        offset += width + 1
-    return result

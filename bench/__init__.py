@@ -1,0 +1,1 @@
+"""Benchmarks: each measures a recstack path next to the bare limit it stands on (`make bench`)."""

@@ -1,0 +1,101 @@
+"""Bare gRPC servers: the floor under any recstack RPC on loopback.
+
+Same thread pool and channel options as `shared.grpc_server.create_grpc_server` with default
+settings, but no interceptors, servicer or protobuf:
+- `/bench.Echo/Echo`: request bytes come straight back;
+- `/bench.Echo/Lookup` (when a database is given): the request is little-endian int64 keys;
+  the handler runs the bare prepared binary lookup of `bench.serving_load` (`= key` for one,
+  `= ANY` for more) on its thread's own connection and answers the request bytes. It is the
+  composition of the two limits (echo + lookup) with nothing of recstack in between.
+
+    python -m bench.echo_server PORT [CONNINFO TABLE KEY_COLUMN COLUMN,COLUMN,...]
+"""
+
+from __future__ import annotations
+
+import array
+import signal
+import sys
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+import psycopg
+from psycopg import sql
+
+from shared.settings import ServiceSettings
+
+ECHO = "/bench.Echo/Echo"
+LOOKUP = "/bench.Echo/Lookup"
+
+
+def lookup_statements(
+    conn: psycopg.Connection[Any], table: str, key: str, columns: list[str]
+) -> tuple[bytes, bytes]:
+    """The bare one-key and `= ANY` lookups, rendered once."""
+    target = sql.SQL(".").join(map(sql.Identifier, table.split(".")))
+    selected = sql.SQL(", ").join(map(sql.Identifier, [*columns, "event_ts"]))
+    one = sql.SQL("SELECT {} FROM {} WHERE {} = %b")
+    many = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%b)")
+    return (
+        one.format(selected, target, sql.Identifier(key)).as_bytes(conn),
+        many.format(selected, target, sql.Identifier(key)).as_bytes(conn),
+    )
+
+
+def _echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+class _Lookup:
+    def __init__(self, conninfo: str, table: str, key: str, columns: list[str]) -> None:
+        self._conninfo = conninfo
+        self._table, self._key, self._columns = table, key, columns
+        self._local = threading.local()
+
+    def __call__(self, request: bytes, _context: grpc.ServicerContext) -> bytes:
+        keys = array.array("q", request).tolist()
+        cursor, one, many = self._cursor()
+        if len(keys) == 1:
+            cursor.execute(one, (keys[0],), prepare=True)
+        else:
+            cursor.execute(many, (keys,), prepare=True)
+        cursor.fetchall()
+        return request
+
+    def _cursor(self) -> tuple[psycopg.Cursor[Any], bytes, bytes]:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=0)
+            one, many = lookup_statements(conn, self._table, self._key, self._columns)
+            state = self._local.state = (conn.cursor(binary=True), one, many)
+        return state
+
+
+def serve(port: int, database: list[str]) -> None:
+    settings = ServiceSettings()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    methods = {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    if database:
+        conninfo, table, key, columns = database
+        lookup = _Lookup(conninfo, table, key, columns.split(","))
+        methods["Lookup"] = grpc.unary_unary_rpc_method_handler(lookup)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", methods),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    stopping.wait()
+    server.stop(0).wait()
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), sys.argv[2:])

@@ -1,0 +1,215 @@
+"""What every benchmark shares: a scratch database, service processes, statistics, results.
+
+Rules (../shared/BENCHMARKS.md): loopback only, a database of its own that is dropped at the
+end, loads from a separate process, nearest-rank percentiles, a readable table and one JSON
+file `bench/results/<name>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.db import create_database, drop_database, normalize_url
+from shared.local.postgres import EmbeddedPostgres
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+LOCAL_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DATABASE_ENV = "RECSTACK_DATABASE_URL"
+
+
+# --- database --------------------------------------------------------------------------------
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new database (URL) on RECSTACK_DATABASE_URL's server, else the local server on 5432
+    if it answers, else a temporary embedded one; dropped on exit whatever happened."""
+    with _server_url() as server_url:
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        url = create_database(server_url, name)
+        try:
+            yield url
+        finally:
+            drop_database(server_url, name)
+
+
+@contextmanager
+def _server_url() -> Iterator[str]:
+    configured = os.environ.get(DATABASE_ENV, "").strip()
+    if configured:
+        yield normalize_url(configured)
+    elif _local_server_answers():
+        yield LOCAL_SERVER_URL
+    else:
+        run_dir = Path(tempfile.mkdtemp(prefix="recstack-bench-"))
+        # The embedded server's system user (when we are root) must pass through the folder.
+        run_dir.chmod(0o755)
+        server = EmbeddedPostgres(run_dir, port=free_port())
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _local_server_answers() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=2
+        ) as conn:
+            conn.execute("SELECT 1")
+    except (OSError, psycopg.Error):
+        return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@contextmanager
+def service_process(
+    module: str, env: Mapping[str, str], log_path: Path, *, args: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m module` with a clean RECSTACK_* environment; stopped with SIGTERM on exit."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("RECSTACK_")}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO_ROOT,
+            env={**clean, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Poll gRPC health until SERVING; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{address}: process exited with {process.returncode}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} not SERVING within {timeout_s:.0f}s")
+
+
+def wait_port(address: str, timeout_s: float = 30) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {address} after {timeout_s:.0f}s")
+
+
+# --- statistics and results ------------------------------------------------------------------
+
+
+def nearest_rank(sorted_values: Sequence[float], percent: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least `percent`% at or below."""
+    rank = max(1, math.ceil(percent / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latency_figure(seconds: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(seconds)
+    return {
+        "p50_ms": round(nearest_rank(ordered, 50) * 1000, 4),
+        "p99_ms": round(nearest_rank(ordered, 99) * 1000, 4),
+        "n": len(ordered),
+    }
+
+
+def write_result(
+    name: str,
+    figures: Mapping[str, Any],
+    ratios: Mapping[str, float],
+    targets: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    result = {
+        "benchmark": name,
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "figures": dict(figures),
+        "ratios": {key: round(value, 3) for key, value in ratios.items()},
+        "targets": dict(targets),
+        **(extra or {}),
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def print_table(
+    figures: Mapping[str, Any], ratios: Mapping[str, float], targets: Mapping[str, str]
+) -> None:
+    print(f"\n{'figure':<16}{'p50 ms':>10}{'p99 ms':>10}{'n':>9}{'per s':>12}{'rows/s':>12}")
+    for name, figure in figures.items():
+        print(
+            f"{name:<16}{_cell(figure, 'p50_ms', '.3f'):>10}{_cell(figure, 'p99_ms', '.3f'):>10}"
+            f"{_cell(figure, 'n', 'd'):>9}{_cell(figure, 'per_s', ',.0f'):>12}"
+            f"{_cell(figure, 'rows_per_s', ',.0f'):>12}"
+        )
+    print(f"\n{'ratio':<24}{'value':>8}  target")
+    for name, value in ratios.items():
+        target = targets.get(name, "")
+        verdict = "" if not target else ("ok" if _meets(value, target) else "MISSED")
+        print(f"{name:<24}{value:>8.3f}  {target:<8}{verdict}")
+
+
+def _cell(figure: Mapping[str, Any], key: str, spec: str) -> str:
+    return format(figure[key], spec) if key in figure else ""
+
+
+def _meets(value: float, target: str) -> bool:
+    operator, bound = target.split(" ", 1)
+    return value <= float(bound) if operator == "<=" else value >= float(bound)
