@@ -2,14 +2,75 @@
 
 Request-scoped fields (request_id, rpc, peer) live in structlog's contextvars, bound by the
 server interceptor, so every line a request logs carries them without passing loggers around.
+
+Rendering JSON and writing to stderr happen on a background thread: a request only hands its
+event dict over, so the access log costs the hot path microseconds, not a syscall.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
+import queue
 import sys
+import threading
+from typing import Any, TextIO
 
 import structlog
+
+MAX_BATCH = 512
+
+
+class BackgroundWriter:
+    """Renders events as JSON lines and writes them in batches from one daemon thread."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def put(self, event: dict[str, Any]) -> None:
+        self._queue.put(event)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued, then stop (at exit, so no line is lost)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get())
+            events = [event for event in batch if event is not None]
+            if events:
+                self._write(events)
+            if len(events) < len(batch):
+                return
+
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(event, default=str) + "\n" for event in events)
+        try:
+            self._stream.write(lines)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed stderr must not kill the writer
+            pass
+
+
+class QueueLogger:
+    """The structlog logger behind every bound logger: each level method enqueues the event."""
+
+    def __init__(self, writer: BackgroundWriter) -> None:
+        self._writer = writer
+
+    def msg(self, **event: Any) -> None:
+        self._writer.put(event)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
 def configure_logging(level: str = "INFO", *, service: str = "recstack") -> None:
@@ -27,14 +88,12 @@ def configure_logging(level: str = "INFO", *, service: str = "recstack") -> None
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    logger = QueueLogger(BackgroundWriter(sys.stderr))
     structlog.configure(
-        processors=[
-            *shared_processors,
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(),
-        ],
+        # The last processor returns the event dict itself: QueueLogger renders it later.
+        processors=[*shared_processors, structlog.processors.dict_tracebacks],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_args: logger,
         cache_logger_on_first_use=True,
     )
     # Libraries log through the standard library; render them the same way.
