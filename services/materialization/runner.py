@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow.dataset as ds
 import structlog
 from recstack.registry.v1 import feature_view_pb2
 
@@ -142,9 +143,6 @@ class JobRunner:
         if Store.OFFLINE in job.stores:
             # Rerunning a window must replace its events, not add them a second time.
             self._offline_store.clear_window(view, job.window)
-        if job.publish is not None and job.publish.mode is PublishMode.OVERWRITE:
-            self._online_store.drop_table(view)
-            self._online_store.ensure_table(view)
         cancelled = False
 
         def on_chunk(progress: Progress) -> bool:
@@ -165,6 +163,11 @@ class JobRunner:
         )
         if cancelled:
             return JobState.CANCELLED, "cancelled while running"
+        if job.publish is not None and job.publish.mode is PublishMode.OVERWRITE:
+            # Upserting first and removing the other keys last means readers never see the
+            # table emptier than either the old or the new partition.
+            keys = ds.dataset(task.source.path, format="parquet").to_table(columns=[view.join_key])
+            self._online_store.retain_keys(view, keys.column(view.join_key).to_pylist())
         return JobState.SUCCEEDED, ""
 
     def _task(self, job: Job, view: ViewSchema) -> MaterializationTask:

@@ -39,6 +39,10 @@ class OnlineStore(Protocol):
 
     def drop_table(self, view: ViewSchema) -> None: ...
 
+    def retain_keys(self, view: ViewSchema, keys: Sequence[Any]) -> int:
+        """Delete the rows of every key not in `keys` at once (an overwriting publish)."""
+        ...
+
     def write(self, view: ViewSchema, rows: Sequence[Row]) -> WriteResult:
         """Upsert atomically; a row never replaces one with a newer event time."""
         ...

@@ -99,6 +99,15 @@ class PostgresOnlineStore:
         with self._lock:
             self._ensured.discard(view.table_name)
 
+    def retain_keys(self, view: ViewSchema, keys: Sequence[Any]) -> int:
+        """Delete every row whose key is not in `keys`, in one statement; returns rows deleted."""
+        self.ensure_table(view)
+        statement = sql.SQL("DELETE FROM {} WHERE NOT ({} = ANY(%s))").format(
+            statements.table(view), sql.Identifier(view.join_key)
+        )
+        with self._connection() as conn:
+            return conn.execute(statement, (list(keys),)).rowcount
+
     # --- writes --------------------------------------------------------------------------
 
     def write(self, view: ViewSchema, rows: Sequence[Row]) -> WriteResult:

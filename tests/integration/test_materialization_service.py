@@ -432,3 +432,51 @@ def test_precomputed_vectors_are_validated_and_published_without_a_model(stubs, 
     assert list(response.columns[0].values[0].float_list_value.values) == pytest.approx(
         [0.5, 0.6, 0.7, 0.8]
     )
+
+
+def test_overwrite_publish_leaves_exactly_the_partitions_keys_online(stubs, view, tmp_path):
+    _, materialization, serving = stubs
+    _backfill(materialization, view, day(1, 0), day(6, 0))
+    settings = materialization_settings_pb2.MaterializationSettings(
+        name=f"{view}/materializationSettings", offline_enabled=True, online_enabled=True
+    )
+    materialization.UpdateMaterializationSettings(
+        mpb.UpdateMaterializationSettingsRequest(settings=settings)
+    )
+    _backfill(
+        materialization,
+        view,
+        day(1, 0),
+        day(6, 0),
+        [DI.STATUS_NONE],
+    )
+
+    def online_keys():
+        response = serving.GetOnlineFeatures(
+            spb.GetOnlineFeaturesRequest(
+                project=view.split("/")[1],
+                features=["clicks:clicks"],
+                entity_keys=[value_pb2.Value(int64_value=k) for k in range(1, 21)],
+            )
+        )
+        statuses = response.columns[0].statuses
+        return {
+            k
+            for k, s in zip(range(1, 21), statuses, strict=True)
+            if s == spb.FEATURE_STATUS_PRESENT
+        }
+
+    assert len(online_keys()) == 20
+    source = pq.read_table(tmp_path / "events.parquet").to_pylist()
+    expected = {row["user_id"] for row in source if row["ts"].date().isoformat() == "2026-04-03"}
+    job = materialization.PublishTable(
+        mpb.PublishTableRequest(
+            feature_view=view,
+            partition="2026-04-03",
+            mode=mpb.PublishTableRequest.MODE_OVERWRITE,
+            transform=True,
+        )
+    ).job
+    assert _wait(materialization, job.name).state == job_pb2.Job.STATE_SUCCEEDED
+    assert len(expected) < 20, "the partition must leave some keys out for this test to mean anything"
+    assert online_keys() == expected
