@@ -116,8 +116,12 @@ demo: up ## Bring the stack up and run the walking-skeleton scenario.
 	$(PY) -m shared.local.demo
 
 .PHONY: bench
-bench: bench-serving ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-materialization ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
 	$(PY) -m bench.serving
+
+.PHONY: bench-materialization
+bench-materialization: $(VENV_STAMP) $(PROTO_STAMP) ## Materialization and export vs bare read+COPY / ASOF join (~4 min).
+	$(PY) -m bench.materialization

@@ -43,7 +43,7 @@ class MaterializationSettings(ServiceSettings):
     # How often an idle runner looks for queued jobs and due schedules.
     job_poll_seconds: float = 1.0
     # Rows per chunk: progress, cancellation and heartbeats happen between chunks.
-    job_chunk_rows: int = 100_000
+    job_chunk_rows: int = 500_000
 
 
 @dataclass(frozen=True)

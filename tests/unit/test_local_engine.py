@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.materialization.adapters.local_engine import LocalEngine
+from services.materialization.adapters.local_engine import LatestPerKey, LocalEngine
 from services.materialization.jobs import (
     FileSourceSpec,
     MaterializationTask,
@@ -114,7 +114,23 @@ def test_engine_stops_when_told(source):
         online_store=online,
         on_chunk=lambda p: False,
     )
-    assert progress.chunks_done == 1 and sum(t.num_rows for t in online.loads) == 1
+    # A stopped job writes no more: the online rows it folded are dropped with it.
+    assert progress.chunks_done == 1 and online.loads == []
+
+
+def test_online_store_gets_each_keys_newest_row_once():
+    latest = LatestPerKey("user_id", flush_rows=3)
+    ts = pa.timestamp("us", tz="UTC")
+    first = pa.table(
+        {"user_id": [2, 1, 2], "n": [1.0, 2.0, 3.0], "event_ts": pa.array([5, 1, 5], ts)}
+    )
+    assert latest.add(first) is None
+    second = pa.table({"user_id": [1, 3], "n": [4.0, 5.0], "event_ts": pa.array([0, 9], ts)})
+    flushed = latest.add(second)
+    # Key 2 tie at the same time: the row seen later wins; key 1's older event loses.
+    assert flushed.to_pydict()["user_id"] == [1, 2, 3]
+    assert flushed.to_pydict()["n"] == [2.0, 3.0, 5.0]
+    assert latest.take() is None
 
 
 def test_engine_names_a_missing_timestamp_column(source):

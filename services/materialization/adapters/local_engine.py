@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 
 import duckdb
@@ -36,6 +37,7 @@ from services.materialization.jobs import (
     Window,
 )
 from shared.errors import FailedPrecondition
+from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
 
 CHUNK_ROWS = 100_000
@@ -71,20 +73,36 @@ class LocalEngine:
         on_chunk: Callable[[Progress], bool],
     ) -> Progress:
         progress = Progress()
+        latest = LatestPerKey(task.view.join_key) if Store.ONLINE in task.stores else None
         # `closing`: stopping early must end the source scan (and its database cursor) now.
-        with closing(self.chunks(task)) as chunks:
+        # Parquet encoding and PostgreSQL's COPY run outside the interpreter lock, so store
+        # writes overlap the scan of the next chunk.
+        with (
+            closing(self.chunks(task)) as chunks,
+            ThreadPoolExecutor(2, thread_name_prefix="store-writer") as writers,
+        ):
             for chunk in chunks:
                 _check_vectors(task, chunk)
                 progress.rows_read += chunk.num_rows
+                pending = []
                 if Store.OFFLINE in task.stores:
-                    progress.rows_written_offline += offline_store.write(
-                        task.view, chunk, task.job_id, progress.chunks_done
+                    pending.append(
+                        writers.submit(
+                            _write_offline, offline_store, task, chunk, progress.chunks_done
+                        )
                     )
-                if Store.ONLINE in task.stores:
-                    progress.rows_written_online += online_store.bulk_load(task.view, chunk).written
+                full = latest.add(chunk) if latest is not None else None
+                if full is not None:
+                    pending.append(writers.submit(_load_online, online_store, task.view, full))
+                for future in pending:
+                    written_offline, written_online = future.result()
+                    progress.rows_written_offline += written_offline
+                    progress.rows_written_online += written_online
                 progress.chunks_done += 1
                 if not on_chunk(progress):
-                    break
+                    return progress
+        if latest is not None and (rows := latest.take()) is not None:
+            progress.rows_written_online += _load_online(online_store, task.view, rows)[1]
         return progress
 
     def chunks(self, task: MaterializationTask) -> Iterator[pa.Table]:
@@ -172,6 +190,52 @@ def _engine_errors(source: SourceSpec) -> Iterator[None]:
         yield
     except (duckdb.Error, pa.ArrowInvalid) as exc:
         raise FailedPrecondition(f"materializing from {_describe(source)} failed: {exc}") from exc
+
+
+class LatestPerKey:
+    """Each key's newest row seen so far, so the online store gets one row per key.
+
+    Only the newest event of a key is ever served online; sending every event would make the
+    store upsert (and discard) the rest. The state is bounded by `flush_rows`: past it the
+    rows go to the store (whose upsert keeps the newest event) and the state starts over.
+    """
+
+    def __init__(self, key: str, flush_rows: int = 2_000_000) -> None:
+        self._key = key
+        self._flush_rows = flush_rows
+        self._rows: pa.Table | None = None
+
+    def add(self, chunk: pa.Table) -> pa.Table | None:
+        """Fold a chunk in; returns rows to write now when the state grew past its bound."""
+        combined = chunk if self._rows is None else pa.concat_tables([self._rows, chunk])
+        self._rows = _newest_per_key(combined, self._key)
+        if self._rows.num_rows < self._flush_rows:
+            return None
+        return self.take()
+
+    def take(self) -> pa.Table | None:
+        rows, self._rows = self._rows, None
+        return rows
+
+
+def _newest_per_key(table: pa.Table, key: str) -> pa.Table:
+    # A stable sort by (key, event time): for equal times the row seen later stays last.
+    ordered = table.take(pc.sort_indices(table, [(key, "ascending"), ("event_ts", "ascending")]))
+    keys = ordered.column(key).combine_chunks()
+    if len(keys) < 2:
+        return ordered
+    last = pc.not_equal(keys.slice(0, len(keys) - 1), keys.slice(1))
+    return ordered.filter(pa.concat_arrays([last, pa.array([True])]))
+
+
+def _write_offline(
+    store: OfflineStore, task: MaterializationTask, rows: pa.Table, chunk: int
+) -> tuple[int, int]:
+    return store.write(task.view, rows, task.job_id, chunk), 0
+
+
+def _load_online(store: OnlineStore, view: ViewSchema, rows: pa.Table) -> tuple[int, int]:
+    return 0, store.bulk_load(view, rows).written
 
 
 def _check_vectors(task: MaterializationTask, chunk: pa.Table) -> None:
