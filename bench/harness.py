@@ -12,11 +12,9 @@ import math
 import os
 import platform
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.db import create_database, drop_database, normalize_url
-from shared.local.postgres import EmbeddedPostgres
+from shared.local.postgres import any_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-LOCAL_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATABASE_ENV = "RECSTACK_DATABASE_URL"
 
 
@@ -56,38 +52,8 @@ def scratch_database(prefix: str) -> Iterator[str]:
 @contextmanager
 def _server_url() -> Iterator[str]:
     configured = os.environ.get(DATABASE_ENV, "").strip()
-    if configured:
-        yield normalize_url(configured)
-    elif _local_server_answers():
-        yield LOCAL_SERVER_URL
-    else:
-        run_dir = Path(tempfile.mkdtemp(prefix="recstack-bench-"))
-        # The embedded server's system user (when we are root) must pass through the folder.
-        run_dir.chmod(0o755)
-        server = EmbeddedPostgres(run_dir, port=free_port())
-        try:
-            yield server.start()
-        finally:
-            server.stop()
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _local_server_answers() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-        with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=2
-        ) as conn:
-            conn.execute("SELECT 1")
-    except (OSError, psycopg.Error):
-        return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    with any_server(normalize_url(configured) if configured else "") as url:
+        yield url
 
 
 # --- processes -------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from bench import materialization_export
 from bench.harness import (
     RESULTS_DIR,
-    free_port,
     print_table,
     scratch_database,
     service_process,
@@ -52,6 +51,7 @@ from bench.harness import (
 )
 from services.materialization.export import ExportOptions
 from shared.db import to_libpq
+from shared.local.ports import free_port
 from shared.online_store.binary_copy import BinaryCopyEncoder
 
 NAME = "materialization"

@@ -51,7 +51,6 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from bench.harness import (
     REPO_ROOT,
     RESULTS_DIR,
-    free_port,
     latency_figure,
     print_table,
     scratch_database,
@@ -63,6 +62,7 @@ from bench.harness import (
 from bench.serving_load import Spec
 from shared.db import to_libpq
 from shared.feature_views import Feature, ViewSchema
+from shared.local.ports import free_port
 from shared.online_store.binary_copy import TIMESTAMP_US, BinaryCopyEncoder
 from shared.online_store.postgres import PostgresOnlineStore
 from shared.registry_client import RegistryClient

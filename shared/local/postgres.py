@@ -18,15 +18,21 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from shared.errors import Unavailable
+from shared.local.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 55432
@@ -175,6 +181,51 @@ class EmbeddedPostgres:
         if self.base_dir.stat().st_uid != user.pw_uid:
             os.chown(self.base_dir, user.pw_uid, user.pw_gid)
         self.base_dir.chmod(0o700)
+
+
+LOCAL_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def local_server_answers() -> bool:
+    """Whether a PostgreSQL server accepts `postgres` on 127.0.0.1:5432 (CI machines have one)."""
+    # TCP probe first: libpq's connect_timeout cannot be under 2 s, and a closed port should
+    # cost nothing.
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=2
+        ) as conn:
+            conn.execute("SELECT 1")
+    except (OSError, psycopg.Error):
+        return False
+    return True
+
+
+@contextmanager
+def temporary_embedded_server() -> Iterator[EmbeddedPostgres]:
+    """An embedded server (not yet started) in a new run dir; stopped and deleted on exit."""
+    run_dir = Path(tempfile.mkdtemp(prefix="recstack-run-"))
+    # mkdtemp makes it 0700; the server's system user (when we are root) must pass through it.
+    run_dir.chmod(0o755)
+    server = EmbeddedPostgres(run_dir, port=free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextmanager
+def any_server(url: str = "", *, embedded: bool = False) -> Iterator[str]:
+    """A server URL for tests and benchmarks: `url` when given, else the local server on 5432
+    when it answers (and `embedded` is not asked for), else a temporary embedded one."""
+    if url:
+        yield url
+    elif not embedded and local_server_answers():
+        yield LOCAL_SERVER_URL
+    else:
+        with temporary_embedded_server() as server:
+            yield server.start()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import IO, Self
 
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
+
+from shared.local.ports import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_HOME = REPO_ROOT / ".tools" / "triton"
@@ -42,17 +43,6 @@ _POLL_INTERVAL_S = 0.1
 
 class TritonServerError(RuntimeError):
     """tritonserver could not be started, or exited or stalled before it was ready."""
-
-
-def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
-    """Ports the kernel reports free; all sockets stay open until all are picked, so the ports
-    are distinct. Another process may still take one before tritonserver binds it, which then
-    shows up as a start failure with the bind error in the log."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def built_models(model_repository: Path) -> list[str]:

@@ -13,6 +13,7 @@ from recstack.serving.v1 import serving_service_pb2_grpc
 
 from shared.errors import InvalidArgument, NotFound
 from shared.grpc_server import ServiceRegistration, create_grpc_server
+from shared.local.ports import free_port
 from shared.settings import ServiceSettings
 
 SERVICE = "recstack.serving.v1.FeatureServingService"
@@ -160,18 +161,10 @@ def test_shutdown_turns_health_not_serving(tmp_path):
         running.server.stop(0)
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_metrics_endpoint_counts_rpcs_and_errors(tmp_path):
     import urllib.request
 
-    metrics_port = _free_port()
+    metrics_port = free_port()
     settings = ServiceSettings(grpc_port=0, metrics_port=metrics_port, service_name="serving")
     registration = ServiceRegistration(
         serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server,

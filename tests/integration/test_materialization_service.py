@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -36,6 +35,7 @@ from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
 from shared.db import create_database, drop_database
+from shared.local.ports import free_port
 
 VT = value_pb2.ValueType
 DI = data_interval_pb2.DataInterval
@@ -242,12 +242,6 @@ def test_enabling_online_bootstraps_from_offline_and_serves(stubs, view):
     assert list(response.columns[0].statuses).count(spb.FEATURE_STATUS_PRESENT) == 20
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_service(database_url, registry_address, offline_dir, port):
     env = os.environ | {
         "RECSTACK_DATABASE_URL": database_url,
@@ -280,7 +274,7 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
     _write_source(source, users=500, events_per_day=20_000)
     with grpc.insecure_channel(registry_address) as channel:
         view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
-    port = _free_port()
+    port = free_port()
     process, channel = _start_service(url, registry_address, tmp_path / "offline", port)
     try:
         materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)

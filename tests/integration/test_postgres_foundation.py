@@ -24,10 +24,9 @@ from shared.db import (
     transaction,
 )
 from shared.errors import Unavailable
-from shared.local.postgres import EmbeddedPostgres
+from shared.local.postgres import EmbeddedPostgres, free_port, temporary_embedded_server
 from shared.migrations import advisory_lock_key, upgrade
 from shared.settings import ServiceSettings
-from tests.plugins.postgres import free_port, temporary_embedded_server
 
 ENV_PY = "from shared.migrations import run_migrations_online\n\nrun_migrations_online()\n"
 # Unqualified names: they must land in the schema being migrated. The sleep widens the window

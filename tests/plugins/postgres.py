@@ -14,33 +14,22 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import socket
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-import psycopg
 import pytest
 
 from shared.db import create_database, drop_database, normalize_url
-from shared.local.postgres import EmbeddedPostgres
+from shared.local.postgres import any_server
 
 SERVER_ENV = "RECSTACK_TEST_DATABASE_SERVER"
-LOCAL_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     choice = os.environ.get(SERVER_ENV, "").strip()
-    if choice and choice != "embedded":
-        yield normalize_url(choice)
-    elif not choice and _local_server_answers():
-        yield LOCAL_SERVER_URL
-    else:
-        with temporary_embedded_server() as server:
-            yield server.start()
+    explicit = normalize_url(choice) if choice and choice != "embedded" else ""
+    with any_server(explicit, embedded=choice == "embedded") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -51,37 +40,3 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
         yield url
     finally:
         drop_database(postgres_server_url, name)
-
-
-@contextmanager
-def temporary_embedded_server() -> Iterator[EmbeddedPostgres]:
-    """An embedded server (not yet started) in a new run dir; stopped and deleted on exit."""
-    run_dir = Path(tempfile.mkdtemp(prefix="recstack-test-run-"))
-    # mkdtemp makes it 0700; the server's system user (when we are root) must pass through it.
-    run_dir.chmod(0o755)
-    server = EmbeddedPostgres(run_dir, port=free_port())
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _local_server_answers() -> bool:
-    # TCP probe first: libpq's connect_timeout cannot be under 2 s, and a closed port should
-    # cost nothing.
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-        with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=2
-        ) as conn:
-            conn.execute("SELECT 1")
-    except (OSError, psycopg.Error):
-        return False
-    return True
