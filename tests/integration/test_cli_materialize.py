@@ -6,10 +6,7 @@ materialized, inspected, retried, switched online and published through `shared.
 
 from __future__ import annotations
 
-import io
-import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shared.cli import main
+from tests.cli import run_cli
 
 USERS = 20
 EVENTS_PER_DAY = 50
@@ -46,23 +43,6 @@ fields:
   - {name: user_id, value_type: INT64}
   - {name: clicks, value_type: DOUBLE}
 """
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
-def run_cli(*args: str) -> Result:
-    # Own streams: the in-process services log to the process's stdout.
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def write_source(path: Path) -> None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import json
 import socket
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shared.cli import main
+from tests.cli import Result, run_cli
 
 ENTITIES = """\
 kind: Entity
@@ -65,26 +62,9 @@ entities: [user]
 """
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
 @pytest.fixture
 def project() -> str:
     return f"cli_{uuid.uuid4().hex[:10]}"
-
-
-def run_cli(*args: str) -> Result:
-    # Own streams: the in-process registry logs to the process's stdout.
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 
@@ -11,22 +10,10 @@ from google.protobuf.message import Message
 from recstack.registry.v1 import entity_pb2
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from shared.cli import main, resources
+from shared.cli import resources
 from shared.cli.connection import REGISTRY, CliSettings, Connection, Context
 from shared.cli.errors import UsageError
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-def run(*args: str) -> Run:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return Run(code, out.getvalue(), err.getvalue())
+from tests.cli import run_cli
 
 
 @dataclass
@@ -61,7 +48,7 @@ def entity(resource_id: str) -> entity_pb2.Entity:
 
 
 def test_help_lists_the_commands():
-    result = run("--help")
+    result = run_cli("--help")
     assert result.code == 0
     for command in ("apply", "plan", "list", "get", "delete"):
         assert f"    {command} " in result.out
@@ -69,7 +56,7 @@ def test_help_lists_the_commands():
 
 
 def test_command_help_shows_common_options():
-    result = run("get", "--help")
+    result = run_cli("get", "--help")
     assert result.code == 0
     assert "--output {table,json}" in result.out
     assert "--registry HOST:PORT" in result.out
@@ -91,7 +78,7 @@ def test_command_help_shows_common_options():
     ],
 )
 def test_usage_errors_exit_2_with_a_message_and_no_traceback(args, message, fake):
-    result = run(*args)
+    result = run_cli(*args)
     assert result.code == 2
     assert message in result.err
     assert "Traceback" not in result.err
@@ -103,7 +90,7 @@ def test_list_walks_every_page_and_prints_a_table(fake):
         pb.ListEntitiesResponse(entities=[entity("a"), entity("b")], next_page_token="t1"),
         pb.ListEntitiesResponse(entities=[entity("c")]),
     ]
-    result = run("list", "entity", "--project", "shop", "--filter", "join_key=a_id")
+    result = run_cli("list", "entity", "--project", "shop", "--filter", "join_key=a_id")
     assert result.code == 0
     assert result.out.splitlines() == [
         "ID  JOIN KEY  KEY TYPE  DESCRIPTION",
@@ -120,7 +107,7 @@ def test_list_limit_stops_paging_and_json_is_one_list_response(fake):
     fake.responses["ListEntities"] = [
         pb.ListEntitiesResponse(entities=[entity("a"), entity("b")], next_page_token="t1"),
     ]
-    result = run("list", "entities", "--project", "shop", "--limit", "2", "-o", "json")
+    result = run_cli("list", "entities", "--project", "shop", "--limit", "2", "-o", "json")
     assert result.code == 0
     assert [e["name"] for e in json.loads(result.out)["entities"]] == [
         "projects/shop/entities/a",
@@ -131,13 +118,13 @@ def test_list_limit_stops_paging_and_json_is_one_list_response(fake):
 
 def test_empty_list_says_so(fake):
     fake.responses["ListFeatureViews"] = [pb.ListFeatureViewsResponse()]
-    result = run("list", "feature-views", "--project", "shop")
+    result = run_cli("list", "feature-views", "--project", "shop")
     assert result.out == "No feature views in project shop.\n"
 
 
 def test_get_by_id_with_project_and_json_output(fake):
     fake.responses["GetEntity"] = [pb.GetEntityResponse(entity=entity("user"))]
-    result = run("get", "entity", "user", "--project", "shop", "-o", "json")
+    result = run_cli("get", "entity", "user", "--project", "shop", "-o", "json")
     assert result.code == 0
     assert json.loads(result.out)["key_type"] == "VALUE_TYPE_INT64"
     assert fake.requests[0][1].name == "projects/shop/entities/user"
@@ -145,7 +132,7 @@ def test_get_by_id_with_project_and_json_output(fake):
 
 def test_delete_a_feature_view_version_with_etag(fake):
     fake.responses["DeleteFeatureView"] = [pb.DeleteFeatureViewResponse()]
-    result = run("delete", "feature-views", "shop/v", "--version", "2", "--etag", "e1")
+    result = run_cli("delete", "feature-views", "shop/v", "--version", "2", "--etag", "e1")
     assert result.out == "Deleted projects/shop/featureViews/v version 2.\n"
     request = fake.requests[0][1]
     assert (request.name, request.version, request.etag) == (
@@ -157,7 +144,7 @@ def test_delete_a_feature_view_version_with_etag(fake):
 
 def test_apply_definition_errors_exit_1_before_any_call(tmp_path, fake):
     (tmp_path / "e.yaml").write_text("kind: Entity\nid: u\njoin_key: u_id\nkey_type: INT8\n")
-    result = run("apply", str(tmp_path), "--project", "shop")
+    result = run_cli("apply", str(tmp_path), "--project", "shop")
     assert result.code == 1
     assert result.err.startswith(f"recstack: error: {tmp_path / 'e.yaml'} document 1 (Entity u)")
     assert fake.requests == []
@@ -170,7 +157,7 @@ def test_plan_sends_one_validate_only_apply(tmp_path, fake):
             steps=[pb.PlanStep(name="projects/shop/entities/u", action=pb.PlanStep.ACTION_CREATE)]
         )
     ]
-    result = run("plan", str(tmp_path), "--project", "shop", "--prune")
+    result = run_cli("plan", str(tmp_path), "--project", "shop", "--prune")
     assert result.code == 0
     ((rpc, request),) = fake.requests
     assert rpc == "Apply"
@@ -184,7 +171,7 @@ def test_unexpected_errors_are_one_line_not_a_traceback(monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(Context, "connect", broken)
-    result = run("list", "projects")
+    result = run_cli("list", "projects")
     assert result.code == 1
     assert result.err.startswith("recstack: unexpected error: RuntimeError: boom")
 

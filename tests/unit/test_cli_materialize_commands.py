@@ -19,23 +19,11 @@ from recstack.materialization.v1 import materialization_service_pb2 as pb
 from shared.cli import main, materialize
 from shared.cli.connection import CliSettings, Connection, Context
 from shared.cli.errors import UsageError
+from tests.cli import run_cli
 
 Job = job_pb2.Job
 DI = data_interval_pb2.DataInterval
 VIEW = "projects/shop/featureViews/clicks"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-def run(*args: str) -> Run:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return Run(code, out.getvalue(), err.getvalue())
 
 
 @dataclass
@@ -304,7 +292,7 @@ def test_enum_words_come_from_the_contract():
     ],
 )
 def test_usage_errors_exit_2_before_any_call(args, message, fake):
-    result = run(*args)
+    result = run_cli(*args)
     assert result.code == 2, result
     assert message in result.err
     assert "usage:" in result.err or result.err.startswith("recstack: error: ")
@@ -313,14 +301,14 @@ def test_usage_errors_exit_2_before_any_call(args, message, fake):
 
 
 def test_help_lists_the_group_and_its_commands():
-    top = run("--help")
+    top = run_cli("--help")
     assert "    materialize\n" in top.out
-    group = run("materialize", "--help")
+    group = run_cli("materialize", "--help")
     assert group.code == 0
     for command in ("backfill", "retry", "cancel", "watch", "jobs", "intervals", "settings"):
         assert f"    {command}" in group.out
     assert "RECSTACK_MATERIALIZATION_ADDR" in group.out
-    backfill = run("materialize", "backfill", "--help")
+    backfill = run_cli("materialize", "backfill", "--help")
     assert "--materialization HOST:PORT" in backfill.out
     assert "--output {table,json}" in backfill.out
 
@@ -330,7 +318,7 @@ def test_help_lists_the_group_and_its_commands():
 
 def test_backfill_sends_the_window_statuses_and_stores_and_lists_the_jobs(fake):
     fake.responses["Backfill"] = [pb.BackfillResponse(jobs=[job("a1"), job("b2")])]
-    result = run(
+    result = run_cli(
         "materialize", "backfill", "shop/clicks", "--start", "2026-04-01T04:00",
         "--end", "2026-04-02T04:00+00:00", "--status", "none", "INCOMPLETE",
         "--status", "complete", "--store", "online",
@@ -352,7 +340,9 @@ def test_backfill_sends_the_window_statuses_and_stores_and_lists_the_jobs(fake):
 
 def test_backfill_without_window_or_options_leaves_them_to_the_service(fake):
     fake.responses["Backfill"] = [pb.BackfillResponse()]
-    result = run("materialize", "backfill", "clicks", "--project", "shop", "--end", "2026-04-03")
+    result = run_cli(
+        "materialize", "backfill", "clicks", "--project", "shop", "--end", "2026-04-03"
+    )
     assert result.code == 0
     request = fake.requests[0][1]
     assert not request.window.HasField("start_time")
@@ -367,7 +357,7 @@ def test_backfill_wait_watches_every_job_and_succeeds(fake):
         updates("a1", Job.STATE_SUCCEEDED),
         updates("b2", Job.STATE_SUCCEEDED),
     ]
-    result = run("materialize", "backfill", "shop/clicks", "--status", "none", "--wait")
+    result = run_cli("materialize", "backfill", "shop/clicks", "--status", "none", "--wait")
     assert result.code == 0, result.err
     watched = [r.name for rpc, r in fake.requests if rpc == "WatchJob"]
     assert watched == [f"{VIEW}/jobs/a1", f"{VIEW}/jobs/b2"]
@@ -387,7 +377,7 @@ def test_backfill_wait_exits_1_when_a_job_fails(fake):
         updates("a1", Job.STATE_SUCCEEDED),
         updates("b2", Job.STATE_FAILED, "source missing"),
     ]
-    result = run("materialize", "backfill", "shop/clicks", "--wait")
+    result = run_cli("materialize", "backfill", "shop/clicks", "--wait")
     assert result.code == 1
     assert "    error: source missing" in result.out
     assert result.err == "recstack: error: 1 of 2 jobs did not succeed: b2 FAILED\n"
@@ -396,7 +386,7 @@ def test_backfill_wait_exits_1_when_a_job_fails(fake):
 def test_backfill_json_is_one_response_with_the_final_states(fake):
     fake.responses["Backfill"] = [pb.BackfillResponse(jobs=[job("a1")])]
     fake.streams["WatchJob"] = [updates("a1", Job.STATE_SUCCEEDED)]
-    result = run("materialize", "backfill", "shop/clicks", "--wait", "-o", "json")
+    result = run_cli("materialize", "backfill", "shop/clicks", "--wait", "-o", "json")
     assert result.code == 0
     document = json.loads(result.out)
     assert [j["state"] for j in document["jobs"]] == ["STATE_SUCCEEDED"]
@@ -408,10 +398,10 @@ def test_watch_exits_0_only_when_the_job_succeeds(fake):
         updates("a1", Job.STATE_SUCCEEDED),
         updates("a1", Job.STATE_CANCELLED, "cancelled by user"),
     ]
-    ok = run("materialize", "watch", "shop/clicks/a1")
+    ok = run_cli("materialize", "watch", "shop/clicks/a1")
     assert ok.code == 0
     assert fake.requests[0][1].name == f"{VIEW}/jobs/a1"
-    cancelled = run("materialize", "watch", f"{VIEW}/jobs/a1")
+    cancelled = run_cli("materialize", "watch", f"{VIEW}/jobs/a1")
     assert cancelled.code == 1
     assert cancelled.err == (
         f"recstack: error: job {VIEW}/jobs/a1 ended CANCELLED: cancelled by user\n"
@@ -420,7 +410,7 @@ def test_watch_exits_0_only_when_the_job_succeeds(fake):
 
 def test_watch_of_a_stream_that_stops_early_is_an_error(fake):
     fake.streams["WatchJob"] = [updates("a1", Job.STATE_SUCCEEDED)[:2]]
-    result = run("materialize", "watch", "shop/clicks/a1")
+    result = run_cli("materialize", "watch", "shop/clicks/a1")
     assert result.code == 1
     assert "stopped streaming" in result.err
     assert "while it was RUNNING" in result.err
@@ -430,11 +420,11 @@ def test_retry_and_publish_wait_and_requests(fake):
     fake.responses["RetryJob"] = [pb.RetryJobResponse(job=job("r2"))]
     fake.responses["PublishTable"] = [pb.PublishTableResponse(job=job("p3"))]
     fake.streams["WatchJob"] = [updates("r2", Job.STATE_SUCCEEDED)]
-    retried = run("materialize", "retry", "shop/clicks/f1", "--wait")
+    retried = run_cli("materialize", "retry", "shop/clicks/f1", "--wait")
     assert retried.code == 0, retried.err
     assert fake.requests[0][1] == pb.RetryJobRequest(name=f"{VIEW}/jobs/f1")
     assert retried.out.startswith("Started 1 job:\n")
-    published = run(
+    published = run_cli(
         "materialize", "publish", "shop/clicks", "--partition", "2026-04-02",
         "--mode", "incremental", "--no-transform", "-o", "json",
     )  # fmt: skip
@@ -450,7 +440,7 @@ def test_retry_and_publish_wait_and_requests(fake):
 
 def test_publish_defaults_to_merge_with_transform(fake):
     fake.responses["PublishTable"] = [pb.PublishTableResponse(job=job("p3"))]
-    assert run("materialize", "publish", "shop/clicks", "--partition", "2026-04-02").code == 0
+    assert run_cli("materialize", "publish", "shop/clicks", "--partition", "2026-04-02").code == 0
     request = fake.requests[0][1]
     assert (request.mode, request.transform) == (pb.PublishTableRequest.MODE_MERGE, True)
 
@@ -460,8 +450,8 @@ def test_cancel_says_whether_the_job_stopped_or_will_stop(fake):
         pb.CancelJobResponse(job=job("a1", Job.STATE_CANCELLED)),
         pb.CancelJobResponse(job=job("a1", Job.STATE_RUNNING)),
     ]
-    assert run("materialize", "cancel", "shop/clicks/a1").out == f"Cancelled {VIEW}/jobs/a1.\n"
-    assert "stops at its next chunk" in run("materialize", "cancel", "shop/clicks/a1").out
+    assert run_cli("materialize", "cancel", "shop/clicks/a1").out == f"Cancelled {VIEW}/jobs/a1.\n"
+    assert "stops at its next chunk" in run_cli("materialize", "cancel", "shop/clicks/a1").out
 
 
 def test_jobs_table_pages_up_to_the_limit(fake):
@@ -476,7 +466,7 @@ def test_jobs_table_pages_up_to_the_limit(fake):
         pb.ListJobsResponse(jobs=[failed], next_page_token="1"),
         pb.ListJobsResponse(jobs=[job("a1", Job.STATE_SUCCEEDED)], next_page_token="2"),
     ]
-    result = run("materialize", "jobs", "shop/clicks", "--limit", "2")
+    result = run_cli("materialize", "jobs", "shop/clicks", "--limit", "2")
     assert result.code == 0
     assert [(r.page_size, r.page_token) for _, r in fake.requests] == [(2, ""), (1, "1")]
     header, first, second = result.out.splitlines()
@@ -492,7 +482,7 @@ def test_jobs_table_pages_up_to_the_limit(fake):
 
 def test_no_jobs(fake):
     fake.responses["ListJobs"] = [pb.ListJobsResponse()]
-    assert run("materialize", "jobs", "shop/clicks").out == f"No jobs for {VIEW}.\n"
+    assert run_cli("materialize", "jobs", "shop/clicks").out == f"No jobs for {VIEW}.\n"
     assert fake.requests[0][1].page_size == materialize.DEFAULT_JOB_LIMIT
 
 
@@ -503,7 +493,7 @@ def test_settings_mask_names_exactly_the_options_given(fake):
     fake.responses["UpdateMaterializationSettings"] = [
         pb.UpdateMaterializationSettingsResponse(settings=answer)
     ]
-    result = run("materialize", "settings", "shop/clicks", "--online", "on")
+    result = run_cli("materialize", "settings", "shop/clicks", "--online", "on")
     assert result.code == 0
     request = fake.requests[0][1]
     assert list(request.update_mask.paths) == ["online_enabled"]
@@ -569,12 +559,14 @@ def test_export_modes_build_one_request_each(fake, tmp_path, monkeypatch):
         pb.ExportTrainingSetResponse(output_path=str(tmp_path / "t.parquet"), row_count=12345)
     ] * 4
     common = ("materialize", "export", "shop/ranker", "--output-path", "t.parquet")
-    result = run(*common, "--entities", "labels.parquet", "--timestamp-column", "ts")
+    result = run_cli(*common, "--entities", "labels.parquet", "--timestamp-column", "ts")
     assert result.code == 0, result.err
     assert result.out == f"Exported 12,345 rows to {tmp_path / 't.parquet'}.\n"
-    assert run(*common, "--entity-table", "public.labels").code == 0
-    assert run(*common, "--snapshot", "2026-04-02").code == 0
-    assert run(*common, "--changes-start", "2026-04-01", "--changes-end", "2026-04-02").code == 0
+    assert run_cli(*common, "--entity-table", "public.labels").code == 0
+    assert run_cli(*common, "--snapshot", "2026-04-02").code == 0
+    assert (
+        run_cli(*common, "--changes-start", "2026-04-01", "--changes-end", "2026-04-02").code == 0
+    )
     entities, table_rows, snapshot, changes = (request for _, request in fake.requests)
     assert entities == pb.ExportTrainingSetRequest(
         model_feature_set="projects/shop/modelFeatureSets/ranker",
@@ -636,7 +628,7 @@ def test_intervals_command_table_and_json(fake):
         data_intervals=[interval(at(1), at(2), DI.STATUS_COMPLETE, "c1")]
     )
     fake.responses["ListDataIntervals"] = [response, response]
-    result = run(
+    result = run_cli(
         "materialize", "intervals", "shop/clicks", "--store", "online",
         "--start", "2026-04-01T04:00", "--end", "2026-04-02T04:00", "--version", "2",
     )  # fmt: skip
@@ -649,14 +641,14 @@ def test_intervals_command_table_and_json(fake):
     )
     assert request.window == window(at(1), at(2))
     assert result.out.startswith(f"Online data intervals of {VIEW} (version 2):\n\n  " + "█" * 60)
-    as_json = run("materialize", "intervals", "shop/clicks", "--store", "offline", "-o", "json")
+    as_json = run_cli("materialize", "intervals", "shop/clicks", "--store", "offline", "-o", "json")
     assert json.loads(as_json.out)["data_intervals"][0]["status"] == "STATUS_COMPLETE"
     assert not fake.requests[1][1].HasField("window")
 
 
 def test_intervals_of_a_view_never_materialized(fake):
     fake.responses["ListDataIntervals"] = [pb.ListDataIntervalsResponse()]
-    result = run("materialize", "intervals", "shop/clicks", "--store", "offline")
+    result = run_cli("materialize", "intervals", "shop/clicks", "--store", "offline")
     assert (
         result.out
         == f"No offline data intervals for {VIEW} (latest version): never materialized.\n"
@@ -768,7 +760,7 @@ def test_unreachable_service_is_unavailable_with_a_materialization_hint():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
-    result = run(
+    result = run_cli(
         "materialize", "jobs", "shop/clicks", "--materialization", address, "--timeout", "3"
     )
     assert result.code == 1
@@ -782,7 +774,7 @@ def test_unreachable_service_while_watching():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
-    result = run(
+    result = run_cli(
         "materialize", "watch", "shop/clicks/a1", "--materialization", address, "--timeout", "3"
     )
     assert result.code == 1
