@@ -30,6 +30,8 @@ from shared.errors import NotFound, Unavailable
 from shared.feature_views import Feature, ViewSchema
 from shared.migrations import upgrade
 from shared.online_store import ViewColumns
+from tests.scenes import params
+from tests.scenes import scene_spec as shared_scene_spec
 
 VT = value_pb2.ValueType
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -129,35 +131,8 @@ def empty_tables(engine):
         conn.execute(sa.text("TRUNCATE recommend.scenes, recommend.experiments"))
 
 
-def params(**values) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
-
-
 def scene_spec(**changes) -> scene_pb2.Scene:
-    scene = scene_pb2.Scene(
-        project="shop",
-        user_entity="user",
-        item_entity="item",
-        recalls=[
-            scene_pb2.StageConfig(
-                type="popularity",
-                quota=3,
-                params=params(feature_view="item_stats", feature="popularity"),
-            )
-        ],
-        filters=[scene_pb2.StageConfig(type="exclude_items")],
-        rank=scene_pb2.RankConfig(
-            model_name="ranker",
-            features=["user_profile:age", "item_stats:price"],
-            score_output="probs_ctr",
-        ),
-        reranks=[scene_pb2.StageConfig(type="top_n")],
-    )
-    for field, value in changes.items():
-        setattr(scene, field, value)
-    return scene
+    return shared_scene_spec(quota=3, **changes)
 
 
 def create(stub, scene_id="home", **changes) -> scene_pb2.Scene:

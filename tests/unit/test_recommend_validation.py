@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from google.protobuf import struct_pb2
 from recstack.recommend.v1 import experiment_pb2, scene_pb2
 
 from services.recommend.pipeline import SCORE, StageKind, StageType
@@ -15,44 +14,13 @@ from services.recommend.validation import (
     validate_scene,
 )
 from shared.errors import InvalidArgument
+from tests.scenes import params, scene_spec
 
 STAGES = default_stage_registry()
 
 
-def params(**values) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
-
-
 def scene(**changes) -> scene_pb2.Scene:
-    base = scene_pb2.Scene(
-        project="shop",
-        user_entity="user",
-        item_entity="item",
-        recalls=[
-            scene_pb2.StageConfig(
-                type="popularity",
-                quota=100,
-                params=params(feature_view="item_stats", feature="popularity"),
-            )
-        ],
-        filters=[scene_pb2.StageConfig(type="exclude_items")],
-        rank=scene_pb2.RankConfig(
-            model_name="ranker",
-            features=["user_profile:age", "item_stats:price"],
-            score_output="probs_ctr",
-        ),
-        reranks=[scene_pb2.StageConfig(type="top_n")],
-    )
-    for field, value in changes.items():
-        if isinstance(value, list):
-            base.ClearField(field)
-            getattr(base, field).extend(value)
-        elif isinstance(value, scene_pb2.RankConfig):
-            base.rank.CopyFrom(value)
-        else:
-            setattr(base, field, value)
+    base = scene_spec(**changes)
     apply_scene_defaults(base)
     return base
 
