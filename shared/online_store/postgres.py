@@ -218,8 +218,8 @@ class PostgresOnlineStore:
         ]
 
     def _plan_read(self, requests: ReadRequests) -> _ReadPlan:
-        for view, _ in requests:
-            self.ensure_table(view)
+        # No ensure_table here: tables come with their view version (the registry creates
+        # them), and a read must never resurrect the table of a deleted version.
         spans = []
         start = 0
         for _, features in requests:
