@@ -22,10 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from shared.db import create_database, drop_database, normalize_url
+from shared.healthcheck import check
 from shared.local.postgres import any_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -88,18 +86,12 @@ def service_process(
 def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
     """Poll gRPC health until SERVING; fail early if the process died."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{address}: process exited with {process.returncode}")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{address}: process exited with {process.returncode}")
+        if check(address, timeout_s=1.0) == "SERVING":
+            return
+        time.sleep(0.1)
     raise TimeoutError(f"{address} not SERVING within {timeout_s:.0f}s")
 
 

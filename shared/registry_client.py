@@ -15,6 +15,8 @@ from typing import TypeVar
 
 import grpc
 import structlog
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from recstack.registry.v1 import (
     data_source_pb2,
     embedding_model_pb2,
@@ -151,6 +153,19 @@ class RegistryClient:
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument("feature", exc.details() or "invalid reference") from exc
+                raise InvalidArgument(_violated_field(exc), exc.details() or "") from exc
             error = _ERRORS.get(code, Unavailable)
             raise error(f"registry at {self._address}: {exc.details()}") from exc
+
+
+def _violated_field(error: grpc.RpcError) -> str:
+    """The field the registry named in its BadRequest detail (the reference that was bad)."""
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, AttributeError):
+        status = None
+    for detail in status.details if status is not None else []:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request) and bad_request.field_violations:
+            return bad_request.field_violations[0].field
+    return "name"

@@ -30,13 +30,12 @@ from pathlib import Path
 import psycopg
 from pydantic import ValidationError
 from sqlalchemy import make_url
-from tritonclient.grpc import InferenceServerClient
-from tritonclient.utils import InferenceServerException
 
 from shared.errors import Unavailable
 from shared.healthcheck import check
 from shared.local.postgres import EmbeddedPostgres, resolve_run_dir
 from shared.local.tritonserver import TritonServer, TritonServerError
+from shared.model_server import TritonModelServer
 from shared.settings import ServiceSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -306,13 +305,11 @@ def postgres_problem(url: str) -> str | None:
 
 
 def triton_ready(address: str) -> bool:
-    client = InferenceServerClient(url=address)
+    server = TritonModelServer(address, timeout_s=2.0)
     try:
-        return bool(client.is_server_ready(client_timeout=2.0))
-    except InferenceServerException:
-        return False
+        return server.is_ready()
     finally:
-        client.close()
+        server.close()
 
 
 def service_serving(address: str) -> bool:
