@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from google.protobuf.duration_pb2 import Duration
 from recstack.registry.v1 import (
     data_source_pb2,
     embedding_model_pb2,
@@ -75,6 +76,9 @@ def validate_embedding_model(model: EmbeddingModel) -> None:
     _check_range(model.max_input_tokens, 1, 1_000_000, "embedding_model.max_input_tokens")
     _check_range(model.batch_size, 1, 2048, "embedding_model.batch_size")
     _check_range(model.concurrency, 1, 256, "embedding_model.concurrency")
+    _check_range(model.max_retries, 0, 20, "embedding_model.max_retries")
+    _check_duration(model.initial_backoff, 0.01, 60.0, "embedding_model.initial_backoff")
+    _check_duration(model.call_timeout, 0.1, 600.0, "embedding_model.call_timeout")
 
 
 def apply_embedding_model_defaults(model: EmbeddingModel) -> None:
@@ -82,6 +86,12 @@ def apply_embedding_model_defaults(model: EmbeddingModel) -> None:
     model.max_input_tokens = model.max_input_tokens or 8192
     model.batch_size = model.batch_size or 10
     model.concurrency = model.concurrency or 30
+    if not model.HasField("max_retries"):
+        model.max_retries = 5
+    if not model.HasField("initial_backoff"):
+        model.initial_backoff.FromMilliseconds(500)
+    if not model.HasField("call_timeout"):
+        model.call_timeout.FromSeconds(30)
 
 
 def _validate_fields(fields: list[feature_view_pb2.FeatureField], path: str) -> None:
@@ -102,6 +112,12 @@ def _require_identifier(value: str, field: str) -> None:
         raise InvalidArgument(field, "is required")
     if not ID_PATTERN.match(value):
         raise InvalidArgument(field, f"{value!r} must match {ID_PATTERN.pattern}")
+
+
+def _check_duration(value: Duration, low: float, high: float, field: str) -> None:
+    seconds = value.ToTimedelta().total_seconds()
+    if not low <= seconds <= high:
+        raise InvalidArgument(field, f"{seconds:g}s is outside {low:g}s..{high:g}s")
 
 
 def _check_range(value: int, low: int, high: int, field: str) -> None:
