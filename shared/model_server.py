@@ -96,19 +96,25 @@ class TritonModelServer:
         outputs: Sequence[str],
         *,
         version: str = "",
+        parameters: Mapping[str, int | str | bool] | None = None,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
+        """`ModelServer.infer`, plus Triton request `parameters` (read by the model, e.g. a
+        truncation limit) and a `timeout_s` for this call instead of the instance's."""
         request_inputs = [_infer_input(model, name, array) for name, array in inputs.items()]
         requested = [triton_grpc.InferRequestedOutput(name) for name in outputs]
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
             result = self._client.infer(
                 model,
                 request_inputs,
                 model_version=version,
                 outputs=requested,
-                client_timeout=self.timeout_s,
+                client_timeout=timeout,
+                parameters=dict(parameters) if parameters else None,
             )
         except (InferenceServerException, grpc.RpcError) as exc:
-            raise self._translate(exc, model, version) from None
+            raise self._translate(exc, model, version, timeout) from None
         arrays = {name: result.as_numpy(name) for name in outputs}
         missing = [name for name, array in arrays.items() if array is None]
         if missing:
@@ -141,7 +147,11 @@ class TritonModelServer:
         self.close()
 
     def _translate(
-        self, exc: InferenceServerException | grpc.RpcError, model: str, version: str
+        self,
+        exc: InferenceServerException | grpc.RpcError,
+        model: str,
+        version: str,
+        timeout_s: float,
     ) -> DomainError:
         status, message = _status_and_message(exc)
         target = f"model '{model}'" + (f" version {version}" if version else "")
@@ -172,7 +182,7 @@ class TritonModelServer:
             )
         if status == "DEADLINE_EXCEEDED":
             return DeadlineExceeded(
-                f"{self} did not answer {target} within {self.timeout_s:g}s: the server is "
+                f"{self} did not answer {target} within {timeout_s:g}s: the server is "
                 "overloaded or the request too large; retry, or raise the client timeout",
                 reason="MODEL_SERVER_TIMEOUT",
             )

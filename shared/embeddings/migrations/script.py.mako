@@ -1,0 +1,1 @@
+../../migrations_template/script.py.mako
