@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from shared.embeddings import Embeddings, EmbeddingStats, ModelSettings
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
 
@@ -69,6 +70,18 @@ class Progress:
     rows_written_offline: int = 0
     rows_written_online: int = 0
     chunks_done: int = 0
+    # Produced (LLM_EMBEDDING) fields: texts sent to the model, texts whose vector came from
+    # the cache, model calls made and texts cut at the model's max input tokens.
+    texts_embedded: int = 0
+    embedding_cache_hits: int = 0
+    embedding_calls: int = 0
+    embedding_truncations: int = 0
+
+    def count_embeddings(self, stats: EmbeddingStats) -> None:
+        self.texts_embedded += stats.embedded
+        self.embedding_cache_hits += stats.cache_hits
+        self.embedding_calls += stats.model_calls
+        self.embedding_truncations += stats.truncations
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,27 @@ class MaterializationTask:
     transformation: Transformation | None = None
     # Produced (embedding) fields that arrive pre-computed: each vector must have this length.
     vector_dimensions: Mapping[str, int] = field(default_factory=dict)
+    # Produced (embedding) fields the engine computes from their input field.
+    embeddings: tuple[EmbeddingField, ...] = ()
+
+    @property
+    def computed_fields(self) -> frozenset[str]:
+        return frozenset(embedding.name for embedding in self.embeddings)
+
+
+@dataclass(frozen=True)
+class EmbeddingField:
+    """A feature the platform produces: `model`'s vector of the text in `input_field`."""
+
+    name: str
+    input_field: str
+    model: ModelSettings
+
+
+class TextEmbedder(Protocol):
+    """Turns texts into vectors with an embedding model (None texts give invalid rows)."""
+
+    def embed(self, model: ModelSettings, texts: Sequence[str | None]) -> Embeddings: ...
 
 
 class OfflineStore(Protocol):

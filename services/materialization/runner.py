@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from services.materialization.jobs import (
     Aggregation,
     AggregationFunction,
     ComputeEngine,
+    EmbeddingField,
     FileSourceSpec,
     Job,
     JobState,
@@ -48,6 +50,7 @@ from services.materialization.materializer import (
     new_job,
 )
 from services.materialization.schedules import due_triggers, run_window
+from shared.embeddings import ModelSettings
 from shared.errors import DomainError, FailedPrecondition
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
@@ -171,46 +174,48 @@ class JobRunner:
         return JobState.SUCCEEDED, ""
 
     def _task(self, job: Job, view: ViewSchema) -> MaterializationTask:
-        source, excluded, transformation = self._sources(job, view)
+        read = self._sources(job, view)
+        produced = [feature for feature in view.features if feature.produced]
+        models = {
+            feature.name: ModelSettings.from_proto(
+                self._definitions.embedding_model(job.project, feature.embedding_model)
+            )
+            for feature in produced
+        }
+        if read.precomputed:
+            dimensions = {name: model.dimension for name, model in models.items()}
+            embeddings: tuple[EmbeddingField, ...] = ()
+        else:
+            dimensions = {}
+            embeddings = tuple(
+                EmbeddingField(feature.name, feature.input_field, models[feature.name])
+                for feature in produced
+            )
         return MaterializationTask(
             view,
-            source,
+            read.source,
             job.window,
             job.stores,
             job.job_id,
-            excluded,
-            transformation,
-            self._vector_dimensions(job, view),
+            read.excluded,
+            read.transformation,
+            dimensions,
+            embeddings,
         )
 
-    def _vector_dimensions(self, job: Job, view: ViewSchema) -> dict[str, int]:
-        """Produced (LLM_EMBEDDING) fields must arrive pre-computed, with the model's size."""
-        produced = [feature for feature in view.features if feature.produced]
-        if produced and job.publish is not None and job.publish.transform:
-            raise FailedPrecondition(
-                f"{', '.join(f.name for f in produced)} are produced by LLM_EMBEDDING and this "
-                "version does not call embedding models: publish pre-computed vectors with "
-                "transform=false",
-                reason="EMBEDDING_NOT_SUPPORTED",
-            )
-        return {
-            feature.name: self._definitions.embedding_model(
-                job.project, feature.embedding_model
-            ).dimension
-            for feature in produced
-        }
-
-    def _sources(
-        self, job: Job, view: ViewSchema
-    ) -> tuple[SourceSpec, FileSourceSpec | None, Transformation | None]:
+    def _sources(self, job: Job, view: ViewSchema) -> _Read:
         offline = self._offline_store.source(view)
         if job.publish is not None:
-            return *self._publish_sources(job, offline), None
+            # transform=false: the partition's rows already carry the produced fields.
+            return _Read(
+                *self._publish_sources(job, offline), precomputed=not job.publish.transform
+            )
         if job.stores == (Store.ONLINE,) and self._offline_complete(job):
-            # Online bootstrap: the offline store already holds this window, transformed;
-            # copy it rather than reading (and paying for) the source again.
-            return offline, None, None
-        return *self._file_source(job), None
+            # Online bootstrap: the offline store already holds this window, transformed and
+            # embedded; copy it rather than reading (and paying for) the source again.
+            return _Read(offline, precomputed=True)
+        source, transformation = self._file_source(job)
+        return _Read(source, transformation=transformation)
 
     def _publish_sources(
         self, job: Job, offline: FileSourceSpec
@@ -303,6 +308,17 @@ class JobRunner:
         settings.last_trigger_time = triggers[-1]
         uow.settings.save(settings)
         return len(jobs) if stores else 0
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a job reads: its source, keys to skip, its transformation, and whether produced
+    (embedding) fields arrive in the rows rather than being computed."""
+
+    source: SourceSpec
+    excluded: FileSourceSpec | None = None
+    transformation: Transformation | None = None
+    precomputed: bool = False
 
 
 def _source_spec(name: str, source: Any) -> SourceSpec:

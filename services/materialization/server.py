@@ -22,6 +22,7 @@ from services.materialization.runner import JobRunner
 from services.materialization.servicer import MaterializationServicer
 from shared.bootstrap import open_database, run
 from shared.db import ping, to_libpq
+from shared.embeddings import Embedder, PostgresEmbeddingCache, migrate_cache
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
 from shared.online_store.postgres import PostgresOnlineStore
 from shared.registry_client import RegistryClient
@@ -53,6 +54,7 @@ class MaterializationDeps:
     registry: RegistryClient
     offline_store: ParquetOfflineStore
     exporter: TrainingSetExporter
+    embedder: Embedder
 
 
 def create_server(
@@ -66,6 +68,7 @@ def create_server(
             chunk_rows=settings.job_chunk_rows,
             # POSTGRES sources without a url read the platform's own database.
             database_url=deps.engine.url.render_as_string(hide_password=False),
+            embedder=deps.embedder,
         ),
         offline_store=deps.offline_store,
         online_store=deps.online_store,
@@ -89,12 +92,15 @@ def create_server(
     )
     runner.start(settings.job_workers)
     running.on_stop.append(runner.stop)
+    running.on_stop.append(deps.embedder.close)
     return running, running.port
 
 
 def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
     engine = open_database(settings, SCHEMA, MIGRATIONS)
-    conninfo = to_libpq(engine.url.render_as_string(False))
+    url = engine.url.render_as_string(False)
+    conninfo = to_libpq(url)
+    migrate_cache(url)
     offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
     registry = RegistryClient(settings.registry_addr)
     return MaterializationDeps(
@@ -105,6 +111,7 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
         exporter=TrainingSetExporter(
             registry, offline_uri, entity_tables=PostgresEntityTables(conninfo)
         ),
+        embedder=Embedder(PostgresEmbeddingCache(conninfo), triton_address=settings.triton_addr),
     )
 
 

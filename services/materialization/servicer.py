@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -67,12 +68,8 @@ def job_to_proto(job: Job) -> job_pb2.Job:
         stores=[_store_proto(store) for store in job.stores],
         state=job_pb2.Job.State.Value(f"STATE_{job.state.value}"),
         trigger=job_pb2.Job.Trigger.Value(f"TRIGGER_{job.trigger.value}"),
-        progress=job_pb2.JobProgress(
-            rows_read=job.progress.rows_read,
-            rows_written_offline=job.progress.rows_written_offline,
-            rows_written_online=job.progress.rows_written_online,
-            chunks_done=job.progress.chunks_done,
-        ),
+        # The domain counters and the message's fields share their names.
+        progress=job_pb2.JobProgress(**dataclasses.asdict(job.progress)),
         error_message=job.error_message,
         retry_of=job.retry_of,
         create_time=_timestamp(job.create_time),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from services.serving.produced import ProducedFields, TextEmbedder
 from shared.errors import InvalidArgument
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore, ViewColumns, WriteResult
@@ -39,6 +40,7 @@ class Definitions(Protocol):
 
     def view_schema(self, project: str, view_id: str, version: int = 0) -> ViewSchema: ...
     def model_feature_set(self, project: str, set_id: str) -> Any: ...
+    def embedding_model(self, project: str, model_id: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,11 @@ class FeatureServer:
         observer: Observer | None = None,
         definitions_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        embedder: TextEmbedder | None = None,
     ) -> None:
         self._store = store
         self._definitions = definitions
+        self._produced = ProducedFields(embedder, definitions)
         self._observer = observer or _Unobserved()
         self._definitions_seconds = definitions_seconds
         self._clock = clock
@@ -176,6 +180,8 @@ class FeatureServer:
             raise InvalidArgument("rows", f"at most {MAX_WRITE_ROWS} rows per batch")
         view = self._definitions.view_schema(project, view_id, version)
         converted = [_row_tuple(view, row, f"rows[{index}]") for index, row in enumerate(rows)]
+        if any(feature.produced for feature in view.features):
+            converted = self._produced.fill(project, view, converted)
         started = time.perf_counter()
         result = self._store.write(view, converted)
         self._observer.write(view, result, time.perf_counter() - started)

@@ -10,6 +10,7 @@ from services.serving.metrics import default_metrics
 from services.serving.servicer import SERVICE, FeatureServingServicer, add_to_server
 from shared.bootstrap import run
 from shared.db import resolve_database_url, to_libpq
+from shared.embeddings import Embedder, PostgresEmbeddingCache, migrate_cache
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
 from shared.online_store.postgres import PostgresOnlineStore
 from shared.registry_client import RegistryClient
@@ -30,6 +31,7 @@ class ServingSettings(ServiceSettings):
 class ServingDeps:
     store: PostgresOnlineStore
     registry: RegistryClient
+    embedder: Embedder
 
 
 def create_server(settings: ServingSettings, deps: ServingDeps) -> tuple[RunningServer, int]:
@@ -38,6 +40,7 @@ def create_server(settings: ServingSettings, deps: ServingDeps) -> tuple[Running
         deps.registry,
         observer=default_metrics(),
         definitions_seconds=min(settings.resolved_refs_seconds, settings.registry_cache_seconds),
+        embedder=deps.embedder,
     )
     registration = ServiceRegistration(
         add_to_server, FeatureServingServicer(features), SERVICE.full_name
@@ -45,16 +48,19 @@ def create_server(settings: ServingSettings, deps: ServingDeps) -> tuple[Running
     running = create_grpc_server(
         settings, [registration], readiness_checks={"postgres": partial(deps.store.ping)}
     )
+    running.on_stop.append(deps.embedder.close)
     return running, running.port
 
 
 def open_deps(settings: ServingSettings) -> ServingDeps:
     url = resolve_database_url(settings)
+    migrate_cache(url)
     store = PostgresOnlineStore(to_libpq(url), max_size=settings.db_pool_size)
     registry = RegistryClient(
         settings.registry_addr, refresh_seconds=settings.registry_cache_seconds
     )
-    return ServingDeps(store, registry)
+    embedder = Embedder(PostgresEmbeddingCache(to_libpq(url)), triton_address=settings.triton_addr)
+    return ServingDeps(store, registry, embedder)
 
 
 def main() -> None:

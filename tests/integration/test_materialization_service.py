@@ -372,50 +372,49 @@ def _register_reviews(registry, project, source_path):
 
 
 def _reviews(path, vectors):
+    """An offline partition whose vectors were computed elsewhere (e.g. another pipeline)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(
         pa.table(
             {
                 "item_id": pa.array(range(1, len(vectors) + 1), pa.int64()),
                 "review_text": pa.array([f"review {i}" for i in range(len(vectors))]),
                 "review_text_embedding": pa.array(vectors, pa.list_(pa.float32())),
-                "ts": pa.array([day(2, 6)] * len(vectors), pa.timestamp("us", tz="UTC")),
+                "event_ts": pa.array([day(2, 6)] * len(vectors), pa.timestamp("us", tz="UTC")),
             }
         ),
         path,
     )
 
 
-def test_precomputed_vectors_are_validated_and_published_without_a_model(stubs, tmp_path):
+def _publish(materialization, view, transform):
+    job = materialization.PublishTable(
+        mpb.PublishTableRequest(
+            feature_view=view,
+            partition="2026-04-02",
+            mode=mpb.PublishTableRequest.MODE_MERGE,
+            transform=transform,
+        )
+    ).job
+    return _wait(materialization, job.name)
+
+
+def test_precomputed_vectors_are_validated_and_published_without_a_model(
+    stubs, tmp_path, offline_store_dir
+):
     registry, materialization, serving = stubs
     project = f"e_{uuid.uuid4().hex[:8]}"
-    source = tmp_path / "reviews.parquet"
-    _reviews(source, [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7]])
-    view = _register_reviews(registry, project, source)
-    [bad] = _backfill(materialization, view, day(2), day(3))
+    view = _register_reviews(registry, project, tmp_path / "unused.parquet")
+    partition = offline_store_dir / project / "item_reviews" / "v1" / "ds=2026-04-02"
+    _reviews(partition / "elsewhere.parquet", [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7]])
+    bad = _publish(materialization, view, transform=False)
     assert bad.state == job_pb2.Job.STATE_FAILED
     assert "'review_text_embedding' of key 2 has 3 dimensions" in bad.error_message
     assert "declares 4" in bad.error_message
-    _reviews(source, [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
-    [good] = _backfill(materialization, view, None, None, [DI.STATUS_INCOMPLETE])
-    assert good.state == job_pb2.Job.STATE_SUCCEEDED
-    recompute = materialization.PublishTable(
-        mpb.PublishTableRequest(
-            feature_view=view,
-            partition="2026-04-02",
-            mode=mpb.PublishTableRequest.MODE_MERGE,
-            transform=True,
-        )
-    ).job
-    assert "transform=false" in _wait(materialization, recompute.name).error_message
-    published = materialization.PublishTable(
-        mpb.PublishTableRequest(
-            feature_view=view,
-            partition="2026-04-02",
-            mode=mpb.PublishTableRequest.MODE_MERGE,
-            transform=False,
-        )
-    ).job
-    assert _wait(materialization, published.name).state == job_pb2.Job.STATE_SUCCEEDED
+    _reviews(partition / "elsewhere.parquet", [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    published = _publish(materialization, view, transform=False)
+    assert published.state == job_pb2.Job.STATE_SUCCEEDED
+    assert published.progress.embedding_calls == 0
     response = serving.GetOnlineFeatures(
         spb.GetOnlineFeaturesRequest(
             project=project,
@@ -426,6 +425,10 @@ def test_precomputed_vectors_are_validated_and_published_without_a_model(stubs, 
     assert list(response.columns[0].values[0].float_list_value.values) == pytest.approx(
         [0.5, 0.6, 0.7, 0.8]
     )
+    # transform=true embeds the text again, with the view's model: Triton has no `tiny`.
+    recompute = _publish(materialization, view, transform=True)
+    assert recompute.state == job_pb2.Job.STATE_FAILED
+    assert "tiny" in recompute.error_message
 
 
 def test_overwrite_publish_leaves_exactly_the_partitions_keys_online(stubs, view, tmp_path):

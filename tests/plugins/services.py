@@ -25,6 +25,7 @@ from services.serving.server import ServingSettings
 from services.serving.server import create_server as create_serving
 from services.serving.server import open_deps as open_serving_deps
 from shared.db import create_engine, to_libpq
+from shared.local.tritonserver import TritonServer
 from shared.migrations import upgrade
 from shared.online_store.postgres import PostgresOnlineStore
 
@@ -48,11 +49,15 @@ def registry_address(registry_engine: sa.Engine, database_url: str) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def serving_address(database_url: str, registry_address: str) -> Iterator[str]:
+def serving_address(
+    database_url: str, registry_address: str, triton_server: TritonServer
+) -> Iterator[str]:
     settings = ServingSettings(
         grpc_port=0,
         database_url=database_url,
         registry_addr=registry_address,
+        # Pushed review texts are embedded by the real model.
+        triton_addr=triton_server.grpc_address,
         registry_cache_seconds=0.0,
     )
     deps = open_serving_deps(settings)
@@ -71,7 +76,7 @@ def offline_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def materialization_address(
-    database_url: str, registry_address: str, offline_store_dir: Path
+    database_url: str, registry_address: str, offline_store_dir: Path, triton_server: TritonServer
 ) -> Iterator[str]:
     # One runner per test session: a second service on the same database would claim jobs
     # too, and write them to its own offline store.
@@ -80,6 +85,7 @@ def materialization_address(
         database_url=database_url,
         registry_addr=registry_address,
         offline_store_uri=str(offline_store_dir),
+        triton_addr=triton_server.grpc_address,
     )
     deps = open_materialization_deps(settings)
     running, port = create_materialization(settings, deps)
@@ -92,14 +98,14 @@ def materialization_address(
 
 @pytest.fixture(scope="session")
 def recommend_address(
-    database_url: str, registry_address: str, serving_address: str, triton_server: object
+    database_url: str, registry_address: str, serving_address: str, triton_server: TritonServer
 ) -> Iterator[str]:
     settings = RecommendSettings(
         grpc_port=0,
         database_url=database_url,
         registry_addr=registry_address,
         serving_addr=serving_address,
-        triton_addr=triton_server.grpc_address,  # type: ignore[attr-defined]
+        triton_addr=triton_server.grpc_address,
         registry_cache_seconds=0.0,
         required_models=["ranker"],
     )

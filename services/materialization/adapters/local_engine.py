@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,12 +29,14 @@ from services.materialization.adapters.sources import (
     open_source,
 )
 from services.materialization.jobs import (
+    EmbeddingField,
     FileSourceSpec,
     MaterializationTask,
     OfflineStore,
     Progress,
     SourceSpec,
     Store,
+    TextEmbedder,
     Window,
 )
 from shared.errors import FailedPrecondition
@@ -41,11 +44,15 @@ from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
 
 CHUNK_ROWS = 100_000
+# Views with embedded fields go in smaller chunks: each chunk waits for the model, and
+# progress, cancellation and the job's heartbeat happen between chunks.
+EMBEDDING_CHUNK_ROWS = 4_096
 
 
 class LocalEngine:
     """`database_url` is the platform's database (POSTGRES sources without a url read it);
-    `memory_limit` (DuckDB syntax, e.g. "4GB") and `threads` default to DuckDB's own."""
+    `memory_limit` (DuckDB syntax, e.g. "4GB") and `threads` default to DuckDB's own;
+    `embedder` computes produced (LLM_EMBEDDING) fields."""
 
     def __init__(
         self,
@@ -54,8 +61,10 @@ class LocalEngine:
         database_url: str = "",
         memory_limit: str = "",
         threads: int = 0,
+        embedder: TextEmbedder | None = None,
     ) -> None:
         self._chunk_rows = chunk_rows
+        self._embedder = embedder
         self._database_url = database_url
         self._duckdb_config: dict[str, str | int | bool] = {
             # User SQL runs in this process: it may read the registered sources, no file.
@@ -81,7 +90,8 @@ class LocalEngine:
             closing(self.chunks(task)) as chunks,
             ThreadPoolExecutor(2, thread_name_prefix="store-writer") as writers,
         ):
-            for chunk in chunks:
+            for rows in chunks:
+                chunk = self._embed(task, rows, progress)
                 _check_vectors(task, chunk)
                 progress.rows_read += chunk.num_rows
                 pending = []
@@ -107,19 +117,38 @@ class LocalEngine:
 
     def chunks(self, task: MaterializationTask) -> Iterator[pa.Table]:
         """The view's rows of the task's window (key, features, `event_ts`), chunk by chunk."""
-        plan = transform.plan(task.view, task.transformation, task.source.event_timestamp_column)
+        # Fields the engine computes are not the transformation's to produce.
+        source_view = transform.without(task.view, task.computed_fields)
+        plan = transform.plan(source_view, task.transformation, task.source.event_timestamp_column)
         span = Window(task.window.start - plan.lookback, task.window.end)
-        options = ReadOptions(span, plan.columns, self._chunk_rows, self._database_url)
+        chunk_rows = (
+            min(self._chunk_rows, EMBEDDING_CHUNK_ROWS) if task.embeddings else self._chunk_rows
+        )
+        options = ReadOptions(span, plan.columns, chunk_rows, self._database_url)
         with _engine_errors(task.source), open_source(task.source, options) as rows:
             if rows is None:
                 return
             with self._session() as connection:
                 query = _prepare(connection, task, plan, rows, span)
-                reader = connection.sql(query).to_arrow_reader(self._chunk_rows)
+                reader = connection.sql(query).to_arrow_reader(chunk_rows)
                 schema = transform.output_schema(task.view)
                 for batch in reader:
                     if batch.num_rows:
                         yield _conform(batch, schema)
+
+    def _embed(self, task: MaterializationTask, chunk: pa.Table, progress: Progress) -> pa.Table:
+        """The chunk with each produced field computed from its input field."""
+        for produced in task.embeddings:
+            if self._embedder is None:
+                raise FailedPrecondition(
+                    f"field {produced.name!r} is produced by an embedding model and this engine "
+                    "has no embedder configured"
+                )
+            vectors = _embed_column(self._embedder, produced, chunk, progress)
+            chunk = chunk.set_column(
+                chunk.schema.get_field_index(produced.name), produced.name, vectors
+            )
+        return chunk
 
     @contextmanager
     def _session(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -150,13 +179,15 @@ def _prepare(
         f"CREATE TEMP {kind} source AS {transform.source_sql(rows.schema, ts, span)}"
     )
     produced = connection.sql(plan.select).columns
-    _require(produced, transform.output_columns(task.view, ts), "the transformation's output")
+    needed = transform.output_columns(transform.without(task.view, task.computed_fields), ts)
+    _require(produced, needed, "the transformation's output")
     return transform.output_sql(
         task.view,
         plan.select,
         ts,
         task.window,
         exclude=_register_excluded(connection, task.exclude_keys_from),
+        computed=task.computed_fields,
     )
 
 
@@ -251,6 +282,24 @@ def _check_vectors(task: MaterializationTask, chunk: pa.Table) -> None:
                 f"its embedding model declares {dimension}",
                 reason="WRONG_VECTOR_DIMENSION",
             )
+
+
+def _embed_column(
+    embedder: TextEmbedder, produced: EmbeddingField, chunk: pa.Table, progress: Progress
+) -> pa.Array:
+    texts = chunk.column(produced.input_field).to_pylist()
+    embeddings = embedder.embed(produced.model, texts)
+    progress.count_embeddings(embeddings.stats)
+    vectors = np.ascontiguousarray(embeddings.vectors, dtype=np.float32)
+    rows, dimension = vectors.shape
+    offsets = pa.array(np.arange(0, rows * dimension + 1, dimension, dtype=np.int32))
+    # A null text has no vector: the row's field is null, as any missing feature.
+    return pa.ListArray.from_arrays(
+        offsets,
+        pa.array(vectors.reshape(-1)),
+        type=pa.list_(pa.float32()),
+        mask=pa.array(~np.asarray(embeddings.valid, dtype=bool)),
+    )
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:

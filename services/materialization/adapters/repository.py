@@ -28,6 +28,13 @@ from services.materialization.jobs import (
 )
 from shared.db import transaction
 
+# Progress counters of produced (embedding) fields, stored under the same names.
+EMBEDDING_COUNTERS = (
+    "texts_embedded",
+    "embedding_cache_hits",
+    "embedding_calls",
+    "embedding_truncations",
+)
 metadata = sa.MetaData(schema="materialization")
 jobs = sa.Table(
     "jobs",
@@ -59,6 +66,7 @@ jobs = sa.Table(
             "publish_partition": sa.Text,
             "publish_mode": sa.Text,
             "publish_transform": sa.Boolean,
+            **dict.fromkeys(EMBEDDING_COUNTERS, sa.BigInteger),
         }.items()
     ),
 )
@@ -269,6 +277,7 @@ def _job_row(job: Job) -> dict[str, object]:
         "rows_written_offline": job.progress.rows_written_offline,
         "rows_written_online": job.progress.rows_written_online,
         "chunks_done": job.progress.chunks_done,
+        **{name: getattr(job.progress, name) for name in EMBEDDING_COUNTERS},
         "error_message": job.error_message,
         "retry_of": job.retry_of,
         "create_time": job.create_time,
@@ -300,7 +309,11 @@ def _job(row: sa.Row) -> Job:
         trigger=Trigger(row.trigger),
         create_time=row.create_time,
         progress=Progress(
-            row.rows_read, row.rows_written_offline, row.rows_written_online, row.chunks_done
+            row.rows_read,
+            row.rows_written_offline,
+            row.rows_written_online,
+            row.chunks_done,
+            **{name: getattr(row, name) for name in EMBEDDING_COUNTERS},
         ),
         error_message=row.error_message,
         retry_of=row.retry_of,

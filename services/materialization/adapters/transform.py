@@ -15,7 +15,7 @@ ever is: the value is point-in-time correct whatever the row order.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -137,8 +137,20 @@ def source_sql(schema: pa.Schema, ts: str, span: Window) -> str:
     )
 
 
-def output_sql(view: ViewSchema, select: str, ts: str, window: Window, *, exclude: bool) -> str:
-    """The view's rows of `select` with event times in `window` and a key."""
+def output_sql(
+    view: ViewSchema,
+    select: str,
+    ts: str,
+    window: Window,
+    *,
+    exclude: bool,
+    computed: frozenset[str] = frozenset(),
+) -> str:
+    """The view's rows of `select` with event times in `window` and a key.
+
+    `computed` features are not read from `select`: they come out NULL, for the engine to fill
+    (embeddings of another field).
+    """
     key = f"t.{quote(view.join_key)}"
     event_ts = f"CAST(t.{quote(ts)} AS TIMESTAMPTZ)"
     conditions = [
@@ -151,11 +163,29 @@ def output_sql(view: ViewSchema, select: str, ts: str, window: Window, *, exclud
         conditions.append(
             f"NOT EXISTS (SELECT 1 FROM excluded AS e WHERE e.{quote(view.join_key)} = {key})"
         )
-    columns = _columns([view.join_key, *(f.name for f in view.features)], prefix="t.")
+    columns = ", ".join(
+        [
+            f"t.{quote(view.join_key)}",
+            *(
+                # Produced fields are FLOAT_LIST (the registry checks it).
+                f"CAST(NULL AS FLOAT[]) AS {quote(f.name)}"
+                if f.name in computed
+                else f"t.{quote(f.name)}"
+                for f in view.features
+            ),
+        ]
+    )
     return (
         f"SELECT {columns}, {event_ts} AS {EVENT_TS} FROM ({select}) AS t "
         f"WHERE {' AND '.join(conditions)}"
     )
+
+
+def without(view: ViewSchema, computed: frozenset[str]) -> ViewSchema:
+    """The view as its transformation sees it: without the features the engine computes."""
+    if not computed:
+        return view
+    return replace(view, features=tuple(f for f in view.features if f.name not in computed))
 
 
 def output_columns(view: ViewSchema, ts: str) -> list[str]:
