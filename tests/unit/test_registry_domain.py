@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 from recstack.registry.v1 import (
     embedding_model_pb2,
     entity_pb2,
@@ -207,6 +208,9 @@ def test_embedding_production_must_reference_a_model_and_be_a_float_list(registr
         False,
     )
     assert (model.batch_size, model.concurrency, model.max_input_tokens) == (10, 30, 8192)
+    assert model.max_retries == 5
+    assert model.initial_backoff.ToMilliseconds() == 500
+    assert model.call_timeout.seconds == 30
     produced.value_type = VT.VALUE_TYPE_DOUBLE
     with pytest.raises(InvalidArgument):
         _create_view(registry, _view(produced))
@@ -225,6 +229,12 @@ def test_embedding_production_must_reference_a_model_and_be_a_float_list(registr
         ({"dimension": 20000}, "embedding_model.dimension"),
         ({"model_name": ""}, "embedding_model.model_name"),
         ({"provider": EM.PROVIDER_UNSPECIFIED}, "embedding_model.provider"),
+        ({"max_retries": 0}, None),
+        ({"max_retries": 21}, "embedding_model.max_retries"),
+        ({"initial_backoff": Duration(seconds=61)}, "embedding_model.initial_backoff"),
+        ({"initial_backoff": Duration(nanos=1_000_000)}, "embedding_model.initial_backoff"),
+        ({"call_timeout": Duration(nanos=50_000_000)}, "embedding_model.call_timeout"),
+        ({"call_timeout": Duration(seconds=601)}, "embedding_model.call_timeout"),
     ],
 )
 def test_embedding_model_ranges(registry, changes, field):
@@ -235,7 +245,10 @@ def test_embedding_model_ranges(registry, changes, field):
     }
     model = EM(**(fields | changes))
     if field is None:
-        assert registry.create(EMBEDDING_MODEL, "projects/shop", "m", model, False).batch_size == 10
+        created = registry.create(EMBEDDING_MODEL, "projects/shop", "m", model, False)
+        assert created.batch_size == 10
+        # An explicit 0 means no retries, not the default.
+        assert created.max_retries == changes.get("max_retries", 5)
         return
     with pytest.raises(InvalidArgument) as caught:
         registry.create(EMBEDDING_MODEL, "projects/shop", "m", model, False)
