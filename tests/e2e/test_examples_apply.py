@@ -8,10 +8,18 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from recstack.common.v1 import time_window_pb2, value_pb2
+from recstack.materialization.v1 import job_pb2, materialization_service_pb2_grpc
+from recstack.materialization.v1 import materialization_service_pb2 as mpb
+from recstack.serving.v1 import serving_service_pb2 as spb
+from recstack.serving.v1 import serving_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "feature_repo"
@@ -21,10 +29,12 @@ DECLARED = {
     ("DataSource", "user_events"),
     ("DataSource", "item_events"),
     ("DataSource", "item_reviews_push"),
+    ("DataSource", "product_reviews"),
     ("EmbeddingModel", "minilm"),
     ("FeatureView", "user_profile"),
     ("FeatureView", "item_stats"),
     ("FeatureView", "item_reviews"),
+    ("FeatureView", "item_review_text"),
     ("ModelFeatureSet", "ranker_features"),
 }
 
@@ -51,7 +61,7 @@ def project(recstack):
     assert first.returncode == 0, first.stderr
     created = {tuple(line.split()[1:3]) for line in first.stdout.splitlines() if " create " in line}
     assert created == DECLARED | {("Project", project_id)}
-    assert first.stdout.rstrip().endswith("Applied: 11 created.")
+    assert first.stdout.rstrip().endswith("Applied: 13 created.")
     return project_id
 
 
@@ -110,3 +120,43 @@ def test_committed_data_is_what_make_data_writes(tmp_path):
     for name in ("users.parquet", "items.parquet"):
         assert pq.read_table(tmp_path / name).equals(pq.read_table(EXAMPLE / "data" / name))
         assert (EXAMPLE / "data" / name).stat().st_size < 50_000
+
+
+def test_review_text_view_embeds_real_reviews_through_triton(
+    project, materialization_address, serving_address
+):
+    """Six hours of the product reviews (197 of them): materialized, embedded, served."""
+    reviews = pq.read_table(EXAMPLE / "data" / "reviews.parquet")
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    end = start + timedelta(hours=6)
+    window = time_window_pb2.TimeWindow()
+    window.start_time.FromDatetime(start)
+    window.end_time.FromDatetime(end)
+    view = f"projects/{project}/featureViews/item_review_text"
+    with (
+        grpc.insecure_channel(materialization_address) as m,
+        grpc.insecure_channel(serving_address) as s,
+    ):
+        materialization = materialization_service_pb2_grpc.MaterializationServiceStub(m)
+        [job] = materialization.Backfill(mpb.BackfillRequest(feature_view=view, window=window)).jobs
+        for update in materialization.WatchJob(mpb.WatchJobRequest(name=job.name), timeout=300):
+            job = update.job
+        assert job.state == job_pb2.Job.STATE_SUCCEEDED, job.error_message
+        in_window = reviews.filter(
+            (pc.field("event_ts") >= start) & (pc.field("event_ts") < end)
+        ).to_pylist()
+        assert job.progress.rows_read == len(in_window) == 197
+        with_text = {row["Review Text"] for row in in_window if row["Review Text"]}
+        assert job.progress.texts_embedded == len(with_text)
+        latest = {row["Clothing ID"]: row for row in in_window}
+        item, row = next((k, r) for k, r in latest.items() if r["Review Text"])
+        response = serving_service_pb2_grpc.FeatureServingServiceStub(s).GetOnlineFeatures(
+            spb.GetOnlineFeaturesRequest(
+                project=project,
+                features=["item_review_text:review_text", "item_review_text:review_text_embedding"],
+                entity_keys=[value_pb2.Value(int64_value=item)],
+            )
+        )
+    text, vector = (column.values[0] for column in response.columns)
+    assert text.string_value == row["Review Text"]
+    assert len(vector.float_list_value.values) == 384
