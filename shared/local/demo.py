@@ -5,7 +5,9 @@ against in-process services and checks every intermediate result.
 
 Steps: register a project, user and item entities, two FILE sources over generated Parquet
 and two batch feature views; backfill both into the stores; read user features back; create
-a scene (popularity recall → Triton ranker → top-N) and ask it for recommendations.
+a scene (popularity recall → Triton ranker → top-N) and ask it for recommendations; push raw
+review texts to a real-time view whose embedding field the platform computes with the
+`minilm` model on Triton, and compare the stored vectors.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from recstack.recommend.v1 import recommend_service_pb2 as cpb
 from recstack.recommend.v1 import recommend_service_pb2_grpc, scene_pb2
 from recstack.registry.v1 import (
     data_source_pb2,
+    embedding_model_pb2,
     entity_pb2,
     feature_view_pb2,
     project_pb2,
@@ -47,6 +50,11 @@ ITEM_FEATURES = ("popularity", "price_norm", "rating", "ctr")
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 7
 WINDOW = (DAY0, DAY0 + timedelta(days=DAYS))
+REVIEWS = {
+    1: "This dog food is great, my puppy loves it and finishes every bowl.",
+    2: "Healthy kibble that my dog really enjoys.",
+    3: "The phone charger stopped working after two days.",
+}
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,84 @@ def recommend(stubs: Stubs, scene: str, user_id: int, size: int = 10) -> cpb.Rec
     )
 
 
+def embed_reviews(stubs: Stubs, project: str) -> dict[int, np.ndarray]:
+    """Push raw review texts to a REAL_TIME view; serving stores their minilm embeddings."""
+    parent = f"projects/{project}"
+    em = embedding_model_pb2.EmbeddingModel
+    field = feature_view_pb2.FeatureField
+    text = field(name="review_text", value_type=VT.VALUE_TYPE_STRING)
+    key = field(name="item_id", value_type=VT.VALUE_TYPE_INT64)
+    stubs.registry.Apply(
+        rpb.ApplyRequest(
+            parent=parent,
+            definitions=[
+                rpb.Definition(
+                    id="minilm",
+                    embedding_model=em(
+                        model_type=em.MODEL_TYPE_TEXT_EMBEDDING,
+                        provider=em.PROVIDER_TRITON,
+                        model_name="minilm",
+                        dimension=384,
+                        max_input_tokens=256,
+                    ),
+                ),
+                rpb.Definition(
+                    id="reviews_push",
+                    data_source=data_source_pb2.DataSource(
+                        push=data_source_pb2.PushSource(schema=[key, text])
+                    ),
+                ),
+                rpb.Definition(
+                    id="item_reviews",
+                    feature_view=FV(
+                        entity="item",
+                        source="reviews_push",
+                        type=FV.TYPE_REAL_TIME,
+                        online_enabled=True,
+                        fields=[
+                            key,
+                            text,
+                            field(
+                                name="review_text_embedding",
+                                value_type=VT.VALUE_TYPE_FLOAT_LIST,
+                                production=feature_view_pb2.FeatureProduction(
+                                    transform=feature_view_pb2.FeatureProduction.TRANSFORM_LLM_EMBEDDING,
+                                    input_field="review_text",
+                                    embedding_model="minilm",
+                                ),
+                            ),
+                        ],
+                    ),
+                ),
+            ],
+        )
+    )
+    rows = []
+    for item_id, review in REVIEWS.items():
+        row = spb.FeatureRow(
+            values={
+                "item_id": value_pb2.Value(int64_value=item_id),
+                "review_text": value_pb2.Value(string_value=review),
+            }
+        )
+        row.event_time.GetCurrentTime()
+        rows.append(row)
+    request = spb.PushFeaturesRequest(project=project, feature_view="item_reviews", rows=rows)
+    stubs.serving.PushFeatures(iter([request]), timeout=60)
+    response = stubs.serving.GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=project,
+            features=["item_reviews:review_text_embedding"],
+            entity_keys=[value_pb2.Value(int64_value=item_id) for item_id in REVIEWS],
+        )
+    )
+    values = response.columns[0].values
+    return {
+        item_id: np.array(value.float_list_value.values, np.float32)
+        for item_id, value in zip(REVIEWS, values, strict=True)
+    }
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
@@ -257,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     for rank, item in enumerate(response.items, start=1):
         sources = ",".join(item.recall_sources)
         print(f"  {rank:2d}. item {item.item_id:>4}  score {item.score:.4f}  via {sources}")
+    vectors = embed_reviews(stubs, project)
+    print("pushed 3 raw reviews; serving embedded them with minilm on Triton:")
+    first = vectors[1]
+    for item_id, vector in vectors.items():
+        similarity = float(first @ vector)  # unit vectors: the dot product is the cosine
+        review = REVIEWS[item_id]
+        print(f"  item {item_id}: {len(vector)}-d, cosine to item 1 {similarity:.3f}  {review!r}")
     return 0
 
 

@@ -122,3 +122,14 @@ def test_export_training_set_is_point_in_time_correct(stubs, materialized, data,
     assert exported[0]["user_profile__age_norm"] is None
     assert exported[1]["user_profile__age_norm"] == first_seen["age_norm"][0].as_py()
     assert exported[2]["user_profile__age_norm"] is None
+
+
+def test_pushed_reviews_are_embedded_and_similar_texts_are_close(stubs, materialized):
+    vectors = demo.embed_reviews(stubs, PROJECT)
+    assert {item: vector.shape for item, vector in vectors.items()} == {
+        1: (384,),
+        2: (384,),
+        3: (384,),
+    }
+    dog_food, kibble, charger = vectors[1], vectors[2], vectors[3]
+    assert float(dog_food @ kibble) > float(dog_food @ charger) + 0.2
