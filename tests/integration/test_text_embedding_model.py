@@ -222,8 +222,9 @@ def test_a_batch_and_concurrent_requests_match_single_requests(client):
     for (start, stop, limit), vectors in zip(jobs * 3, answers, strict=True):
         expected = singles_cut[start:stop] if limit == 8 else singles[start:stop]
         np.testing.assert_allclose(vectors, expected, rtol=0, atol=CONSISTENCY_TOLERANCE)
-    # Requests really were merged: fewer model executions than requests.
-    assert requests == len(jobs) * 3
+    # Requests really were merged: fewer model executions than requests. The server is the
+    # session's, so other tests' requests (a job still embedding) may be counted too.
+    assert requests >= len(jobs) * 3
     assert executions < requests
 
 
