@@ -320,6 +320,13 @@ def outcome_line(job: Job, elapsed: float) -> str:
         f"{_job_head(job)} · written {stores} · {plural(progress.chunks_done, 'chunk')}"
         f" · {format_seconds(elapsed)}"
     )
+    if progress.texts_embedded or progress.embedding_cache_hits:
+        line += (
+            f"\n    embeddings: {progress.texts_embedded:,} texts embedded in "
+            f"{plural(progress.embedding_calls, 'model call')}, "
+            f"{progress.embedding_cache_hits:,} from the cache, "
+            f"{progress.embedding_truncations:,} truncated"
+        )
     return line + (f"\n    error: {job.error_message}" if job.error_message else "")
 
 

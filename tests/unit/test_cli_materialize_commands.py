@@ -732,6 +732,18 @@ def test_job_duration_comes_from_the_service_when_it_has_both_times():
     assert materialize.outcome_line(ended, 0.0).endswith("· 2m05s")
 
 
+def test_a_job_that_embedded_text_says_what_it_paid_for():
+    ended = job("a1", Job.STATE_SUCCEEDED)
+    ended.progress.texts_embedded = 1200
+    ended.progress.embedding_calls = 38
+    ended.progress.embedding_cache_hits = 800
+    ended.progress.embedding_truncations = 3
+    assert materialize.outcome_line(ended, 1.0).splitlines()[1] == (
+        "    embeddings: 1,200 texts embedded in 38 model calls, 800 from the cache, 3 truncated"
+    )
+    assert "embeddings" not in materialize.outcome_line(job("a2", Job.STATE_SUCCEEDED), 1.0)
+
+
 # --- connection ------------------------------------------------------------------------------
 
 
