@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from shared.embeddings import Embeddings, EmbeddingStats, ModelSettings
+from shared.embeddings import EmbeddingStats, ModelSettings
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
 
@@ -248,12 +248,6 @@ class EmbeddingField:
     name: str
     input_field: str
     model: ModelSettings
-
-
-class TextEmbedder(Protocol):
-    """Turns texts into vectors with an embedding model (None texts give invalid rows)."""
-
-    def embed(self, model: ModelSettings, texts: Sequence[str | None]) -> Embeddings: ...
 
 
 class OfflineStore(Protocol):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from services.serving.produced import ProducedFields, TextEmbedder
+from services.serving.produced import ProducedFields
+from shared.embeddings import TextEmbedder
 from shared.errors import InvalidArgument
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore, ViewColumns, WriteResult

@@ -7,18 +7,13 @@ instead carry the vector itself (computed elsewhere); it must then have the mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
-from shared.embeddings import Embeddings, ModelSettings
+from shared.embeddings import ModelSettings, TextEmbedder
 from shared.errors import FailedPrecondition, InvalidArgument
 from shared.feature_views import Feature, ViewSchema
 
 Row = tuple[Any, ...]
-
-
-class TextEmbedder(Protocol):
-    def embed(self, model: ModelSettings, texts: Sequence[str | None]) -> Embeddings: ...
 
 
 class EmbeddingModels(Protocol):

@@ -17,7 +17,7 @@ from shared.embeddings.cache import (
     PostgresEmbeddingCache,
     migrate_cache,
 )
-from shared.embeddings.embedder import Embedder, Embeddings, EmbeddingStats
+from shared.embeddings.embedder import Embedder, Embeddings, EmbeddingStats, TextEmbedder
 from shared.embeddings.metrics import EmbeddingMetrics
 from shared.embeddings.model_settings import ModelSettings, Provider
 from shared.embeddings.providers import EmbeddingProvider, ProviderReply, RetryableError
@@ -36,6 +36,7 @@ __all__ = [
     "Provider",
     "ProviderReply",
     "RetryableError",
+    "TextEmbedder",
     "migrate_cache",
     "normalize",
     "text_hash",

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 import structlog
@@ -66,6 +67,12 @@ class Embeddings:
     vectors: np.ndarray  # float32 (n, dimension); zero rows where the text was None
     valid: np.ndarray  # bool (n,): False where the text was None
     stats: EmbeddingStats
+
+
+class TextEmbedder(Protocol):
+    """What materialization and serving need of an `Embedder` (tests pass fakes)."""
+
+    def embed(self, model: ModelSettings, texts: Sequence[str | None]) -> Embeddings: ...
 
 
 class _Skipped(Exception):

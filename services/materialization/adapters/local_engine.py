@@ -36,9 +36,9 @@ from services.materialization.jobs import (
     Progress,
     SourceSpec,
     Store,
-    TextEmbedder,
     Window,
 )
+from shared.embeddings import TextEmbedder
 from shared.errors import FailedPrecondition
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
