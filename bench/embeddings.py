@@ -18,7 +18,6 @@ Prints a table and writes bench/results/embeddings.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import tempfile
 import time
@@ -61,6 +60,7 @@ from bench.harness import (
 from examples.feature_repo.data import reviews as example_reviews
 from shared.db import to_libpq
 from shared.local.ports import free_port
+from shared.local.text_encoder import MINILM_VERSION_DIR, encoder_module
 from shared.local.tritonserver import DEFAULT_MODEL_REPOSITORY, TritonServer
 
 NAME = "embeddings"
@@ -251,7 +251,7 @@ def empty_cache(url: str) -> None:
 def measure(url: str, scratch: Path, texts: list[str], repeats: int) -> dict[str, Any]:
     source = scratch / "reviews.parquet"
     write_source(source, texts)
-    encoder = load_encoder(DEFAULT_MODEL_REPOSITORY / MODEL / "1")
+    encoder = encoder_module().TextEncoder(MINILM_VERSION_DIR)
     seconds: dict[str, list[float]] = {"production": [], "in_process": []}
     with stack(url, scratch) as (registry, materialization):
         # Warm-up: Triton's first batches, the page cache, the encoder's first session runs.
@@ -282,16 +282,6 @@ def measure(url: str, scratch: Path, texts: list[str], repeats: int) -> dict[str
             "cache_hits": rerun.progress.embedding_cache_hits,
         },
     }
-
-
-def load_encoder(version_dir: Path) -> Any:
-    """The encoder Triton's model.py runs (the model repository is not a Python package)."""
-    spec = importlib.util.spec_from_file_location("minilm_encoder", version_dir / "encoder.py")
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"{version_dir}/encoder.py is missing: run `make models`")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TextEncoder(version_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

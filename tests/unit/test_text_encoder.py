@@ -7,16 +7,16 @@ that uses it (in-process callers, benchmarks). Tests needing the built model ski
 
 from __future__ import annotations
 
-import importlib.util
 import threading
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VERSION_DIR = REPO_ROOT / "infra" / "triton" / "models" / "minilm" / "1"
+from shared.local.text_encoder import MINILM_VERSION_DIR
+from shared.local.text_encoder import encoder_module as load_module
+
+VERSION_DIR = MINILM_VERSION_DIR
 BUILT = all((VERSION_DIR / name).is_file() for name in ("model.onnx", "tokenizer.json"))
 needs_model = pytest.mark.skipif(
     not BUILT, reason=f"minilm is not built in {VERSION_DIR}: run `make models`"
@@ -25,18 +25,9 @@ REFERENCE_TOLERANCE = 1e-4
 CONSISTENCY_TOLERANCE = 1e-5
 
 
-def load_encoder_module() -> ModuleType:
-    # What encoder.py's docstring tells in-process callers to do.
-    spec = importlib.util.spec_from_file_location("minilm_encoder", VERSION_DIR / "encoder.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def encoder_module() -> ModuleType:
-    return load_encoder_module()
+    return load_module(VERSION_DIR)
 
 
 @pytest.fixture(scope="module")

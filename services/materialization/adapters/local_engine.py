@@ -129,7 +129,7 @@ class LocalEngine:
             if rows is None:
                 return
             with self._session() as connection:
-                query = _prepare(connection, task, plan, rows, span)
+                query = _prepare(connection, task, source_view, plan, rows, span)
                 reader = connection.sql(query).to_arrow_reader(chunk_rows)
                 schema = transform.output_schema(task.view)
                 for batch in reader:
@@ -165,11 +165,15 @@ class LocalEngine:
 def _prepare(
     connection: duckdb.DuckDBPyConnection,
     task: MaterializationTask,
+    source_view: ViewSchema,
     plan: transform.Plan,
     rows: SourceRows,
     span: Window,
 ) -> str:
-    """Registers `raw`, `source` and `excluded`; returns the output query."""
+    """Registers `raw`, `source` and `excluded`; returns the output query.
+
+    `source_view` is the view as its transformation yields it (no computed fields).
+    """
     ts = task.source.event_timestamp_column
     _require(rows.schema.names, plan.columns or [ts], f"source {_describe(task.source)}")
     connection.register("raw", rows.data)
@@ -179,8 +183,7 @@ def _prepare(
         f"CREATE TEMP {kind} source AS {transform.source_sql(rows.schema, ts, span)}"
     )
     produced = connection.sql(plan.select).columns
-    needed = transform.output_columns(transform.without(task.view, task.computed_fields), ts)
-    _require(produced, needed, "the transformation's output")
+    _require(produced, transform.output_columns(source_view, ts), "the transformation's output")
     return transform.output_sql(
         task.view,
         plan.select,
