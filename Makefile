@@ -129,23 +129,23 @@ test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## All 
 
 .PHONY: up
 up: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## Start PostgreSQL (embedded if needed), Triton and the services.
-	$(PY) -m shared.local.stack up
+	$(PY) -m infra.local.stack up
 
 .PHONY: status
 status: $(VENV_STAMP) ## Show each service's health and Triton readiness.
-	$(PY) -m shared.local.stack status
+	$(PY) -m infra.local.stack status
 
 .PHONY: down
 down: ## Stop exactly the processes `make up` started.
-	@if [ -x $(PY) ]; then $(PY) -m shared.local.stack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m infra.local.stack down; fi
 
 .PHONY: triton
 triton: $(VENV_STAMP) $(TRITON_STAMP) models ## Run tritonserver in the foreground on the repo's model repository.
-	$(PY) -m shared.local.tritonserver
+	$(PY) -m infra.local.tritonserver
 
 .PHONY: demo
 demo: up ## Bring the stack up and run the walking-skeleton scenario.
-	$(PY) -m shared.local.demo
+	$(PY) -m infra.local.demo
 
 .PHONY: bench
 bench: bench-serving bench-materialization bench-embeddings ## Run every benchmark under bench/ (results in bench/results/).

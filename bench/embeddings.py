@@ -58,10 +58,10 @@ from bench.harness import (
     write_result,
 )
 from examples.feature_repo.data import reviews as example_reviews
+from infra.local.ports import free_port
+from infra.local.text_encoder import MINILM_VERSION_DIR, encoder_module
+from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY, TritonServer
 from shared.db import to_libpq
-from shared.local.ports import free_port
-from shared.local.text_encoder import MINILM_VERSION_DIR, encoder_module
-from shared.local.tritonserver import DEFAULT_MODEL_REPOSITORY, TritonServer
 
 NAME = "embeddings"
 PROJECT = "bench"

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from infra.local.postgres import any_server
 from shared.db import create_database, drop_database, normalize_url
 from shared.healthcheck import check
-from shared.local.postgres import any_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

@@ -49,9 +49,9 @@ from bench.harness import (
     wait_serving,
     write_result,
 )
+from infra.local.ports import free_port
 from services.materialization.export import ExportOptions
 from shared.db import to_libpq
-from shared.local.ports import free_port
 from shared.online_store.binary_copy import BinaryCopyEncoder
 
 NAME = "materialization"

@@ -60,9 +60,9 @@ from bench.harness import (
     write_result,
 )
 from bench.serving_load import Spec
+from infra.local.ports import free_port
 from shared.db import to_libpq
 from shared.feature_views import Feature, ViewSchema
-from shared.local.ports import free_port
 from shared.online_store.binary_copy import TIMESTAMP_US, BinaryCopyEncoder
 from shared.online_store.postgres import PostgresOnlineStore
 from shared.registry_client import RegistryClient

@@ -17,8 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import NullPool
 
+from infra.local.postgres import EmbeddedPostgres
 from shared.errors import ResourceExhausted, Unavailable
-from shared.local.postgres import EmbeddedPostgres
 from shared.settings import ServiceSettings
 
 DRIVER = "postgresql+psycopg"

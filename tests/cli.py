@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shared.cli import main
+from cli import main
 
 
 @dataclass(frozen=True)

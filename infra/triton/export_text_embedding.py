@@ -296,7 +296,7 @@ def export(version_dir: Path) -> list[tuple[Path, bool]]:
                 build_dir / encoder_module.TOKENIZER_FILE,
             ),
             (version_dir / encoder_module.REFERENCE_FILE, reference),
-            # Last: its presence is what makes the model "built" for shared.local.tritonserver.
+            # Last: its presence is what makes the model "built" for infra.local.tritonserver.
             (version_dir / encoder_module.MODEL_FILE, build_dir / encoder_module.MODEL_FILE),
         ]
         results = []

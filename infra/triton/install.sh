@@ -94,7 +94,7 @@ echo "installing the Python backend environment into ${backend_venv}"
     -r "${REQUIREMENTS}"
 "${backend_venv}/bin/python3" -c 'import numpy, onnxruntime; assert numpy.__version__ < "2"'
 
-# The stub links libpython3.11.so. shared.local.tritonserver adds the backend Python's lib dir
+# The stub links libpython3.11.so. infra.local.tritonserver adds the backend Python's lib dir
 # to LD_LIBRARY_PATH, so it must be found there or on the default linker path.
 lib_dir="$("${PYTHON}" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
 if command -v ldd >/dev/null \

@@ -42,7 +42,7 @@ DECLARED = {
 @pytest.fixture(scope="module")
 def recstack(registry_address):
     script = Path(sys.executable).with_name("recstack")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
     env = {**os.environ, "RECSTACK_REGISTRY_ADDR": registry_address}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ from recstack.materialization.v1 import job_pb2
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
 from recstack.serving.v1 import serving_service_pb2 as spb
 
-from shared.local import demo
+from infra.local import demo
 
 PROJECT = "skeleton"
 

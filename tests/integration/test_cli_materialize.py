@@ -1,7 +1,7 @@
 """`recstack materialize` against real registry and materialization services on PostgreSQL.
 
 A FILE-source view over a small Parquet file is declared with `recstack apply`, then
-materialized, inspected, retried, switched online and published through `shared.cli.main`.
+materialized, inspected, retried, switched online and published through `cli.main`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`recstack` commands against a real registry on real PostgreSQL, through `shared.cli.main`."""
+"""`recstack` commands against a real registry on real PostgreSQL, through `cli.main`."""
 
 from __future__ import annotations
 

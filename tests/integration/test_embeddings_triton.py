@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY
 from shared.embeddings import (
     Embedder,
     EmbeddingMetrics,
@@ -16,7 +17,6 @@ from shared.embeddings import (
     Provider,
 )
 from shared.errors import FailedPrecondition
-from shared.local.tritonserver import DEFAULT_MODEL_REPOSITORY
 
 MINILM_ONNX = DEFAULT_MODEL_REPOSITORY / "minilm" / "1" / "model.onnx"
 

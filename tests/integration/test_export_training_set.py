@@ -25,12 +25,12 @@ from recstack.materialization.v1 import materialization_service_pb2 as mpb
 from recstack.registry.v1 import feature_view_pb2, model_feature_set_pb2
 from recstack.registry.v1 import registry_service_pb2 as rpb
 
+from infra.local import demo
 from services.materialization.adapters.entity_rows import PostgresEntityTables
 from services.materialization.export import ExportRequest, TrainingSetExporter
 from services.materialization.jobs import Window
 from shared.db import to_libpq
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from shared.local import demo
 from shared.registry_client import RegistryClient
 
 PROJECT = "export_it"

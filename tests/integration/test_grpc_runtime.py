@@ -11,9 +11,9 @@ from grpc_status import rpc_status
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
+from infra.local.ports import free_port
 from shared.errors import InvalidArgument, NotFound
 from shared.grpc_server import ServiceRegistration, create_grpc_server
-from shared.local.ports import free_port
 from shared.settings import ServiceSettings
 
 SERVICE = "recstack.serving.v1.FeatureServingService"

@@ -34,8 +34,8 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
+from infra.local.ports import free_port
 from shared.db import create_database, drop_database
-from shared.local.ports import free_port
 
 VT = value_pb2.ValueType
 DI = data_interval_pb2.DataInterval

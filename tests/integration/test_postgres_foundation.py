@@ -15,6 +15,7 @@ import sqlalchemy
 from sqlalchemy import text
 
 import shared.db
+from infra.local.postgres import EmbeddedPostgres, free_port, temporary_embedded_server
 from shared.db import (
     create_database,
     create_engine,
@@ -24,7 +25,6 @@ from shared.db import (
     transaction,
 )
 from shared.errors import Unavailable
-from shared.local.postgres import EmbeddedPostgres, free_port, temporary_embedded_server
 from shared.migrations import advisory_lock_key, upgrade
 from shared.settings import ServiceSettings
 

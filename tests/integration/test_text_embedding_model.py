@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from shared.local.tritonserver import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, TritonServer
+from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, TritonServer
 
 MODEL = "minilm"
 VERSION_DIR = DEFAULT_MODEL_REPOSITORY / MODEL / "1"

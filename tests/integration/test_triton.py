@@ -11,8 +11,8 @@ from google.protobuf import text_format
 from onnx import numpy_helper
 from tritonclient.grpc import model_config_pb2
 
+from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, TritonServer
 from shared.errors import InvalidArgument, NotFound, Unavailable
-from shared.local.tritonserver import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, TritonServer
 from shared.model_server import TritonModelServer, check_models_ready
 
 RANKER = "ranker"

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from infra.local.postgres import any_server
 from shared.db import create_database, drop_database, normalize_url
-from shared.local.postgres import any_server
 
 SERVER_ENV = "RECSTACK_TEST_DATABASE_SERVER"
 

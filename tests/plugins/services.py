@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from infra.local.tritonserver import TritonServer
 from services.materialization.server import MaterializationSettings
 from services.materialization.server import create_server as create_materialization
 from services.materialization.server import open_deps as open_materialization_deps
@@ -25,7 +26,6 @@ from services.serving.server import ServingSettings
 from services.serving.server import create_server as create_serving
 from services.serving.server import open_deps as open_serving_deps
 from shared.db import create_engine, to_libpq
-from shared.local.tritonserver import TritonServer
 from shared.migrations import upgrade
 from shared.online_store.postgres import PostgresOnlineStore
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.local.tritonserver import (
+from infra.local.tritonserver import (
     DEFAULT_MODEL_REPOSITORY,
     REPO_ROOT,
     TritonServer,

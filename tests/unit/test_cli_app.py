@@ -10,9 +10,9 @@ from google.protobuf.message import Message
 from recstack.registry.v1 import entity_pb2
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from shared.cli import resources
-from shared.cli.connection import REGISTRY, CliSettings, Connection, Context
-from shared.cli.errors import UsageError
+from cli import resources
+from cli.connection import REGISTRY, CliSettings, Connection, Context
+from cli.errors import UsageError
 from tests.cli import run_cli
 
 

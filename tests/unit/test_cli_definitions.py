@@ -8,9 +8,9 @@ import pytest
 from recstack.common.v1 import value_pb2
 from recstack.registry.v1 import data_source_pb2, feature_view_pb2
 
-from shared.cli import definitions
-from shared.cli.errors import DefinitionError, UsageError
-from shared.cli.friendly import FieldError, format_duration, parse_duration
+from cli import definitions
+from cli.errors import DefinitionError, UsageError
+from cli.friendly import FieldError, format_duration, parse_duration
 
 VT = value_pb2.ValueType
 FV = feature_view_pb2.FeatureView

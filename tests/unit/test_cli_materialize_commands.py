@@ -16,9 +16,9 @@ from recstack.common.v1 import time_window_pb2
 from recstack.materialization.v1 import data_interval_pb2, job_pb2, materialization_settings_pb2
 from recstack.materialization.v1 import materialization_service_pb2 as pb
 
-from shared.cli import main, materialize
-from shared.cli.connection import CliSettings, Connection, Context
-from shared.cli.errors import UsageError
+from cli import main, materialize
+from cli.connection import CliSettings, Connection, Context
+from cli.errors import UsageError
 from tests.cli import run_cli
 
 Job = job_pb2.Job

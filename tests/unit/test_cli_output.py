@@ -11,9 +11,9 @@ from recstack.common.v1 import value_pb2
 from recstack.registry.v1 import entity_pb2, feature_view_pb2
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from shared.cli import output, resources
-from shared.cli.errors import describe_rpc_error
-from shared.cli.plan import render_plan, summary
+from cli import output, resources
+from cli.errors import describe_rpc_error
+from cli.plan import render_plan, summary
 
 VT = value_pb2.ValueType
 Action = pb.PlanStep.Action

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import DBAPIError
 
+from infra.local.postgres import REPO_ROOT, EmbeddedPostgres, resolve_run_dir
 from shared.db import (
     create_engine,
     database_url,
@@ -18,7 +19,6 @@ from shared.db import (
     to_libpq,
     unavailable,
 )
-from shared.local.postgres import REPO_ROOT, EmbeddedPostgres, resolve_run_dir
 from shared.migrations import advisory_lock_key
 
 

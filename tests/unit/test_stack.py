@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.local import stack
-from shared.local.stack import ProcessRecord, StackState
+from infra.local import stack
+from infra.local.stack import ProcessRecord, StackState
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from shared.local.text_encoder import MINILM_VERSION_DIR
-from shared.local.text_encoder import encoder_module as load_module
+from infra.local.text_encoder import MINILM_VERSION_DIR
+from infra.local.text_encoder import encoder_module as load_module
 
 VERSION_DIR = MINILM_VERSION_DIR
 BUILT = all((VERSION_DIR / name).is_file() for name in ("model.onnx", "tokenizer.json"))

@@ -31,17 +31,17 @@ from recstack.materialization.v1 import (
 )
 from recstack.materialization.v1 import materialization_service_pb2 as pb
 
-from shared.cli import resources
-from shared.cli.connection import Connection, Context, Service
-from shared.cli.errors import CliError, UsageError
-from shared.cli.friendly import (
+from cli import resources
+from cli.connection import Connection, Context, Service
+from cli.errors import CliError, UsageError
+from cli.friendly import (
     UNITS,
     FieldError,
     enum_name,
     parse_duration,
     short_enum,
 )
-from shared.cli.output import JSON, table, to_json
+from cli.output import JSON, table, to_json
 
 Job = job_pb2.Job
 DataInterval = data_interval_pb2.DataInterval

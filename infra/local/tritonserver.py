@@ -5,7 +5,7 @@ The binary comes from the `nvidia-pytriton` wheel unpacked by `infra/triton/inst
 backend venv `.venv-triton` (numpy<2, onnxruntime) is put there. Started the way NVIDIA Merlin's
 tests start it: loopback addresses, free ports, readiness polled over gRPC, SIGINT to stop.
 
-    python -m shared.local.tritonserver [--model NAME ...] [--grpc-port 8001] ...
+    python -m infra.local.tritonserver [--model NAME ...] [--grpc-port 8001] ...
 
 runs it in the foreground (what `make triton` does) until Ctrl-C.
 """
@@ -27,7 +27,7 @@ from typing import IO, Self
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from shared.local.ports import free_ports
+from infra.local.ports import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_HOME = REPO_ROOT / ".tools" / "triton"

@@ -8,8 +8,8 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from shared.cli.friendly import to_friendly
-from shared.cli.resources import ResourceType
+from cli.friendly import to_friendly
+from cli.resources import ResourceType
 
 TABLE = "table"
 JSON = "json"

@@ -6,8 +6,8 @@ from collections import Counter
 
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from shared.cli.output import table
-from shared.cli.resources import kind_of_name
+from cli.output import table
+from cli.resources import kind_of_name
 
 Action = pb.PlanStep.Action
 LABELS = {

@@ -1,5 +1,5 @@
 """The `recstack` command line: declarative apply and reads of the registry over gRPC."""
 
-from shared.cli.app import main
+from cli.app import main
 
 __all__ = ["main"]

@@ -21,8 +21,8 @@ from recstack.registry.v1 import (
 )
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from shared.cli.errors import UsageError
-from shared.cli.friendly import format_duration, short_enum
+from cli.errors import UsageError
+from cli.friendly import format_duration, short_enum
 from shared.values import VT
 
 

@@ -307,7 +307,7 @@ def embed_reviews(stubs: Stubs, project: str) -> dict[int, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.local.demo")
+    parser = argparse.ArgumentParser(prog="python -m infra.local.demo")
     parser.add_argument("--user", type=int, default=7)
     args = parser.parse_args(argv)
     settings = ServiceSettings()

@@ -11,10 +11,10 @@ from typing import TextIO
 
 import pydantic
 
-from shared.cli import materialize, registry
-from shared.cli.connection import CliSettings, Context
-from shared.cli.errors import EXIT_ERROR, EXIT_USAGE, CliError, UsageError
-from shared.cli.output import FORMATS, TABLE
+from cli import materialize, registry
+from cli.connection import CliSettings, Context
+from cli.errors import EXIT_ERROR, EXIT_USAGE, CliError, UsageError
+from cli.output import FORMATS, TABLE
 
 # Each group adds its commands with `register(commands, common)`; a `materialize` group goes
 # beside `registry` here.

@@ -53,7 +53,7 @@ class RpcFailed(CliError):
 
 
 class ServiceHint(Protocol):
-    """How to point the CLI at a service (shared.cli.connection.Service)."""
+    """How to point the CLI at a service (cli.connection.Service)."""
 
     label: str
     flag: str

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-from shared.local.tritonserver import DEFAULT_MODEL_REPOSITORY
+from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY
 
 MINILM_VERSION_DIR = DEFAULT_MODEL_REPOSITORY / "minilm" / "1"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from google.protobuf.message import Message
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from shared.cli import definitions, resources
-from shared.cli.connection import Connection, Context
-from shared.cli.errors import UsageError
-from shared.cli.output import JSON, document, resource_table, to_json
-from shared.cli.plan import render_plan
+from cli import definitions, resources
+from cli.connection import Connection, Context
+from cli.errors import UsageError
+from cli.output import JSON, document, resource_table, to_json
+from cli.plan import render_plan
 
 MAX_PAGE_SIZE = 1000  # the registry's documented maximum
 KIND_HELP = ", ".join(rtype.word for rtype in resources.ALL) + " (or their plurals)"

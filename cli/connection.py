@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from recstack.registry.v1 import registry_service_pb2_grpc
 
-from shared.cli.errors import Locator, RpcFailed, UsageError
+from cli.errors import Locator, RpcFailed, UsageError
 
 
 class CliSettings(BaseSettings):

@@ -8,7 +8,7 @@ The package's own `get_server()` is not used: run as root it chmods every parent
 data directory and binaries, and it only listens on a Unix socket. Running its bundled
 `initdb`/`pg_ctl` directly gives a TCP port and leaves the rest of the disk alone.
 
-    python -m shared.local.postgres start|stop|status|url [--run-dir DIR] [--port N]
+    python -m infra.local.postgres start|stop|status|url [--run-dir DIR] [--port N]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 
 import psycopg
 
+from infra.local.ports import free_port
 from shared.errors import Unavailable
-from shared.local.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 55432
@@ -288,7 +288,7 @@ def _untraversable_parent(path: Path, user: pwd.struct_passwd) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.local.postgres", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.local.postgres", description=__doc__)
     parser.add_argument("action", choices=["start", "stop", "status", "url"])
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)

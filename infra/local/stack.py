@@ -1,6 +1,6 @@
 """The local stack behind `make up`, `make status` and `make down`.
 
-    python -m shared.local.stack up|status|down
+    python -m infra.local.stack up|status|down
 
 `up` starts PostgreSQL (embedded, unless `RECSTACK_DATABASE_URL` is set), Triton and the four
 services, each in its own session so it outlives the command, with its output in
@@ -31,10 +31,10 @@ import psycopg
 from pydantic import ValidationError
 from sqlalchemy import make_url
 
+from infra.local.postgres import EmbeddedPostgres, resolve_run_dir
+from infra.local.tritonserver import TritonServer, TritonServerError
 from shared.errors import Unavailable
 from shared.healthcheck import check
-from shared.local.postgres import EmbeddedPostgres, resolve_run_dir
-from shared.local.tritonserver import TritonServer, TritonServerError
 from shared.model_server import TritonModelServer
 from shared.settings import ServiceSettings
 
@@ -686,7 +686,7 @@ def cmd_status(ctx: Context) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.local.stack",
+        prog="python -m infra.local.stack",
         description="Start, inspect or stop the local recstack (PostgreSQL, Triton, services).",
     )
     parser.add_argument("command", choices=("up", "status", "down"))

@@ -18,9 +18,9 @@ import yaml
 from google.protobuf import json_format
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from shared.cli import resources
-from shared.cli.errors import DefinitionError, UsageError, definition_index
-from shared.cli.friendly import FieldError, to_proto_json
+from cli import resources
+from cli.errors import DefinitionError, UsageError, definition_index
+from cli.friendly import FieldError, to_proto_json
 
 CONFIG_NAMES = ("recstack.yaml", "recstack.yml")
 CONFIG_KEYS = frozenset({"project"})
