@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from recstack.common.v1 import value_pb2
 
@@ -83,3 +84,29 @@ def from_proto(message: value_pb2.Value) -> Any:
 def proto_kind(value_type: int) -> str:
     """The `Value` oneof arm that carries a type."""
     return TYPES[value_type].proto_field
+
+
+def generated_value(row: np.ndarray) -> value_pb2.Value:
+    """One item's row of a generated model input as a Value: a one-element row as a scalar
+    (`int64_value`/`float_value`), a longer one as a list; float32 values travel exactly."""
+    if row.dtype.kind in "iu":
+        if row.size == 1:
+            return value_pb2.Value(int64_value=int(row.reshape(-1)[0]))
+        return value_pb2.Value(int64_list_value=value_pb2.Int64List(values=row.tolist()))
+    if row.size == 1:
+        return value_pb2.Value(float_value=float(row.reshape(-1)[0]))
+    return value_pb2.Value(float_list_value=value_pb2.FloatList(values=row.tolist()))
+
+
+def generated_array(value: value_pb2.Value) -> np.ndarray:
+    """The row `generated_value` encoded: int64 or float32, always one-dimensional."""
+    kind = value.WhichOneof("kind")
+    if kind == "int64_value":
+        return np.array([value.int64_value], dtype=np.int64)
+    if kind == "float_value":
+        return np.array([value.float_value], dtype=np.float32)
+    if kind == "int64_list_value":
+        return np.array(value.int64_list_value.values, dtype=np.int64)
+    if kind == "float_list_value":
+        return np.array(value.float_list_value.values, dtype=np.float32)
+    raise ValueError(f"{kind} is not a generated model input")

@@ -40,8 +40,8 @@ NO_VARIANT = "default"
 ITEM_ID = "item_id"
 RECALL_SOURCES = "recall_sources"
 SCORE = "score"
-MODEL_INPUTS = "model_inputs"
-# Each model output `o` is the column `model:o`.
+# Each generated model input `i` is the column `input:i`, each model output `o` is `model:o`.
+MODEL_INPUT_PREFIX = "input:"
 MODEL_OUTPUT_PREFIX = "model:"
 
 
@@ -114,10 +114,17 @@ class Candidates:
         return replace(self, columns={**self.columns, **columns})
 
     def model_outputs(self) -> dict[str, np.ndarray]:
+        return self._prefixed(MODEL_OUTPUT_PREFIX)
+
+    def model_inputs(self) -> dict[str, np.ndarray]:
+        """The generated model inputs, [items, *dims] each, in generation order."""
+        return self._prefixed(MODEL_INPUT_PREFIX)
+
+    def _prefixed(self, prefix: str) -> dict[str, np.ndarray]:
         return {
-            name.removeprefix(MODEL_OUTPUT_PREFIX): column
+            name.removeprefix(prefix): column
             for name, column in self.columns.items()
-            if name.startswith(MODEL_OUTPUT_PREFIX)
+            if name.startswith(prefix)
         }
 
 
@@ -137,13 +144,14 @@ class FilterStage(Protocol):
 
 
 class RankStage(Protocol):
-    # Names of the model-input columns, for the Score API's debug output.
-    feature_names: tuple[str, ...]
-    # Item feature views the stage reads, for warming the item cache.
-    item_views: tuple[str, ...]
+    @property
+    def item_views(self) -> tuple[str, ...]:
+        """Item feature views the stage reads, for warming the item cache."""
+        ...
 
     def rank(self, request: StageRequest, candidates: Candidates) -> Candidates:
-        """The candidates, in the same order, with the `score` column (and model outputs)."""
+        """The candidates, in the same order, with the `score` column, and the generated
+        model inputs and model outputs as prefixed columns."""
         ...
 
 
@@ -160,12 +168,32 @@ class ItemSource(Protocol):
     def table(self, project: str, view_id: str) -> ItemTable: ...
 
 
+@dataclass(frozen=True)
+class ActiveModel:
+    """The ACTIVE version of a registered ranking model, as the rank stage uses it."""
+
+    model: str
+    version: int
+    # The FG document stored with the version.
+    fg_config: Mapping[str, Any]
+    # `view:feature` refs of the version's (pinned) model feature set.
+    features: tuple[str, ...]
+    triton_model: str
+    triton_version: str
+    # Output tensor names, in signature order.
+    outputs: tuple[str, ...]
+
+
 class Definitions(Protocol):
     """Registry definitions (the cached registry client)."""
 
     def feature_view(self, project: str, view_id: str, version: int = 0) -> Any: ...
     def view_schema(self, project: str, view_id: str, version: int = 0) -> Any: ...
     def entity(self, project: str, entity_id: str) -> Any: ...
+
+    def active_model(self, project: str, model_id: str) -> ActiveModel:
+        """NotFound when the model does not exist or has no ACTIVE version."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -252,11 +280,14 @@ class Pipeline:
     filters: tuple[Named, ...]
     rank: Named
     reranks: tuple[Named, ...]
-    item_views: tuple[str, ...] = ()
+    # Item feature views the recall, filter and rerank stages read.
+    stage_views: tuple[str, ...] = ()
 
     @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(self.rank.stage.feature_names)
+    def item_views(self) -> tuple[str, ...]:
+        """Every item feature view the pipeline reads now, for warming the item cache; the
+        rank stage's depend on the model version active at the time of the call."""
+        return tuple(dict.fromkeys((*self.stage_views, *self.rank.stage.item_views)))
 
     def run(self, request: StageRequest, variant: str = NO_VARIANT) -> PipelineResult:
         counts: dict[str, int] = {}

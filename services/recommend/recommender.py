@@ -15,7 +15,6 @@ from services.recommend.catalog import Catalog
 from services.recommend.experiments import OverrideError, assign
 from services.recommend.item_cache import ViewKey
 from services.recommend.pipeline import (
-    MODEL_INPUTS,
     NO_VARIANT,
     RECALL_SOURCES,
     SCORE,
@@ -68,9 +67,8 @@ class Recommendation:
 @dataclass(frozen=True)
 class Scores:
     items: list[ScoredItem]
-    # With debug_level 1: the model-input names and one row of values per item.
-    feature_names: tuple[str, ...] = ()
-    features: np.ndarray | None = None
+    # With debug_level 1: each generated model input, [items, *dims], in generation order.
+    features: dict[str, np.ndarray] | None = None
 
 
 class Recommender:
@@ -122,7 +120,7 @@ class Recommender:
         candidates = pipeline.score(request, query.item_ids)
         if query.debug_level == 0:
             return Scores(_items(candidates))
-        return Scores(_items(candidates), pipeline.feature_names, candidates.columns[MODEL_INPUTS])
+        return Scores(_items(candidates), candidates.model_inputs())
 
     def item_views_in_use(self) -> Iterator[ViewKey]:
         """(project, view) of every item view a stored scene reads, to warm the item cache."""

@@ -19,7 +19,7 @@ from services.recommend.recommender import (
     ScoreQuery,
     Scores,
 )
-from shared.values import from_proto
+from shared.values import from_proto, generated_value
 
 
 def _context(values: dict[str, value_pb2.Value]) -> dict[str, object]:
@@ -41,12 +41,9 @@ def _generated(scores: Scores) -> list[pb.GeneratedFeatures]:
     return [
         pb.GeneratedFeatures(
             item_id=item.item_id,
-            features={
-                name: value_pb2.Value(float_value=float(value))
-                for name, value in zip(scores.feature_names, row, strict=True)
-            },
+            features={name: generated_value(array[row]) for name, array in scores.features.items()},
         )
-        for item, row in zip(scores.items, scores.features, strict=True)
+        for row, item in enumerate(scores.items)
     ]
 
 

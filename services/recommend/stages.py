@@ -59,7 +59,6 @@ def build_pipeline(
             StageSettings.from_proto(config)
         )
     ]
-    views += rank.stage.item_views
     return Pipeline(
         scene_id,
         tuple(named for named, _ in recalls),

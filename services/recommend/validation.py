@@ -142,6 +142,16 @@ def _check_columns(configured: list[tuple[str, StageSettings, StageType]]) -> No
 
 
 def _validate_rank(rank: scene_pb2.RankConfig, path: str) -> None:
+    if rank.model:
+        check_id(rank.model, f"{path}.model")
+        for bare in ("model_name", "model_version", "features"):
+            if getattr(rank, bare):
+                raise InvalidArgument(
+                    f"{path}.{bare}",
+                    "is for a bare Triton model; a registered `model` brings its own Triton "
+                    "model, version and features (from its active version)",
+                )
+        return
     for index, ref in enumerate(rank.features):
         if not FEATURE_REF.match(ref):
             raise InvalidArgument(f"{path}.features[{index}]", f"{ref!r} is not `view:feature`")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +18,7 @@ from recstack.registry.v1 import entity_pb2, feature_view_pb2
 from services.recommend.catalog import EXPERIMENT, SCENE, Catalog, StoredResource
 from services.recommend.filter.exclude_items import ExcludeItems
 from services.recommend.item_cache import ItemCache
-from services.recommend.pipeline import Candidates, StageDeps, StageRequest
+from services.recommend.pipeline import ActiveModel, Candidates, StageDeps, StageRequest
 from services.recommend.recall.popularity import PopularityRecall
 from services.recommend.recommender import Recommender, RecommendQuery, ScoreQuery
 from services.recommend.rerank.top_n import TopN
@@ -69,6 +70,13 @@ class FakeDefinitions:
             "user": entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64),
             "item": entity_pb2.Entity(join_key="item_id", key_type=VT.VALUE_TYPE_INT64),
         }
+        # model id → its ACTIVE version
+        self.models: dict[str, ActiveModel] = {}
+
+    def active_model(self, project, model_id):
+        if model_id not in self.models:
+            raise NotFound(f"projects/{project}/models/{model_id} has no ACTIVE version")
+        return self.models[model_id]
 
     def feature_view(self, project, view_id, version=0):
         if view_id not in self.views:
@@ -359,19 +367,19 @@ def test_rank_builds_the_feature_matrix_in_configured_order(world):
 
     scored = pipeline.score(request(), ["6", "1", "99"])
 
-    matrix = scored.columns["model_inputs"]
-    assert pipeline.feature_names == (
+    generated = scored.model_inputs()
+    assert list(generated) == [
         "user_profile:age",
         "item_stats:price",
         "user_profile:activity",
         "item_stats:popularity",
-    )
+    ]
     # age 30; price (6 has none, 99 is unknown: 0.0); activity missing: 0.0; popularity.
-    np.testing.assert_array_equal(
-        matrix, np.float32([[30, 0, 0, 4], [30, 10, 0, 5], [30, 0, 0, 0]])
-    )
+    matrix = np.float32([[30, 0, 0, 4], [30, 10, 0, 5], [30, 0, 0, 0]])
+    np.testing.assert_array_equal(np.concatenate(list(generated.values()), axis=1), matrix)
     assert scored.columns["score"].tolist() == [0.0, 10.0, 0.0]  # the price column
     model, sent, outputs, _ = world.model.calls[0]
+    np.testing.assert_array_equal(sent, matrix)
     assert (model, outputs) == ("ranker", ["probs_ctr"])
     assert sent.dtype == np.float32
     assert world.users.calls == [
@@ -559,8 +567,8 @@ def test_score_keeps_request_order_and_returns_debug_features(world):
     scores = world.recommender.score(ScoreQuery("home", "7", ["2", "1"], debug_level=1))
 
     assert [(i.item_id, i.score) for i in scores.items] == [("2", 20.0), ("1", 10.0)]
-    assert scores.feature_names[1] == "item_stats:price"
-    np.testing.assert_array_equal(scores.features[:, 1], [20.0, 10.0])
+    assert list(scores.features)[1] == "item_stats:price"
+    np.testing.assert_array_equal(scores.features["item_stats:price"], [[20.0], [10.0]])
 
 
 @pytest.mark.parametrize(
@@ -597,3 +605,138 @@ def test_nothing_recalled_means_no_model_call_and_no_items(world):
     assert world.model.calls == []
     assert world.users.calls == []
     assert result.stage_counts["top_n"] == 0
+
+
+# --- rank with a registered model -------------------------------------------------------------
+
+RANKER_FG = {
+    "features": [
+        {
+            "feature_type": "id_feature",
+            "feature_name": "title",
+            "expression": "item:title",
+            "vocab_list": ["a", "b", "c"],
+        },
+        {"feature_type": "raw_feature", "feature_name": "age", "expression": "user:age"},
+        {"feature_type": "raw_feature", "feature_name": "price", "expression": "item:price"},
+        {"feature_type": "raw_feature", "feature_name": "hour", "expression": "context:hour"},
+    ]
+}
+
+
+def active(version: int, fg: dict = RANKER_FG) -> ActiveModel:
+    return ActiveModel(
+        "ctr",
+        version,
+        fg,
+        ("user_profile:age", "item_stats:price", "item_stats:title"),
+        f"shop__ctr__v{version}",
+        "1",
+        ("probs_ctr", "probs_cvr"),
+    )
+
+
+class TensorModelServer:
+    """A two-output model over per-feature tensors: ctr = price / 100 + title row / 10,
+    cvr = hour / 100; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict, list, str]] = []
+
+    def infer(self, model, inputs, outputs, *, version=""):
+        self.calls.append((model, inputs, list(outputs), version))
+        ctr = inputs["price"] / 100 + inputs["title"].astype(np.float32) / 10
+        cvr = inputs["hour"] / 100 + np.zeros_like(ctr)
+        return {"probs_ctr": ctr, "probs_cvr": cvr}
+
+    def is_ready(self, model=None):
+        return True
+
+
+def registered_scene(score_output: str = "") -> scene_pb2.Scene:
+    return make_scene(rank=scene_pb2.RankConfig(model="ctr", score_output=score_output))
+
+
+def test_a_registered_model_gets_one_typed_tensor_per_feature_and_keeps_every_output(world):
+    world.definitions.models["ctr"] = active(3)
+    model = TensorModelServer()
+    deps = replace(world.deps, model_server=model)
+    pipeline = build_pipeline("home", registered_scene(), world.stages, deps)
+
+    scored = pipeline.score(request(hour=12), ["2", "1", "99"])
+
+    name, sent, outputs, version = model.calls[0]
+    assert (name, outputs, version) == ("shop__ctr__v3", ["probs_ctr", "probs_cvr"], "1")
+    assert sent["title"].dtype == np.int64
+    assert sent["title"].tolist() == [[2], [1], [-1]]  # b, a, unknown item: no value
+    assert sent["age"].tolist() == [[30.0]] * 3
+    assert sent["hour"].tolist() == [[12.0]] * 3
+    np.testing.assert_allclose(scored.columns["score"], [0.4, 0.2, -0.1], rtol=1e-6)
+    np.testing.assert_allclose(scored.model_outputs()["probs_cvr"], [0.12] * 3, rtol=1e-6)
+    assert list(scored.model_inputs()) == ["title", "age", "price", "hour"]
+
+
+def test_the_rank_follows_activations_without_rebuilding_the_pipeline(world):
+    model = TensorModelServer()
+    deps = replace(world.deps, model_server=model)
+    world.definitions.models["ctr"] = active(1)
+    pipeline = build_pipeline("home", registered_scene("probs_cvr"), world.stages, deps)
+
+    pipeline.score(request(hour=1), ["1"])
+    world.definitions.models["ctr"] = active(2)
+    second = pipeline.score(request(hour=1), ["1"])
+
+    assert [call[0] for call in model.calls] == ["shop__ctr__v1", "shop__ctr__v2"]
+    assert second.columns["score"].tolist() == pytest.approx([0.01])
+
+
+def test_a_registered_model_without_an_active_version_is_a_misconfigured_scene(world):
+    pipeline = build_pipeline("home", registered_scene(), world.stages, world.deps)
+
+    with pytest.raises(FailedPrecondition, match="no ACTIVE version") as error:
+        pipeline.score(request(), ["1"])
+
+    assert error.value.reason == "SCENE_MISCONFIGURED"
+
+
+@pytest.mark.parametrize(
+    ("fg", "message"),
+    [
+        (
+            {"features": [{"feature_type": "raw_feature", "feature_name": "x"}]},
+            "features[0].expression",
+        ),
+        (
+            {
+                "features": [
+                    {"feature_type": "raw_feature", "feature_name": "x", "expression": "user:zip"}
+                ]
+            },
+            "not a feature of the model feature set",
+        ),
+        (
+            {
+                "features": [
+                    {"feature_type": "raw_feature", "feature_name": "x", "expression": "item:title"}
+                ]
+            },
+            "needs a number",
+        ),
+    ],
+)
+def test_an_active_version_whose_fg_does_not_fit_fails_naming_the_feature(world, fg, message):
+    world.definitions.models["ctr"] = active(4, fg)
+    pipeline = build_pipeline("home", registered_scene(), world.stages, world.deps)
+
+    with pytest.raises(FailedPrecondition, match=re.escape(message)) as error:
+        pipeline.score(request(), ["1"])
+
+    assert "version 4" in error.value.message
+
+
+def test_a_score_output_the_model_lacks_is_refused(world):
+    world.definitions.models["ctr"] = active(1)
+    pipeline = build_pipeline("home", registered_scene("probs_gmv"), world.stages, world.deps)
+
+    with pytest.raises(FailedPrecondition, match="probs_gmv"):
+        pipeline.score(request(), ["1"])

@@ -1,14 +1,21 @@
-"""Rank `model`: user and item features → feature generator → a model on the model server.
+"""Rank `model`: user, item and context features → the feature generator → a model on Triton.
 
-The scene's `RankConfig.features` are `view:feature` refs of the user's or the item's feature
-views, in model-input order. User values come from the `UserFeatureReader` (one call per
-request), item values from the item cache. Each ref becomes one `raw_feature` of the shared
-feature generator, the same code training uses, and the resulting float32 matrix is the
-model's `features` input. With no `model_name` the stage keeps recall order.
+Two ways to name the model (see `RankConfig`):
+- `model`: a registered Model. Each request ranks with the model's ACTIVE version: its FG
+  document (the same one training used), bound to the version's feature set, builds one input
+  tensor per generated feature; every model output is kept per item. Activating or rolling
+  back a version changes ranking at the next request, with no scene change or restart.
+- `model_name` + `features` (bare mode): a Triton model taking one FP32 matrix `features`
+  of raw numeric `view:feature` values in the given order.
+Without either the stage keeps recall order.
+
+User values come from the `UserFeatureReader` (one call per request), item values from the
+item cache, context values from the request.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +23,13 @@ from typing import Any
 import numpy as np
 from recstack.recommend.v1 import scene_pb2
 
-from services.recommend.item_cache import NUMERIC_TYPES
 from services.recommend.pipeline import (
     ITEM_ID,
-    MODEL_INPUTS,
+    MODEL_INPUT_PREFIX,
     MODEL_OUTPUT_PREFIX,
     RANK_TYPE,
     SCORE,
+    ActiveModel,
     BuildContext,
     Candidates,
     Definitions,
@@ -36,24 +43,19 @@ from shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotF
 from shared.feature_generator import (
     ITEM,
     USER,
+    AvailableFeature,
     FeatureConfigError,
     FeatureGenerator,
     FeatureValueError,
+    InputBinding,
+    bind_inputs,
 )
-from shared.values import VT, type_name
+from shared.values import VT
 
-# The ranking-model contract: one FP32 matrix input [batch, n_features] named `features`.
-MODEL_INPUT = "features"
-
-
-@dataclass(frozen=True)
-class FeatureSource:
-    """Where one configured ref is read: the user's or the item's side, which view, which field."""
-
-    ref: str
-    side: str
-    view: str
-    feature: str
+# The bare-mode contract: one FP32 matrix input [batch, n_features] named `features`.
+BARE_INPUT = "features"
+# Scorers of model versions seen recently; older ones are rebuilt if they come back.
+MAX_SCORERS = 8
 
 
 def _int_key(user_id: str) -> int:
@@ -72,136 +74,300 @@ USER_KEY_PARSERS: Mapping[int, Callable[[str], Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """One model version made ready to score: its FG bound to feature views, and where its
+    tensors go. Built once per version, then shared by every request."""
+
+    generator: FeatureGenerator
+    # FG input name → the feature it is read from, per side.
+    user_inputs: Mapping[str, AvailableFeature]
+    item_inputs: Mapping[str, AvailableFeature]
+    triton_model: str
+    triton_version: str
+    outputs: tuple[str, ...]
+    score_output: str
+    # Bare mode sends the FG outputs as one matrix.
+    bare: bool = False
+
+    @property
+    def item_views(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(feature.view for feature in self.item_inputs.values()))
+
+    def model_inputs(self, generated: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.bare:
+            return {BARE_INPUT: self.generator.matrix(dict(generated))}
+        return dict(generated)
+
+
 class ModelRank:
     def __init__(
         self,
         scene_id: str,
         scene: scene_pb2.Scene,
-        sources: Sequence[FeatureSource],
-        user_key_type: int,
         deps: StageDeps,
+        user_key_type: Callable[[], int],
+        bare: Scorer | None,
     ) -> None:
         self._scene_id = scene_id
+        self._scene = scene
         self._project = scene.project
         self._rank = scene.rank
-        self._user_refs = [s.ref for s in sources if s.side == USER]
-        self._item_sources = [s for s in sources if s.side == ITEM]
-        self._user_key_type = user_key_type
         self._deps = deps
-        self._generator = _generator(scene_id, sources)
-        self.feature_names = self._generator.output_names
-        self.item_views = tuple(dict.fromkeys(s.view for s in self._item_sources))
+        self._user_key_type = user_key_type
+        self._bare = bare
+        self._scorers: dict[tuple[str, int], Scorer] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def item_views(self) -> tuple[str, ...]:
+        """Item feature views the current model reads (for warming the item cache)."""
+        scorer = self._scorer()
+        return scorer.item_views if scorer is not None else ()
 
     def rank(self, request: StageRequest, candidates: Candidates) -> Candidates:
         count = len(candidates)
         if count == 0:
             # Nothing to score: no user-feature read, no inference (Triton refuses batch 0).
-            empty = np.empty((0, len(self.feature_names)), dtype=np.float32)
-            return candidates.with_columns(**{SCORE: np.empty(0), MODEL_INPUTS: empty})
-        matrix = self._features(request, candidates)
-        if not self._rank.model_name:
+            return candidates.with_columns(**{SCORE: np.empty(0)})
+        scorer = self._scorer()
+        if scorer is None:
             # Recall order as a score in (0, 1], so top_n keeps it.
             order_score = (count - np.arange(count, dtype=np.float64)) / count
-            return candidates.with_columns(**{SCORE: order_score, MODEL_INPUTS: matrix})
-        score = self._infer(matrix)
-        return candidates.with_columns(
-            **{
-                SCORE: score,
-                MODEL_INPUTS: matrix,
-                MODEL_OUTPUT_PREFIX + self._rank.score_output: score,
-            }
-        )
+            return candidates.with_columns(**{SCORE: order_score})
+        generated = self._generate(scorer, request, candidates)
+        columns = {MODEL_INPUT_PREFIX + name: array for name, array in generated.items()}
+        if not scorer.triton_model:
+            # Bare features without a model: generated (for Score's debug output), unscored.
+            order_score = (count - np.arange(count, dtype=np.float64)) / count
+            return candidates.with_columns(**columns, **{SCORE: order_score})
+        outputs = self._infer(scorer, scorer.model_inputs(generated), count)
+        columns |= {MODEL_OUTPUT_PREFIX + name: column for name, column in outputs.items()}
+        return candidates.with_columns(**columns, **{SCORE: outputs[scorer.score_output]})
 
-    def _features(self, request: StageRequest, candidates: Candidates) -> np.ndarray:
-        user = self._user_values(request.user_id) if self._user_refs else {}
-        items = self._item_values(candidates.item_ids.tolist())
+    # --- which model ----------------------------------------------------------------------
+
+    def _scorer(self) -> Scorer | None:
+        if not self._rank.model:
+            return self._bare
+        active = self._active_model()
+        key = (active.model, active.version)
+        scorer = self._scorers.get(key)
+        if scorer is None:
+            scorer = _registered_scorer(self._scene_id, self._scene, active, self._deps)
+            with self._lock:
+                if len(self._scorers) >= MAX_SCORERS:
+                    self._scorers.clear()
+                self._scorers[key] = scorer
+        return scorer
+
+    def _active_model(self) -> ActiveModel:
         try:
-            return self._generator.generate(user, items, num_items=len(candidates))
-        except FeatureValueError as exc:
-            raise FailedPrecondition(
-                f"scene {self._scene_id!r}: {exc}", reason="FEATURE_NOT_NUMERIC"
+            return self._deps.definitions.active_model(self._project, self._rank.model)
+        except NotFound as exc:
+            raise _misconfigured(
+                self._scene_id, f"rank.model {self._rank.model!r}: {exc.message}"
             ) from None
 
-    def _user_values(self, user_id: str) -> dict[str, Any]:
-        key = USER_KEY_PARSERS[self._user_key_type](user_id)
-        return self._deps.user_features.read(
-            self._project, self._user_refs, key, self._user_key_type
-        )
+    # --- features -------------------------------------------------------------------------
 
-    def _item_values(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        values: dict[str, np.ndarray] = {}
-        for view in self.item_views:
-            table = self._deps.items.table(self._project, view)
-            rows = table.rows(item_ids)
-            for source in self._item_sources:
-                if source.view == view:
-                    values[source.ref] = table.column(source.feature, rows)
-        return values
+    def _generate(
+        self, scorer: Scorer, request: StageRequest, candidates: Candidates
+    ) -> dict[str, np.ndarray]:
+        item_ids = candidates.item_ids.tolist()
+        tables = _ItemTables(self._deps, self._project)
+        user = self._user_values(scorer, request.user_id)
+        items = {
+            name: tables.column(feature, tables.rows(feature.view, item_ids))
+            for name, feature in scorer.item_inputs.items()
+        }
 
-    def _infer(self, matrix: np.ndarray) -> np.ndarray:
-        model, output = self._rank.model_name, self._rank.score_output
+        def lookup(name: str, ids: Sequence[str]) -> Sequence[Any]:
+            feature = scorer.item_inputs[name]
+            return tables.column(feature, tables.rows(feature.view, list(ids))).tolist()
+
+        try:
+            return scorer.generator.generate(
+                user, items, request.context, num_items=len(candidates), item_lookup=lookup
+            )
+        except FeatureValueError as exc:
+            raise FailedPrecondition(
+                f"scene {self._scene_id!r}: {exc}", reason="FEATURE_VALUE_INVALID"
+            ) from None
+
+    def _user_values(self, scorer: Scorer, user_id: str) -> dict[str, Any]:
+        if not scorer.user_inputs:
+            return {}
+        key_type = self._user_key_type()
+        key = USER_KEY_PARSERS[key_type](user_id)
+        refs = list(dict.fromkeys(feature.ref for feature in scorer.user_inputs.values()))
+        values = self._deps.user_features.read(self._project, refs, key, key_type)
+        return {name: values.get(feature.ref) for name, feature in scorer.user_inputs.items()}
+
+    # --- inference ------------------------------------------------------------------------
+
+    def _infer(
+        self, scorer: Scorer, inputs: dict[str, np.ndarray], count: int
+    ) -> dict[str, np.ndarray]:
+        model = scorer.triton_model
         try:
             outputs = self._deps.model_server.infer(
-                model, {MODEL_INPUT: matrix}, [output], version=self._rank.model_version
+                model, inputs, list(scorer.outputs), version=scorer.triton_version
             )
         except (InvalidArgument, NotFound) as exc:
             # The request is fine; the scene names a model that is missing or does not take
             # these features.
             raise FailedPrecondition(
-                f"scene {self._scene_id!r}: rank model {model!r} cannot score its "
-                f"{matrix.shape[1]} rank.features: {exc.message}",
+                f"scene {self._scene_id!r}: rank model {model!r} cannot score the generated "
+                f"features {sorted(inputs)}: {exc.message}",
                 reason="RANK_MODEL_MISMATCH",
             ) from None
-        scores = np.asarray(outputs[output], dtype=np.float64).reshape(len(matrix), -1)
-        if scores.shape[1] != 1:
-            raise DomainError(
-                f"model {model!r} output {output!r} has {scores.shape[1]} values per item; a "
-                "score output needs one",
-                reason="RANK_OUTPUT_SHAPE",
-            )
-        return scores[:, 0]
+        columns = {}
+        for name in scorer.outputs:
+            values = np.asarray(outputs[name], dtype=np.float64).reshape(count, -1)
+            if values.shape[1] != 1:
+                raise DomainError(
+                    f"model {model!r} output {name!r} has {values.shape[1]} values per item; "
+                    "a ranking output needs one",
+                    reason="RANK_OUTPUT_SHAPE",
+                )
+            columns[name] = values[:, 0]
+        return columns
+
+
+class _ItemTables:
+    """The item cache's tables of one request, each looked up once."""
+
+    def __init__(self, deps: StageDeps, project: str) -> None:
+        self._deps = deps
+        self._project = project
+        self._rows: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+
+    def rows(self, view: str, item_ids: list[str]) -> np.ndarray:
+        key = (view, tuple(item_ids))
+        found = self._rows.get(key)
+        if found is None:
+            found = self._deps.items.table(self._project, view).rows(item_ids)
+            self._rows[key] = found
+        return found
+
+    def column(self, feature: AvailableFeature, rows: np.ndarray) -> np.ndarray:
+        return self._deps.items.table(self._project, feature.view).column(feature.feature, rows)
+
+
+# --- building --------------------------------------------------------------------------------
 
 
 def build(_settings: StageSettings, context: BuildContext) -> ModelRank:
     scene, definitions = context.scene, context.deps.definitions
-    sources = [
-        _resolve(context.scene_id, scene, definitions, index, ref)
-        for index, ref in enumerate(scene.rank.features)
-    ]
-    key_type = VT.VALUE_TYPE_STRING
-    if any(source.side == USER for source in sources):
-        key_type = _lookup(
-            context.scene_id,
+    scene_id = context.scene_id
+    bare = None
+    if scene.rank.features or scene.rank.model_name:
+        bare = _bare_scorer(scene_id, scene, definitions)
+
+    def user_key_type() -> int:
+        entity = _lookup(
+            scene_id,
             f"user_entity {scene.user_entity!r}",
             lambda: definitions.entity(scene.project, scene.user_entity),
-        ).key_type
-    return ModelRank(context.scene_id, scene, sources, key_type, context.deps)
+        )
+        return int(entity.key_type)
+
+    return ModelRank(scene_id, scene, context.deps, user_key_type, bare)
 
 
-def _resolve(
-    scene_id: str, scene: scene_pb2.Scene, definitions: Definitions, index: int, ref: str
-) -> FeatureSource:
-    where = f"rank.features[{index}] {ref!r}"
-    view_id, _, feature = ref.partition(":")
-    view = _lookup(scene_id, where, lambda: definitions.feature_view(scene.project, view_id))
+def _bare_scorer(scene_id: str, scene: scene_pb2.Scene, definitions: Definitions) -> Scorer:
+    """The bare-mode scorer: each `view:feature` ref is one `raw_feature` of the matrix."""
     sides = {scene.user_entity: USER, scene.item_entity: ITEM}
-    side = sides.get(view.entity)
-    if side is None:
+    available = []
+    config = []
+    for index, ref in enumerate(scene.rank.features):
+        found = _available(scene_id, scene.project, ref, definitions, f"rank.features[{index}]")
+        side = sides.get(found.entity)
+        if side is None:
+            raise _misconfigured(
+                scene_id,
+                f"rank.features[{index}] {ref!r}: view {found.view!r} describes entity "
+                f"{found.entity!r}, neither the user entity {scene.user_entity!r} nor the item "
+                f"entity {scene.item_entity!r}",
+            )
+        available.append(found)
+        config.append(
+            {"feature_type": "raw_feature", "feature_name": ref, "expression": f"{side}:{ref}"}
+        )
+    generator = _generator(scene_id, {"features": config}, "rank.features")
+    binding = _bind(scene_id, generator, available, scene, "rank.features")
+    return Scorer(
+        generator,
+        binding.side(USER),
+        binding.side(ITEM),
+        scene.rank.model_name,
+        scene.rank.model_version,
+        (scene.rank.score_output,) if scene.rank.model_name else (),
+        scene.rank.score_output,
+        bare=True,
+    )
+
+
+def _registered_scorer(
+    scene_id: str, scene: scene_pb2.Scene, active: ActiveModel, deps: StageDeps
+) -> Scorer:
+    where = f"rank.model {active.model!r} version {active.version}"
+    generator = _generator(scene_id, active.fg_config, where)
+    available = [
+        _available(scene_id, scene.project, ref, deps.definitions, where) for ref in active.features
+    ]
+    binding = _bind(scene_id, generator, available, scene, where)
+    score_output = scene.rank.score_output or active.outputs[0]
+    if score_output not in active.outputs:
         raise _misconfigured(
             scene_id,
-            f"{where}: view {view_id!r} describes entity {view.entity!r}, neither the user "
-            f"entity {scene.user_entity!r} nor the item entity {scene.item_entity!r}",
+            f"rank.score_output {score_output!r} is not an output of {where}: "
+            f"it has {list(active.outputs)}",
         )
-    schema = _lookup(scene_id, where, lambda: definitions.view_schema(scene.project, view_id))
+    return Scorer(
+        generator,
+        binding.side(USER),
+        binding.side(ITEM),
+        active.triton_model,
+        active.triton_version,
+        active.outputs,
+        score_output,
+    )
+
+
+def _available(
+    scene_id: str, project: str, ref: str, definitions: Definitions, where: str
+) -> AvailableFeature:
+    view_id, _, feature = ref.partition(":")
+    view = _lookup(scene_id, where, lambda: definitions.feature_view(project, view_id))
+    schema = _lookup(scene_id, where, lambda: definitions.view_schema(project, view_id))
     field = schema.feature(feature)
     if field is None:
         raise _misconfigured(scene_id, f"{where}: view {view_id!r} has no feature {feature!r}")
-    if field.value_type not in NUMERIC_TYPES:
-        raise _misconfigured(
-            scene_id,
-            f"{where} is {type_name(field.value_type)}; raw model features must be numeric",
+    return AvailableFeature(view_id, feature, view.entity, field.value_type)
+
+
+def _generator(scene_id: str, config: Mapping[str, Any], where: str) -> FeatureGenerator:
+    try:
+        return FeatureGenerator.from_config(config)
+    except FeatureConfigError as exc:
+        raise _misconfigured(scene_id, f"{where}: FG config {exc}") from None
+
+
+def _bind(
+    scene_id: str,
+    generator: FeatureGenerator,
+    available: Sequence[AvailableFeature],
+    scene: scene_pb2.Scene,
+    where: str,
+) -> InputBinding:
+    try:
+        return bind_inputs(
+            generator, available, user_entity=scene.user_entity, item_entity=scene.item_entity
         )
-    return FeatureSource(ref, side, view_id, feature)
+    except FeatureConfigError as exc:
+        raise _misconfigured(scene_id, f"{where}: {exc}") from None
 
 
 def _lookup(scene_id: str, where: str, load: Callable[[], Any]) -> Any:
@@ -215,27 +381,10 @@ def _misconfigured(scene_id: str, message: str) -> FailedPrecondition:
     return FailedPrecondition(f"scene {scene_id!r}: {message}", reason="SCENE_MISCONFIGURED")
 
 
-def _generator(scene_id: str, sources: Sequence[FeatureSource]) -> FeatureGenerator:
-    config = {
-        "features": [
-            {
-                "feature_type": "raw_feature",
-                "feature_name": source.ref,
-                "expression": f"{source.side}:{source.ref}",
-            }
-            for source in sources
-        ]
-    }
-    try:
-        return FeatureGenerator.from_config(config)
-    except FeatureConfigError as exc:
-        raise _misconfigured(scene_id, str(exc)) from None
-
-
 STAGE = StageType(
     StageKind.RANK,
     RANK_TYPE,
     build,
     needs=frozenset({ITEM_ID}),
-    produces=frozenset({SCORE, MODEL_INPUTS}),
+    produces=frozenset({SCORE}),
 )
