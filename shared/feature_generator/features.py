@@ -80,9 +80,20 @@ class Feature(Protocol):
 
     def outputs(self) -> tuple[TensorSpec, ...]: ...
 
+    def lookup_inputs(self) -> tuple[InputRef, ...]:
+        """Item inputs read through the item lookup (for items other than the candidates)."""
+        ...
+
     def apply(self, inputs: FeatureInputs) -> dict[str, np.ndarray]:
         """Each output as an array [entries, *dims] (entries 1 or inputs.num_rows)."""
         ...
+
+
+class ReadsCandidatesOnly:
+    """The feature reads only the candidate items' own values, never the item lookup."""
+
+    def lookup_inputs(self) -> tuple[InputRef, ...]:
+        return ()
 
 
 FeatureFactory = Callable[[Mapping[str, Any], str, HashMemo], Feature]
@@ -142,6 +153,30 @@ class IndexCache:
             self._rows[value] = row
         return row
 
+    def value_rows(self, value: Any, separator: str | None) -> list[int]:
+        """The rows of one entry's tokens (see `values.tokens`), each element looked up in
+        the cache: a training set repeats the same ids millions of times."""
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if isinstance(value, str) and separator:
+            value = [part for part in value.split(separator) if part]
+        if not isinstance(value, list | tuple):
+            row = None if is_missing(value) else self.scalar_row(value)
+            return [] if row is None else [row]
+        rows = self._rows
+        found = []
+        for element in value:
+            try:
+                row = rows.get(element)
+            except TypeError:  # unhashable: not a scalar; scalar_row says so
+                row = None
+            if row is None:
+                row = self.scalar_row(element)
+                if row is None:
+                    continue
+            found.append(row)
+        return found
+
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, str | int | float | np.integer | np.floating | np.bool_)
@@ -188,7 +223,7 @@ def _broadcast_rows(columns: Sequence[list[Any]]) -> list[tuple[Any, ...]]:
 
 
 @dataclass
-class IdFeature:
+class IdFeature(ReadsCandidatesOnly):
     """A categorical value (or several) → embedding row(s): int64 [value_dimension]."""
 
     KEYS = (
@@ -238,8 +273,9 @@ class IdFeature:
         values = inputs.rows(self.ref)
         if self.width == 1:
             return {self.name: self._single(values).reshape(-1, 1)}
+        default = [] if self.default is None else [self.rows.token_row(self.default)]
         try:
-            indices = [[self.rows.token_row(t) for t in self._tokens(v)] for v in values]
+            indices = [self.rows.value_rows(v, self.separator) or default for v in values]
         except TypeError as exc:
             raise _value_error(self.name, self.ref, exc) from None
         return {self.name: pad(indices, self.width)}
@@ -271,7 +307,7 @@ class IdFeature:
 
 
 @dataclass
-class RawFeature:
+class RawFeature(ReadsCandidatesOnly):
     """A number (or a fixed-length vector of numbers) → float32, optionally normalized, or
     bucketized by `boundaries` into an index."""
 
@@ -356,7 +392,7 @@ def _vectors(rows: list[Any], width: int, feature: str, ref: InputRef) -> np.nda
 
 
 @dataclass
-class ComboFeature:
+class ComboFeature(ReadsCandidatesOnly):
     """The cross of two or more categorical inputs (`user:gender` with `item:genre`), indexed
     like an id feature; multi-valued inputs give every combination, up to value_dimension."""
 
@@ -423,7 +459,7 @@ class ComboFeature:
 
 
 @dataclass
-class LookupFeature:
+class LookupFeature(ReadsCandidatesOnly):
     """A value from a map input keyed by another input: the user's clicks per genre looked up
     with the item's genres (`map: user:genre_counts`, `key: item:genres`). Several keys combine
     by `combiner` (sum by default); no key found gives `default_value`."""
@@ -499,7 +535,7 @@ class LookupFeature:
 
 
 @dataclass
-class MatchFeature:
+class MatchFeature(ReadsCandidatesOnly):
     """A user-side nested map (category → item → value) matched against an item's category
     and item attribute. The map is a flat MAP<STRING, DOUBLE> keyed `category^item`
     (EasyRec's notation); `category: ALL` matches the map's `ALL^item` entries. `match_type`
@@ -652,6 +688,9 @@ class SequenceFeature:
     def expects(self) -> dict[InputRef, str]:
         return dict.fromkeys(self.inputs(), CATEGORICAL)
 
+    def lookup_inputs(self) -> tuple[InputRef, ...]:
+        return tuple(side.ref for side in self.side_features)
+
     def outputs(self) -> tuple[TensorSpec, ...]:
         dims = (self.length,)
         own = self.embedding.spec(self.name, dims, SEQUENCE, self.rows.indexer.cardinality)
@@ -664,17 +703,17 @@ class SequenceFeature:
         )
 
     def apply(self, inputs: FeatureInputs) -> dict[str, np.ndarray]:
+        values = inputs.rows(self.ref)
         try:
-            histories = [
-                tokens(value, self.separator)[: self.length] for value in inputs.rows(self.ref)
-            ]
+            rows = [self.rows.value_rows(value, self.separator) for value in values]
+            histories = (
+                [tokens(value, self.separator)[: self.length] for value in values]
+                if self.side_features
+                else []
+            )
         except TypeError as exc:
             raise _value_error(self.name, self.ref, exc) from None
-        outputs = {
-            self.name: pad(
-                ([self.rows.token_row(t) for t in history] for history in histories), self.length
-            )
-        }
+        outputs = {self.name: pad(rows, self.length)}
         for side in self.side_features:
             outputs[side.name] = self._side(side, histories, inputs)
         return outputs
@@ -718,7 +757,7 @@ def _side_feature(config: Any, path: str, sequence: str, memo: HashMemo) -> Side
 
 
 @dataclass
-class EmbeddingFeature:
+class EmbeddingFeature(ReadsCandidatesOnly):
     """An ARRAY<FLOAT> input (a text embedding, a tower's output) passed through as float32
     [value_dimension]; a missing vector is `default_value` in every position."""
 

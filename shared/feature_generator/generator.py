@@ -48,6 +48,10 @@ class FeatureGenerator:
         self.inputs: tuple[InputRef, ...] = tuple(
             sorted({ref for feature in self._features for ref in feature.inputs()})
         )
+        # Item inputs read for items other than the candidates (a history's side features).
+        self.lookup_inputs: tuple[InputRef, ...] = tuple(
+            sorted({ref for feature in self._features for ref in feature.lookup_inputs()})
+        )
 
     def expectations(self) -> list[tuple[str, InputRef, str]]:
         """(config path, input, what the input must hold) for every input of every feature."""

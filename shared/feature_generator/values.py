@@ -157,6 +157,10 @@ def pad(indices: Iterable[Sequence[int]], width: int) -> np.ndarray:
     """Rows of indices as an int64 [rows, width] matrix, cut to `width`, padded with -1."""
     rows_list = list(indices)
     matrix = np.full((len(rows_list), width), -1, dtype=np.int64)
+    if width == 1:
+        firsts = [values[0] if values else -1 for values in rows_list]
+        matrix[:, 0] = firsts
+        return matrix
     for row, values in enumerate(rows_list):
         kept = values[:width]
         if kept:
