@@ -97,6 +97,21 @@ examples-data: $(REVIEWS) ## Unpack the example product reviews from the pytorch
 $(REVIEWS): examples/feature_repo/data/reviews.py | $(VENV_STAMP)
 	$(PY) examples/feature_repo/data/reviews.py
 
+# MovieLens-100k ships inside recbole 1.2.1; only its data files are read (never imported),
+# so it goes in without its dependencies.
+RECBOLE_STAMP := $(VENV)/.recbole-1.2.1
+MOVIELENS_DATA := $(addprefix examples/movielens/data/,ratings.parquet movies.parquet users.parquet)
+
+.PHONY: movielens-data
+movielens-data: $(MOVIELENS_DATA) ## Convert MovieLens-100k (from the recbole package) to the example's Parquet sources.
+
+$(RECBOLE_STAMP): | $(VENV_STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps recbole==1.2.1
+	touch $@
+
+$(MOVIELENS_DATA) &: examples/movielens/data/prepare.py $(RECBOLE_STAMP)
+	$(PY) examples/movielens/data/prepare.py
+
 # --- quality -----------------------------------------------------------------------------
 
 .PHONY: lint
