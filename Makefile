@@ -125,7 +125,7 @@ lint: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) ## Ruff, buf lint/format, hadolint and
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 
 .PHONY: test
-test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## Run every test tier (unit, integration, e2e).
+test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## Run every test tier (unit, integration, e2e).
 	$(PYTEST) tests/unit tests/integration tests/e2e
 
 .PHONY: test-unit
@@ -137,7 +137,7 @@ test-integration: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Tests a
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## All services through their gRPC APIs.
+test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## All services through their gRPC APIs.
 	$(PYTEST) tests/e2e
 
 # --- local stack -------------------------------------------------------------------------
