@@ -163,7 +163,7 @@ demo: up ## Bring the stack up and run the walking-skeleton scenario.
 	$(PY) -m infra.local.demo
 
 .PHONY: bench
-bench: bench-serving bench-materialization bench-embeddings ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-materialization bench-embeddings bench-movielens ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
@@ -172,6 +172,10 @@ bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/Postg
 .PHONY: bench-materialization
 bench-materialization: $(VENV_STAMP) $(PROTO_STAMP) ## Materialization and export vs bare read+COPY / ASOF join (~4 min).
 	$(PY) -m bench.materialization
+
+.PHONY: bench-movielens
+bench-movielens: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## MovieLens-100k: every view materialized, the train set exported vs a bare ASOF join (~1 min).
+	$(PY) -m bench.movielens
 
 .PHONY: bench-embeddings
 bench-embeddings: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## 5,000 reviews embedded through materialization + Triton vs in-process (~3 min).
