@@ -97,6 +97,21 @@ examples-data: $(REVIEWS) ## Unpack the example product reviews from the pytorch
 $(REVIEWS): examples/feature_repo/data/reviews.py | $(VENV_STAMP)
 	$(PY) examples/feature_repo/data/reviews.py
 
+# MovieLens-100k ships inside recbole 1.2.1; only its data files are read (never imported),
+# so it goes in without its dependencies.
+RECBOLE_STAMP := $(VENV)/.recbole-1.2.1
+MOVIELENS_DATA := $(addprefix examples/movielens/data/,ratings.parquet movies.parquet users.parquet)
+
+.PHONY: movielens-data
+movielens-data: $(MOVIELENS_DATA) ## Convert MovieLens-100k (from the recbole package) to the example's Parquet sources.
+
+$(RECBOLE_STAMP): | $(VENV_STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps recbole==1.2.1
+	touch $@
+
+$(MOVIELENS_DATA) &: examples/movielens/data/prepare.py $(RECBOLE_STAMP)
+	$(PY) examples/movielens/data/prepare.py
+
 # --- quality -----------------------------------------------------------------------------
 
 .PHONY: lint
@@ -110,7 +125,7 @@ lint: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) ## Ruff, buf lint/format, hadolint and
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 
 .PHONY: test
-test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## Run every test tier (unit, integration, e2e).
+test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## Run every test tier (unit, integration, e2e).
 	$(PYTEST) tests/unit tests/integration tests/e2e
 
 .PHONY: test-unit
@@ -122,7 +137,7 @@ test-integration: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Tests a
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## All services through their gRPC APIs.
+test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## All services through their gRPC APIs.
 	$(PYTEST) tests/e2e
 
 # --- local stack -------------------------------------------------------------------------
@@ -148,7 +163,7 @@ demo: up ## Bring the stack up and run the walking-skeleton scenario.
 	$(PY) -m infra.local.demo
 
 .PHONY: bench
-bench: bench-serving bench-materialization bench-embeddings ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-materialization bench-embeddings bench-movielens ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
@@ -157,6 +172,10 @@ bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/Postg
 .PHONY: bench-materialization
 bench-materialization: $(VENV_STAMP) $(PROTO_STAMP) ## Materialization and export vs bare read+COPY / ASOF join (~4 min).
 	$(PY) -m bench.materialization
+
+.PHONY: bench-movielens
+bench-movielens: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## MovieLens-100k: every view materialized, the train set exported vs a bare ASOF join (~1 min).
+	$(PY) -m bench.movielens
 
 .PHONY: bench-embeddings
 bench-embeddings: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## 5,000 reviews embedded through materialization + Triton vs in-process (~3 min).

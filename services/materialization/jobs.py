@@ -187,6 +187,7 @@ class AggregationFunction(enum.StrEnum):
     MIN = "MIN"
     MAX = "MAX"
     LAST_N = "LAST_N"
+    COUNT_BY_VALUE = "COUNT_BY_VALUE"
 
 
 @dataclass(frozen=True)

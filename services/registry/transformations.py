@@ -17,10 +17,12 @@ import pyarrow.dataset as ds
 from recstack.registry.v1 import data_source_pb2, feature_view_pb2
 
 from shared.errors import InvalidArgument
-from shared.values import TYPES
+from shared.values import TYPES, VT
 
 Aggregation = feature_view_pb2.Aggregation
 QUERY_NODES = ("SELECT_NODE", "SET_OPERATION_NODE", "CTE_NODE")
+# Output field types an aggregate can only be stored as; the others follow their column.
+OUTPUT_TYPES = {Aggregation.FUNCTION_COUNT_BY_VALUE: VT.VALUE_TYPE_STRING_DOUBLE_MAP}
 
 
 def validate(view: feature_view_pb2.FeatureView, source: data_source_pb2.DataSource | None) -> None:
@@ -120,6 +122,11 @@ def _validate_aggregations(view: feature_view_pb2.FeatureView) -> None:
             raise InvalidArgument(f"{path}.window", "must be positive, e.g. 86400s for 1d")
         if aggregation.function == Aggregation.FUNCTION_LAST_N and aggregation.n <= 0:
             raise InvalidArgument(f"{path}.n", "LAST_N needs n of at least 1")
+        counts_values = aggregation.function == Aggregation.FUNCTION_COUNT_BY_VALUE
+        if counts_values and aggregation.column == "*":
+            raise InvalidArgument(
+                f"{path}.column", "COUNT_BY_VALUE counts the values of one column, not `*`"
+            )
         if aggregation.output in outputs:
             raise InvalidArgument(f"{path}.output", f"duplicate output {aggregation.output!r}")
         outputs.add(aggregation.output)
@@ -127,3 +134,17 @@ def _validate_aggregations(view: feature_view_pb2.FeatureView) -> None:
     undeclared = sorted(outputs - features)
     if undeclared:
         raise InvalidArgument(base, f"outputs {undeclared} are not fields of the view")
+    _check_output_types(view, base)
+
+
+def _check_output_types(view: feature_view_pb2.FeatureView, base: str) -> None:
+    declared = {field.name: field.value_type for field in view.fields}
+    for index, aggregation in enumerate(view.transformation.aggregations.aggregations):
+        required = OUTPUT_TYPES.get(aggregation.function)
+        if required is not None and declared[aggregation.output] != required:
+            function = Aggregation.Function.Name(aggregation.function)
+            raise InvalidArgument(
+                f"{base}[{index}].output",
+                f"{function} yields {VT.Name(required)}: declare field {aggregation.output!r} "
+                f"with that type, not {VT.Name(declared[aggregation.output])}",
+            )

@@ -94,6 +94,22 @@ def _embedding_field(model="minilm", value_type=VT.VALUE_TYPE_FLOAT_LIST):
     ]
 
 
+def _count_by_value(column, value_type=VT.VALUE_TYPE_STRING_DOUBLE_MAP):
+    aggregation = AGG(
+        function=AGG.FUNCTION_COUNT_BY_VALUE,
+        column=column,
+        output="genre_counts",
+        window=duration_pb2.Duration(seconds=86400),
+    )
+    return _view(
+        fields=[
+            FF(name="user_id", value_type=VT.VALUE_TYPE_INT64),
+            FF(name="genre_counts", value_type=value_type),
+        ],
+        transformation=SQL(aggregations=feature_view_pb2.Aggregations(aggregations=[aggregation])),
+    )
+
+
 def _create_view(view):
     return (
         "CreateFeatureView",
@@ -351,6 +367,16 @@ CASES = {
         ),
         INVALID,
         "feature_view.transformation.aggregations",
+    ),
+    "count by value into a field that is no map": (
+        _create_view(_count_by_value(column="genres", value_type=VT.VALUE_TYPE_INT64)),
+        INVALID,
+        "feature_view.transformation.aggregations[0].output",
+    ),
+    "count by value of every column": (
+        _create_view(_count_by_value(column="*")),
+        INVALID,
+        "feature_view.transformation.aggregations[0].column",
     ),
     "model batch size too large": (_model(batch_size=5000), INVALID, "embedding_model.batch_size"),
     "model dimension too large": (_model(dimension=20000), INVALID, "embedding_model.dimension"),

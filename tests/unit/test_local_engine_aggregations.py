@@ -216,3 +216,142 @@ def test_a_key_with_only_null_values_gets_zero_counts_and_empty_lists(tmp_path):
         None,
         [],
     )
+
+
+# --- COUNT_BY_VALUE: a map of value -> occurrences in the frame ---------------------------
+
+GENRES = ("Action", "Comedy", "Drama", "Film-Noir", "Sci-Fi")
+COUNT_AGGREGATIONS = (
+    Aggregation(F.COUNT_BY_VALUE, "genres", 4 * STEP, "genres_2h"),
+    Aggregation(F.COUNT_BY_VALUE, "genres", 12 * STEP, "genres_6h"),
+    Aggregation(F.COUNT_BY_VALUE, "v", 3 * STEP, "values_90m"),
+)
+MAP = VT.VALUE_TYPE_STRING_DOUBLE_MAP
+COUNT_VIEW = ViewSchema(
+    "p",
+    "history",
+    1,
+    "user_id",
+    VT.VALUE_TYPE_INT64,
+    tuple(Feature(a.output, MAP) for a in COUNT_AGGREGATIONS),
+)
+
+
+def random_tagged_events(seed):
+    """(key, time, genres, value): lists with null elements, empty and null lists."""
+    rng = random.Random(seed)
+    events = []
+    for _ in range(150):
+        moment = T0 + rng.randint(-20, 14) * STEP
+        roll = rng.random()
+        if roll < 0.1:
+            genres = None
+        elif roll < 0.2:
+            genres = []
+        else:
+            genres = [rng.choice((*GENRES, None)) for _ in range(rng.randint(1, 3))]
+        value = None if rng.random() < 0.15 else rng.randint(-3, 12)
+        events.append((rng.choice([1, 2, 3]), moment, genres, value))
+    return events
+
+
+def write_tagged(path, events, order):
+    rows = [events[i] for i in order]
+    table = pa.table(
+        {
+            "user_id": pa.array([row[0] for row in rows], pa.int64()),
+            "ts": pa.array([row[1] for row in rows], pa.timestamp("us", tz="UTC")),
+            "genres": pa.array([row[2] for row in rows], pa.list_(pa.string())),
+            "v": pa.array([row[3] for row in rows], pa.int64()),
+        }
+    )
+    pq.write_table(table, path)
+    return FileSourceSpec(str(path), "PARQUET", "ts")
+
+
+def counted(aggregation, events, key, moment):
+    """The reference: value -> occurrences among the key's events in (moment - window, moment],
+    as (value, count) pairs in value order (the map's order)."""
+    counts: Counter[str] = Counter()
+    for k, t, genres, value in events:
+        if k != key or not moment - aggregation.window < t <= moment:
+            continue
+        values = genres or [] if aggregation.column == "genres" else [value]
+        counts.update(str(v) for v in values if v is not None)
+    return sorted((value, float(count)) for value, count in counts.items())
+
+
+def run_counts(source, stores=(Store.OFFLINE, Store.ONLINE)):
+    offline, online = FakeOffline(), FakeOnline()
+    task = MaterializationTask(
+        COUNT_VIEW,
+        source,
+        WINDOW,
+        stores,
+        "job1",
+        transformation=WindowedAggregations(COUNT_AGGREGATIONS),
+    )
+    LocalEngine(chunk_rows=16).run(
+        task, offline_store=offline, online_store=online, on_chunk=lambda progress: True
+    )
+    return offline.rows, online
+
+
+def as_rows(events):
+    return Counter(
+        (k, t, *(tuple(counted(a, events, k, t)) for a in COUNT_AGGREGATIONS))
+        for k, t, _, _ in events
+        if WINDOW.start <= t < WINDOW.end
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_count_by_value_matches_the_brute_force_reference(tmp_path, seed):
+    events = random_tagged_events(seed)
+    rows, online = run_counts(write_tagged(tmp_path / "e.parquet", events, range(len(events))))
+    got = Counter(
+        (row["user_id"], row["event_ts"], *(tuple(row[a.output]) for a in COUNT_AGGREGATIONS))
+        for row in rows
+    )
+    assert got == as_rows(events)
+    for key, row in online.latest.items():
+        newest = max(t for k, t, _, _ in events if k == key and t < WINDOW.end)
+        assert row["event_ts"] == newest
+        assert row["genres_6h"] == counted(COUNT_AGGREGATIONS[1], events, key, newest)
+
+
+def test_count_by_value_does_not_depend_on_the_row_order(tmp_path):
+    events = random_tagged_events(7)
+    order = list(range(len(events)))
+    first, _ = run_counts(write_tagged(tmp_path / "a.parquet", events, order))
+    random.Random(3).shuffle(order)
+    second, _ = run_counts(write_tagged(tmp_path / "b.parquet", events, order))
+
+    def ordered(rows):
+        # Map entries as lists of pairs: equal only if their order is equal too.
+        return sorted(repr(sorted(row.items())) for row in rows)
+
+    assert ordered(first) == ordered(second)
+
+
+def test_count_by_value_counts_list_elements_and_excludes_the_window_edge(tmp_path):
+    events = [
+        (1, T0 - 4 * STEP, ["Drama"], 1),  # exactly 2 h before T0: outside genres_2h at T0
+        (1, T0 - STEP, ["Drama", "Comedy", "Drama"], 1),
+        (1, T0, ["Comedy", None], None),
+        (1, T0, None, 2),  # a peer at T0: counted at T0
+        (1, T0 + STEP, [], 1),
+    ]
+    rows, _ = run_counts(write_tagged(tmp_path / "e.parquet", events, range(len(events))))
+    got = sorted((row["event_ts"], row["genres_2h"], row["values_90m"]) for row in rows)
+    assert got == [
+        (T0, [("Comedy", 2.0), ("Drama", 2.0)], [("1", 1.0), ("2", 1.0)]),
+        (T0, [("Comedy", 2.0), ("Drama", 2.0)], [("1", 1.0), ("2", 1.0)]),
+        (T0 + STEP, [("Comedy", 2.0), ("Drama", 2.0)], [("1", 2.0), ("2", 1.0)]),
+    ]
+
+
+def test_count_by_value_of_nothing_is_an_empty_map(tmp_path):
+    events = [(4, T0, None, None), (5, T0, [None], None)]
+    rows, _ = run_counts(write_tagged(tmp_path / "e.parquet", events, range(2)))
+    assert [(row["genres_2h"], row["values_90m"]) for row in rows] == [([], [])] * 2

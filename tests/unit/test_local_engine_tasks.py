@@ -73,3 +73,26 @@ def test_transformations_become_domain_objects():
     assert _transformation(message) == WindowedAggregations(
         (Aggregation(AggregationFunction.LAST_N, "item_id", timedelta(days=1), "last_items", 5),)
     )
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        value
+        for value in feature_view_pb2.Aggregation.Function.values()
+        if value != feature_view_pb2.Aggregation.FUNCTION_UNSPECIFIED
+    ],
+)
+def test_every_aggregation_function_of_the_contract_has_a_domain_function(function):
+    message = feature_view_pb2.Transformation(
+        aggregations=feature_view_pb2.Aggregations(
+            aggregations=[
+                feature_view_pb2.Aggregation(
+                    function=function, column="genres", window=Duration(seconds=60), output="out"
+                )
+            ]
+        )
+    )
+    (aggregation,) = _transformation(message).aggregations
+    name = feature_view_pb2.Aggregation.Function.Name(function)
+    assert aggregation.function == AggregationFunction[name.removeprefix("FUNCTION_")]

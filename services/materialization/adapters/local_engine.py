@@ -182,11 +182,12 @@ def _prepare(
     connection.execute(
         f"CREATE TEMP {kind} source AS {transform.source_sql(rows.schema, ts, span)}"
     )
-    produced = connection.sql(plan.select).columns
+    select = plan.select(rows.schema)
+    produced = connection.sql(select).columns
     _require(produced, transform.output_columns(source_view, ts), "the transformation's output")
     return transform.output_sql(
         task.view,
-        plan.select,
+        select,
         ts,
         task.window,
         exclude=_register_excluded(connection, task.exclude_keys_from),

@@ -9,7 +9,8 @@ lookback rows feed aggregates without being stored.
 Windowed aggregations are window functions over each key's events ordered by time with a RANGE
 frame: the value at an event time t covers the key's events in (t - W, t]. Events at exactly t
 are peers of the current row in a RANGE frame, so they are all included, and no event after t
-ever is: the value is point-in-time correct whatever the row order.
+ever is: the value is point-in-time correct whatever the row order. Results that are lists or
+maps are ordered by value where times tie, so they do not depend on the row order either.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ MICROSECOND = timedelta(microseconds=1)
 class Plan:
     """How one transformation reads `source`.
 
-    `select` yields the key, the features and the source's event timestamp column; `columns`
-    are the source columns it needs (None: all of them); `rescans` says whether it may read
-    `source` more than once (a one-shot source is then staged in DuckDB first).
+    `select(schema)` is the query over `source` whose columns are `schema` (some aggregates
+    depend on a column's type); it yields the key, the features and the source's event
+    timestamp column. `columns` are the source columns it needs (None: all of them);
+    `rescans` says whether it may read `source` more than once (a one-shot source is then
+    staged in DuckDB first).
     """
 
-    select: str
+    select: Callable[[pa.Schema], str]
     columns: tuple[str, ...] | None
     lookback: timedelta
     rescans: bool
@@ -59,12 +62,13 @@ def plan(view: ViewSchema, transformation: Transformation | None, ts: str) -> Pl
 
 def _plan_none(view: ViewSchema, _: None, ts: str) -> Plan:
     columns = (view.join_key, *(feature.name for feature in view.features), ts)
-    return Plan(f"SELECT {_columns(columns)} FROM source", columns, timedelta(0), rescans=False)
+    select = f"SELECT {_columns(columns)} FROM source"
+    return Plan(lambda _: select, columns, timedelta(0), rescans=False)
 
 
 def _plan_sql(view: ViewSchema, transformation: SqlTransformation, ts: str) -> Plan:
     select = transformation.sql.strip().rstrip(";").strip()
-    return Plan(select, None, transformation.lookback, rescans=True)
+    return Plan(lambda _: select, None, transformation.lookback, rescans=True)
 
 
 def _plan_aggregations(view: ViewSchema, transformation: WindowedAggregations, ts: str) -> Plan:
@@ -73,14 +77,18 @@ def _plan_aggregations(view: ViewSchema, transformation: WindowedAggregations, t
     # Features no aggregation produces are the source's values at the event itself.
     passthrough = [feature.name for feature in view.features if feature.name not in outputs]
     windows = {length: f"w{i}" for i, length in enumerate(sorted({a.window for a in aggregations}))}
-    expressions = [
-        f"{_aggregate(a, quote(ts), windows[a.window])} AS {quote(a.output)}" for a in aggregations
-    ]
     frames = [f"{name} AS ({_frame(view.join_key, ts, span)})" for span, name in windows.items()]
-    select = (
-        f"SELECT {_columns([view.join_key, *passthrough])}, {', '.join(expressions)}, "
-        f"{quote(ts)} FROM source WINDOW {', '.join(frames)}"
-    )
+
+    def select(schema: pa.Schema) -> str:
+        expressions = [
+            f"{_aggregate(a, quote(ts), windows[a.window], schema)} AS {quote(a.output)}"
+            for a in aggregations
+        ]
+        return (
+            f"SELECT {_columns([view.join_key, *passthrough])}, {', '.join(expressions)}, "
+            f"{quote(ts)} FROM source WINDOW {', '.join(frames)}"
+        )
+
     needed = [view.join_key, *passthrough, *(a.column for a in aggregations if a.column != "*"), ts]
     lookback = max(aggregation.window for aggregation in aggregations)
     return Plan(select, tuple(dict.fromkeys(needed)), lookback, rescans=False)
@@ -95,8 +103,10 @@ def _frame(key: str, ts: str, length: timedelta) -> str:
     )
 
 
-def _aggregate(aggregation: Aggregation, ts: str, window: str) -> str:
+def _aggregate(aggregation: Aggregation, ts: str, window: str, schema: pa.Schema) -> str:
     column = "*" if aggregation.column == "*" else quote(aggregation.column)
+    if aggregation.function is AggregationFunction.COUNT_BY_VALUE:
+        return _count_by_value(column, window, _is_list(schema.field(aggregation.column).type))
     if aggregation.function is AggregationFunction.LAST_N:
         # The n values with the latest event times, newest first; ties on time are broken by
         # value so that the result does not depend on the order rows were read in.
@@ -105,6 +115,23 @@ def _aggregate(aggregation: Aggregation, ts: str, window: str) -> str:
             f"FILTER (WHERE {column} IS NOT NULL) OVER {window}, [])"
         )
     return f"{aggregation.function.value.lower()}({column}) OVER {window}"
+
+
+def _count_by_value(column: str, window: str, listed: bool) -> str:
+    """Occurrences of each distinct value in the frame, as MAP(VARCHAR, DOUBLE).
+
+    A list column's frame is the concatenation of its rows' lists (`flatten` drops null
+    lists, `histogram` null elements). `histogram` builds its map in value order, so equal
+    frames give equal maps whatever order the rows came in; values become text and counts
+    DOUBLE, the MAP<STRING,DOUBLE> type the registry requires of the output field.
+    """
+    if listed:
+        values = f"CAST(flatten(list({column}) OVER {window}) AS VARCHAR[])"
+        counts = f"list_aggregate({values}, 'histogram')"
+    else:
+        counts = f"histogram(CAST({column} AS VARCHAR)) OVER {window}"
+    # An empty frame (no values, or only nulls) counts nothing: an empty map, not null.
+    return f"coalesce(CAST({counts} AS MAP(VARCHAR, DOUBLE)), MAP {{}})"
 
 
 _PLANNERS: dict[type, Callable[[ViewSchema, Any, str], Plan]] = {
@@ -209,6 +236,16 @@ def quote(name: str) -> str:
 
 def _columns(names: Iterable[str], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{quote(name)}" for name in names)
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+        or pa.types.is_list_view(arrow_type)
+        or pa.types.is_large_list_view(arrow_type)
+    )
 
 
 def _is_text(arrow_type: pa.DataType) -> bool:

@@ -1,0 +1,1 @@
+"""Offline training pipeline pieces: labelled samples for `ExportTrainingSet`."""
