@@ -19,7 +19,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 
 from cli import materialize
 from cli.connection import Connection, Context
-from cli.errors import CliError, UsageError
+from cli.errors import CliError
 from cli.output import table
 from shared.feature_generator import AvailableFeature, FeatureConfigError
 
@@ -86,6 +86,11 @@ class GrpcTrainingServices:
             request.snapshot_time.FromDatetime(snapshot_time)
         return int(self._materialization.call("ExportTrainingSet", request, long=True).row_count)
 
+    def entity_key(self, project: str, entity: str) -> AvailableFeature:
+        name = f"projects/{project}/entities/{entity}"
+        found = self._registry.call("GetEntity", rpb.GetEntityRequest(name=name)).entity
+        return AvailableFeature.key(found.join_key, entity, found.key_type)
+
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
@@ -116,23 +121,14 @@ def _train(args: argparse.Namespace, context: Context) -> int:
     if args.project:
         config = config.model_copy(update={"project": args.project})
     work_dir = args.work_dir or Path(".run") / "training" / config.project / config.model
-    rows = _rows(config, work_dir)
     with context.connect() as registry, materialize.connect(args, context) as materialization:
         services = GrpcTrainingServices(registry, materialization)
         try:
-            trained = pipeline.train(config, services, rows, work_dir, log=context.echo)
+            trained = pipeline.train(config, services, work_dir, log=context.echo)
         except FeatureConfigError as exc:
             raise CliError(f"{config.fg}: {exc}") from None
     context.echo(_metrics_table(trained.metrics, trained.outputs))
     return 0
-
-
-def _rows(config: object, work_dir: Path) -> tuple[Path, Path]:
-    train_rows = getattr(config, "train_rows", None)
-    test_rows = getattr(config, "test_rows", None)
-    if train_rows is None or test_rows is None:
-        raise UsageError("this config builds its rows from `samples`, which is not wired yet")
-    return train_rows, test_rows
 
 
 def _metrics_table(metrics: dict[str, float], outputs: Sequence[str]) -> str:

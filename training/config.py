@@ -9,7 +9,7 @@
     trainer: dnn                      # dnn | gbdt
     samples:                          # labelled rows built from interactions ...
       interactions: data/ratings.parquet
-      negatives_per_positive: 4
+      negatives: 4
     # ... or given: train_rows: train.parquet / test_rows: test.parquet
     labels: {probs_ctr: clicked, probs_cvr: converted}
 
@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.feature_generator import FeatureConfigError, FeatureGenerator
+from training.samples import SampleConfig
 
 
 class Strict(BaseModel):
@@ -34,17 +35,18 @@ class Strict(BaseModel):
 
 
 class SamplesConfig(Strict):
-    """Labelled rows from an interaction log (see `training.samples`)."""
+    """Labelled rows built from a ratings log (see `training.samples`): every rating a
+    clicked impression, `negatives` unrated items per rating, the last `test_fraction` of
+    each user's ratings held out."""
 
     interactions: Path
-    user_column: str = "user_id"
-    item_column: str = "item_id"
-    time_column: str = "event_ts"
-    rating_column: str = "rating"
-    negatives_per_positive: int = Field(default=4, ge=0, le=100)
-    conversion_threshold: float = 4.0
+    negatives: int = Field(default=4, ge=0, le=100)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    conversion_rating: int = 4
     seed: int = 20261202
+
+    def sample_config(self) -> SampleConfig:
+        return SampleConfig(self.negatives, self.test_fraction, self.conversion_rating, self.seed)
 
 
 class DnnConfig(Strict):

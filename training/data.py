@@ -68,7 +68,9 @@ class FeatureColumns:
                 columns[(ref.side, ref.name)] = ref.name
             else:
                 found = self.binding.refs[ref]
-                columns[(ref.side, ref.name)] = export_column(found.view, found.feature)
+                columns[(ref.side, ref.name)] = (
+                    found.feature if found.is_key else export_column(found.view, found.feature)
+                )
         return columns
 
 

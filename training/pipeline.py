@@ -29,7 +29,7 @@ from shared.feature_generator import (
     TensorSpec,
     bind_inputs,
 )
-from training import evaluate
+from training import evaluate, samples
 from training.config import TrainingConfig
 from training.data import FeatureColumns, SnapshotLookup, labels
 
@@ -55,6 +55,10 @@ class TrainingServices(Protocol):
         snapshot_time: datetime | None = None,
     ) -> int:
         """ExportTrainingSet into `output_path`; the number of rows written."""
+        ...
+
+    def entity_key(self, project: str, entity: str) -> AvailableFeature:
+        """The entity's join key (`AvailableFeature.key`): a column of the labelled rows."""
         ...
 
 
@@ -84,22 +88,46 @@ def prepare(config: TrainingConfig, services: TrainingServices) -> Prepared:
     here, before any data is read."""
     generator = config.generator()
     available = services.available_features(config.project, config.model_feature_set)
+    keys = [
+        services.entity_key(config.project, entity)
+        for entity in (config.user_entity, config.item_entity)
+    ]
     binding = bind_inputs(
-        generator, available, user_entity=config.user_entity, item_entity=config.item_entity
+        generator,
+        available,
+        user_entity=config.user_entity,
+        item_entity=config.item_entity,
+        keys=keys,
     )
     return Prepared(generator, binding, FeatureColumns(generator, binding))
+
+
+def labelled_rows(config: TrainingConfig, work_dir: Path, log: Log = print) -> tuple[Path, Path]:
+    """The train and test entity rows: given in the config, or built from its `samples`."""
+    if config.samples is None:
+        assert config.train_rows is not None and config.test_rows is not None
+        return config.train_rows, config.test_rows
+    started = time.perf_counter()
+    paths = samples.write_samples(
+        config.samples.interactions, work_dir / "samples", config.samples.sample_config()
+    )
+    log(
+        f"samples: {paths.train_rows:,} train and {paths.test_rows:,} test rows "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    return paths.train, paths.test
 
 
 def train(
     config: TrainingConfig,
     services: TrainingServices,
-    rows: tuple[Path, Path],
     work_dir: Path,
     log: Log = print,
 ) -> TrainedModel:
     timings: dict[str, float] = {}
     prepared = prepare(config, services)
     work_dir.mkdir(parents=True, exist_ok=True)
+    rows = labelled_rows(config, work_dir, log)
     with _timed(timings, "export_seconds"):
         tables = [
             _export(config, services, path, work_dir / f"{name}_set.parquet", log)
@@ -119,7 +147,7 @@ def train(
         trainer = TRAINERS[config.trainer](config, prepared.generator.signature, log)
         trainer.fit(generated[0], train_labels)
     predicted = trainer.predict(generated[1])
-    item_key = _item_key(config, tables[0])
+    item_key = services.entity_key(config.project, config.item_entity).feature
     test_clicked = test_labels.get(evaluate.CLICK_OUTPUT, next(iter(test_labels.values())))
     model_scores = {}
     for output in config.labels:
@@ -260,15 +288,8 @@ def _item_lookup(
     _, end = _window(train_rows, config.timestamp_column)
     path = work_dir / "items_snapshot.parquet"
     services.export(config.project, config.model_feature_set, path, snapshot_time=end)
-    entity_key = _item_key(config, train_rows)
-    return SnapshotLookup(pq.read_table(path), entity_key, prepared.binding)
-
-
-def _item_key(config: TrainingConfig, table: pa.Table) -> str:
-    key = config.samples.item_column if config.samples else "item_id"
-    if key not in table.column_names:
-        raise KeyError(f"the training rows have no item key column {key!r}")
-    return key
+    item_key = services.entity_key(config.project, config.item_entity).feature
+    return SnapshotLookup(pq.read_table(path), item_key, prepared.binding)
 
 
 def _window(table: pa.Table, column: str) -> tuple[datetime, datetime]:

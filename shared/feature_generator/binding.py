@@ -6,6 +6,10 @@ Binding resolves every such name to exactly one `view:feature` of the model's fe
 checks that the stored type fits the feature type (a raw feature needs a number, a lookup a
 map). A config naming a feature the set lacks fails here, at load, naming the entry. Context
 inputs come from the request and are not bound.
+
+A side's entity key is an input too (`item:item_id`, `user:user_id`): the candidate's or the
+user's own id, the most common id feature of a ranking model. It binds to a key feature (view
+""), read from the request and the candidates online and from the labelled rows offline.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ class AvailableFeature:
     def ref(self) -> str:
         return f"{self.view}:{self.feature}"
 
+    @property
+    def is_key(self) -> bool:
+        """The entity's join key itself, not a feature of a view."""
+        return not self.view
+
+    @classmethod
+    def key(cls, join_key: str, entity: str, key_type: int) -> AvailableFeature:
+        return cls("", join_key, entity, key_type)
+
 
 @dataclass(frozen=True)
 class InputBinding:
@@ -74,13 +87,17 @@ def bind_inputs(
     *,
     user_entity: str,
     item_entity: str,
+    keys: Sequence[AvailableFeature] = (),
 ) -> InputBinding:
+    """`keys` are the user and item entities' join keys (`AvailableFeature.key`)."""
     entities = {USER: user_entity, ITEM: item_entity}
     refs: dict[InputRef, AvailableFeature] = {}
     for path, ref, expected in generator.expectations():
         if ref.side == CONTEXT:
             continue
-        found = _resolve(ref, entities[ref.side], available, path)
+        entity = entities[ref.side]
+        key = next((k for k in keys if k.entity == entity and k.feature == ref.name), None)
+        found = key or _resolve(ref, entity, available, path)
         if found.value_type not in ACCEPTED[expected]:
             raise FeatureConfigError(
                 path,

@@ -153,9 +153,9 @@ class IndexCache:
             self._rows[value] = row
         return row
 
-    def value_rows(self, value: Any, separator: str | None) -> list[int]:
-        """The rows of one entry's tokens (see `values.tokens`), each element looked up in
-        the cache: a training set repeats the same ids millions of times."""
+    def value_rows(self, value: Any, separator: str | None, limit: int | None = None) -> list[int]:
+        """The rows of one entry's tokens (see `values.tokens`; at most `limit`), each element
+        looked up in the cache: a training set repeats the same ids millions of times."""
         if isinstance(value, np.ndarray):
             value = value.tolist()
         if isinstance(value, str) and separator:
@@ -175,6 +175,8 @@ class IndexCache:
                 if row is None:
                     continue
             found.append(row)
+            if len(found) == limit:
+                break
         return found
 
 
@@ -705,9 +707,9 @@ class SequenceFeature:
     def apply(self, inputs: FeatureInputs) -> dict[str, np.ndarray]:
         values = inputs.rows(self.ref)
         try:
-            rows = [self.rows.value_rows(value, self.separator) for value in values]
+            rows = [self.rows.value_rows(value, self.separator, self.length) for value in values]
             histories = (
-                [tokens(value, self.separator)[: self.length] for value in values]
+                [tokens(value, self.separator, self.length) for value in values]
                 if self.side_features
                 else []
             )

@@ -15,14 +15,16 @@ read as int64 7, float64 7.0 or the string "7".
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
 import numpy as np
 
-# The cache of token hashes is bounded: ids seen once (long-tail items) must not grow it forever.
+# The caches of token hashes and of tokens are bounded: ids seen once (long-tail items) must
+# not grow them forever.
 HASH_MEMO_LIMIT = 1_000_000
+TOKEN_MEMO_LIMIT = 1_000_000
 
 
 def is_missing(value: Any) -> bool:
@@ -35,41 +37,76 @@ def is_missing(value: Any) -> bool:
 
 def token(value: Any) -> str | None:
     """The canonical text of one scalar value, None when it is missing."""
+    exact = _EXACT_TOKENS.get(type(value))
+    if exact is not None:
+        return exact(value)
     if value is None:
         return None
     if isinstance(value, str):
-        return value
+        return str(value)
     if isinstance(value, bool | np.bool_):
         return "1" if value else "0"
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating):
-        number = float(value)
-        if math.isnan(number):
-            return None
-        if number.is_integer():
-            return str(int(number))
-        return repr(number)
+        return _float_token(float(value))
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     raise TypeError(f"{type(value).__name__} is not a scalar id value")
 
 
-def tokens(value: Any, separator: str | None) -> list[str]:
+def _float_token(number: float) -> str | None:
+    if math.isnan(number):
+        return None
+    if number.is_integer():
+        return str(int(number))
+    return repr(number)
+
+
+# Dispatch on the exact type for the values Python and `tolist()` give: most tokens are made
+# here, millions per training set, and an isinstance chain costs more than the work.
+_EXACT_TOKENS: dict[type, Callable[[Any], str | None]] = {
+    str: lambda value: value,
+    int: str,
+    float: _float_token,
+    bool: lambda value: "1" if value else "0",
+}
+
+
+# Raw list element → token. Equal values share a token (7, 7.0 and True/1 hash and compare
+# equal, and their tokens are equal too), so a plain dict is a correct memo.
+_TOKEN_MEMO: dict[Any, str] = {}
+
+
+def tokens(value: Any, separator: str | None, limit: int | None = None) -> list[str]:
     """The id tokens of one row's value: a scalar gives one, a list or array gives one per
-    present element, a string splits on `separator` when one is configured."""
+    present element (at most `limit`), a string splits on `separator` when one is
+    configured."""
     if is_missing(value):
         return []
     if isinstance(value, str):
         if separator:
-            return [part for part in value.split(separator) if part]
+            return [part for part in value.split(separator) if part][:limit]
         return [value]
     if isinstance(value, list | tuple | np.ndarray):
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
         found = []
+        memo = _TOKEN_MEMO
         for element in value:
-            text = token(element)
-            if text is not None:
-                found.append(text)
+            try:
+                text = memo.get(element)
+            except TypeError:  # unhashable: not a scalar; `token` says so
+                text = None
+            if text is None:
+                text = token(element)
+                if text is None:
+                    continue
+                if len(memo) < TOKEN_MEMO_LIMIT:
+                    memo[element] = text
+            found.append(text)
+            if len(found) == limit:
+                break
         return found
     text = token(value)
     return [] if text is None else [text]
@@ -99,17 +136,16 @@ def mapping(value: Any) -> Mapping[str, Any] | None:
     """A map value keyed by token: a dict, or the (key, value) pairs Arrow gives for a map."""
     if is_missing(value):
         return None
-    if isinstance(value, Mapping):
-        return {text: item for key, item in value.items() if (text := token(key)) is not None}
-    if isinstance(value, list | tuple | np.ndarray):
-        pairs = {}
-        for pair in value:
-            key, item = pair
-            text = token(key)
-            if text is not None:
-                pairs[text] = item
-        return pairs
-    raise TypeError(f"{type(value).__name__} is not a map")
+    pairs = value.items() if isinstance(value, Mapping) else value
+    if not isinstance(pairs, Iterable) or isinstance(pairs, str | bytes):
+        raise TypeError(f"{type(value).__name__} is not a map")
+    found = {}
+    for key, item in pairs:
+        # Map keys are nearly always text already.
+        text = key if type(key) is str else token(key)
+        if text is not None:
+            found[text] = item
+    return found
 
 
 def rows(values: Any, count: int) -> list[Any]:

@@ -672,3 +672,24 @@ def test_binding_errors_name_the_feature_entry(feature, message):
         bind(feature)
 
     assert error.value.path == "features[0]"
+
+
+def test_entity_keys_bind_as_inputs_of_their_side():
+    keys = [
+        AvailableFeature.key("user_id", "user", VT.VALUE_TYPE_INT64),
+        AvailableFeature.key("item_id", "item", VT.VALUE_TYPE_INT64),
+    ]
+    generator = fg(
+        {
+            "feature_type": "id_feature",
+            "feature_name": "item",
+            "expression": "item:item_id",
+            "hash_bucket_size": 10,
+        }
+    )
+
+    binding = bind_inputs(generator, AVAILABLE, user_entity="user", item_entity="item", keys=keys)
+
+    found = binding.side("item")["item_id"]
+    assert found.is_key
+    assert found.feature == "item_id"

@@ -24,6 +24,7 @@ from services.recommend.recommender import Recommender, RecommendQuery, ScoreQue
 from services.recommend.rerank.top_n import TopN
 from services.recommend.stages import PipelineCache, build_pipeline, default_stage_registry
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.feature_generator import stable_hash
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store import ViewColumns
 from shared.values import VT
@@ -613,6 +614,12 @@ RANKER_FG = {
     "features": [
         {
             "feature_type": "id_feature",
+            "feature_name": "item_id",
+            "expression": "item:item_id",
+            "hash_bucket_size": 1000,
+        },
+        {
+            "feature_type": "id_feature",
             "feature_name": "title",
             "expression": "item:title",
             "vocab_list": ["a", "b", "c"],
@@ -669,11 +676,13 @@ def test_a_registered_model_gets_one_typed_tensor_per_feature_and_keeps_every_ou
     assert (name, outputs, version) == ("shop__ctr__v3", ["probs_ctr", "probs_cvr"], "1")
     assert sent["title"].dtype == np.int64
     assert sent["title"].tolist() == [[2], [1], [-1]]  # b, a, unknown item: no value
+    # The candidate's own id, hashed like every id token.
+    assert sent["item_id"][:, 0].tolist() == [stable_hash(i) % 1000 for i in ("2", "1", "99")]
     assert sent["age"].tolist() == [[30.0]] * 3
     assert sent["hour"].tolist() == [[12.0]] * 3
     np.testing.assert_allclose(scored.columns["score"], [0.4, 0.2, -0.1], rtol=1e-6)
     np.testing.assert_allclose(scored.model_outputs()["probs_cvr"], [0.12] * 3, rtol=1e-6)
-    assert list(scored.model_inputs()) == ["title", "age", "price", "hour"]
+    assert list(scored.model_inputs()) == ["item_id", "title", "age", "price", "hour"]
 
 
 def test_the_rank_follows_activations_without_rebuilding_the_pipeline(world):

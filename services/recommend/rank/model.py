@@ -178,7 +178,9 @@ class ModelRank:
         tables = _ItemTables(self._deps, self._project)
         user = self._user_values(scorer, request.user_id)
         items = {
-            name: tables.column(feature, tables.rows(feature.view, item_ids))
+            name: candidates.item_ids
+            if feature.is_key
+            else tables.column(feature, tables.rows(feature.view, item_ids))
             for name, feature in scorer.item_inputs.items()
         }
 
@@ -200,9 +202,12 @@ class ModelRank:
             return {}
         key_type = self._user_key_type()
         key = USER_KEY_PARSERS[key_type](user_id)
-        refs = list(dict.fromkeys(feature.ref for feature in scorer.user_inputs.values()))
-        values = self._deps.user_features.read(self._project, refs, key, key_type)
-        return {name: values.get(feature.ref) for name, feature in scorer.user_inputs.items()}
+        refs = list(dict.fromkeys(f.ref for f in scorer.user_inputs.values() if not f.is_key))
+        values = self._deps.user_features.read(self._project, refs, key, key_type) if refs else {}
+        return {
+            name: key if feature.is_key else values.get(feature.ref)
+            for name, feature in scorer.user_inputs.items()
+        }
 
     # --- inference ------------------------------------------------------------------------
 
@@ -296,7 +301,7 @@ def _bare_scorer(scene_id: str, scene: scene_pb2.Scene, definitions: Definitions
             {"feature_type": "raw_feature", "feature_name": ref, "expression": f"{side}:{ref}"}
         )
     generator = _generator(scene_id, {"features": config}, "rank.features")
-    binding = _bind(scene_id, generator, available, scene, "rank.features")
+    binding = _bind(scene_id, generator, available, scene, definitions, "rank.features")
     return Scorer(
         generator,
         binding.side(USER),
@@ -317,7 +322,7 @@ def _registered_scorer(
     available = [
         _available(scene_id, scene.project, ref, deps.definitions, where) for ref in active.features
     ]
-    binding = _bind(scene_id, generator, available, scene, where)
+    binding = _bind(scene_id, generator, available, scene, deps.definitions, where)
     score_output = scene.rank.score_output or active.outputs[0]
     if score_output not in active.outputs:
         raise _misconfigured(
@@ -360,11 +365,23 @@ def _bind(
     generator: FeatureGenerator,
     available: Sequence[AvailableFeature],
     scene: scene_pb2.Scene,
+    definitions: Definitions,
     where: str,
 ) -> InputBinding:
+    keys = [
+        AvailableFeature.key(entity.join_key, entity_id, entity.key_type)
+        for entity_id in (scene.user_entity, scene.item_entity)
+        for entity in [
+            _lookup(scene_id, where, lambda e=entity_id: definitions.entity(scene.project, e))
+        ]
+    ]
     try:
         return bind_inputs(
-            generator, available, user_entity=scene.user_entity, item_entity=scene.item_entity
+            generator,
+            available,
+            user_entity=scene.user_entity,
+            item_entity=scene.item_entity,
+            keys=keys,
         )
     except FeatureConfigError as exc:
         raise _misconfigured(scene_id, f"{where}: {exc}") from None
