@@ -12,7 +12,7 @@ Missing values take the configured `default_value`; with none, an id-like output
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -54,8 +54,8 @@ COMMON_KEYS = frozenset({"feature_type", "feature_name"})
 EMBEDDING_KEYS = frozenset({"embedding_name", "embedding_dimension", "combiner"})
 COMBINERS = ("mean", "sum")
 VALUE_COMBINERS: Mapping[str, Callable[[list[float]], float]] = {
-    "sum": lambda values: float(np.sum(values)),
-    "mean": lambda values: float(np.mean(values)),
+    "sum": lambda values: float(sum(values)),
+    "mean": lambda values: float(sum(values)) / len(values),
     "max": max,
     "min": min,
 }
@@ -219,6 +219,22 @@ def _broadcast_rows(columns: Sequence[list[Any]]) -> list[tuple[Any, ...]]:
     return [
         tuple(column[row if len(column) > 1 else 0] for column in columns) for row in range(count)
     ]
+
+
+def _memoized(
+    rows: list[tuple[Any, ...]], compute: Callable[..., Any], key: Callable[..., Hashable]
+) -> list[Any]:
+    """`compute(*row)` for every row, once per distinct `key(*row)`: a request pairs one user
+    with hundreds of items that share a few categories, so most rows repeat an earlier one."""
+    memo: dict[Hashable, Any] = {}
+    found = []
+    for row in rows:
+        memo_key = key(*row)
+        value = memo.get(memo_key, memo)
+        if value is memo:
+            value = memo[memo_key] = compute(*row)
+        found.append(value)
+    return found
 
 
 # --- id_feature -------------------------------------------------------------------------------
@@ -448,13 +464,16 @@ class ComboFeature(ReadsCandidatesOnly):
             parts = [[tokens(value, self.separator) for value in column] for column in columns]
         except TypeError as exc:
             raise _value_error(self.name, self.refs[0], exc) from None
-        indices = []
-        for row in _broadcast_rows(parts):
-            combos = [COMBO_JOIN.join(combo) for combo in itertools.product(*row)]
-            if not combos and self.default is not None:
-                combos = [self.default]
-            indices.append([self.rows.token_row(text) for text in combos[: self.width]])
+        indices = _memoized(
+            _broadcast_rows(parts), self._rows, lambda *row: tuple(tuple(part) for part in row)
+        )
         return {self.name: pad(indices, self.width)}
+
+    def _rows(self, *parts: list[str]) -> list[int]:
+        combos = [COMBO_JOIN.join(combo) for combo in itertools.product(*parts)]
+        if not combos and self.default is not None:
+            combos = [self.default]
+        return [self.rows.token_row(text) for text in combos[: self.width]]
 
 
 # --- lookup_feature ---------------------------------------------------------------------------
@@ -522,15 +541,20 @@ class LookupFeature(ReadsCandidatesOnly):
             keys = [tokens(value, self.separator) for value in inputs.rows(self.key_ref)]
         except TypeError as exc:
             raise _value_error(self.name, self.key_ref, exc) from None
-        pairs = _broadcast_rows([maps, keys])
-        values = np.empty((len(pairs), 1))
         try:
-            for position, (found, wanted) in enumerate(pairs):
-                hits = [number(found[key]) for key in wanted if found and key in found]
-                values[position, 0] = self.combine(hits) if hits else self.default
+            found = _memoized(
+                _broadcast_rows([maps, keys]),
+                self._value,
+                lambda found, wanted: (id(found), tuple(wanted)),
+            )
         except TypeError as exc:
             raise _value_error(self.name, self.map_ref, exc) from None
+        values = np.array(found, dtype=np.float64).reshape(-1, 1)
         return {self.name: _dense(values, self.normalize, self.boundaries)}
+
+    def _value(self, found: Mapping[str, Any] | None, wanted: list[str]) -> float:
+        hits = [number(found[key]) for key in wanted if found and key in found]
+        return self.combine(hits) if hits else self.default
 
 
 # --- match_feature ----------------------------------------------------------------------------
@@ -605,22 +629,26 @@ class MatchFeature(ReadsCandidatesOnly):
                 categories = [
                     tokens(value, self.separator) for value in inputs.rows(self.category_ref)
                 ]
-            triples = _broadcast_rows([maps, categories, items])
-            values = np.empty((len(triples), 1))
-            for position, (found, cats, attrs) in enumerate(triples):
-                hits = [
-                    number(found[key])
-                    for cat in cats
-                    for attr in attrs
-                    if found and (key := f"{cat}{MATCH_KEY_JOIN}{attr}") in found
-                ]
-                if self.hit:
-                    values[position, 0] = 1.0 if hits else 0.0
-                else:
-                    values[position, 0] = float(np.sum(hits)) if hits else self.default
+            found = _memoized(
+                _broadcast_rows([maps, categories, items]),
+                self._value,
+                lambda found, cats, attrs: (id(found), tuple(cats), tuple(attrs)),
+            )
         except TypeError as exc:
             raise _value_error(self.name, self.user_ref, exc) from None
+        values = np.array(found, dtype=np.float64).reshape(-1, 1)
         return {self.name: _dense(values, self.normalize, self.boundaries)}
+
+    def _value(self, found: Mapping[str, Any] | None, cats: list[str], attrs: list[str]) -> float:
+        hits = [
+            number(found[key])
+            for cat in cats
+            for attr in attrs
+            if found and (key := f"{cat}{MATCH_KEY_JOIN}{attr}") in found
+        ]
+        if self.hit:
+            return 1.0 if hits else 0.0
+        return float(sum(hits)) if hits else self.default
 
 
 # --- sequence_feature -------------------------------------------------------------------------
