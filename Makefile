@@ -162,6 +162,10 @@ triton: $(VENV_STAMP) $(TRITON_STAMP) models ## Run tritonserver in the foregrou
 demo: up ## Bring the stack up and run the walking-skeleton scenario.
 	$(PY) -m infra.local.demo
 
+.PHONY: train
+train: up $(MOVIELENS_DATA) ## Train the MovieLens ranker (dnn) on the running stack; deploy and activate it (~3 min).
+	$(PY) -m infra.local.movielens train
+
 .PHONY: bench
 bench: bench-serving bench-materialization bench-embeddings bench-movielens ## Run every benchmark under bench/ (results in bench/results/).
 
