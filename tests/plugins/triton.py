@@ -5,6 +5,10 @@ starts the `tritonserver` binary from `make setup` on free loopback ports, waits
 built model is ready, and stops it at the end. Nothing is skipped: without the binary the
 fixture fails and says how to install it. `triton_model_server` is a `TritonModelServer`
 client connected to it.
+
+`trained_model_repository` is a second, initially empty model repository of the same server,
+where tests write model versions (`training.artifacts.write_version`) for the registry to
+deploy at run time.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -45,10 +50,17 @@ def build_models() -> None:
 
 
 @pytest.fixture(scope="session")
-def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def trained_model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("trained_models")
+
+
+@pytest.fixture(scope="session")
+def triton_server(
+    tmp_path_factory: pytest.TempPathFactory, trained_model_repository: Path
+) -> Iterator[TritonServer]:
     build_models()
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(DEFAULT_MODEL_REPOSITORY, log_path=log_path)
+    server = TritonServer([DEFAULT_MODEL_REPOSITORY, trained_model_repository], log_path=log_path)
     try:
         server.start()
         server.wait_ready(READY_TIMEOUT_S)
