@@ -107,6 +107,14 @@ class DeploymentSettings:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Why a version cannot serve: an ErrorInfo reason and the version's state message."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class Activation:
     model: model_pb2.Model
     version: ModelVersion
@@ -329,16 +337,16 @@ class ModelRegistry:
                 return _write(repo, current, deployed, now)
             if failure is not None and state != State.STATE_ACTIVE:
                 failed = _entered(current.spec, State.STATE_FAILED, now)
-                failed.state_message = failure.message
+                failed.state_message = failure.detail
                 _write(repo, current, failed, now)
         if failure is None:
             return current.spec
         if state != State.STATE_ACTIVE:
             # A version whose tensors do not match must not stay loaded under its name.
             self._unload(version, strict=False)
-        raise failure
+        raise FailedPrecondition(f"{version.name}: {failure.detail}", reason=failure.reason)
 
-    def _load_and_verify(self, version: ModelVersion) -> FailedPrecondition | None:
+    def _load_and_verify(self, version: ModelVersion) -> Failure | None:
         """Why the loaded version cannot serve, or None. Unavailable propagates unchanged."""
         model = version.triton_model_name
         try:
@@ -347,16 +355,17 @@ class ModelRegistry:
                 self._wait_ready(model)
             deployed = self._deployer.deployed(model)
         except ModelLoadFailed as error:
-            return ModelLoadFailed(
-                f"{version.name}: {error.message} (training writes the version to "
-                f"<model repository>/{model}/: config.pbtxt, 1/model.onnx, 1/model.py)"
+            return Failure(
+                error.reason,
+                f"{error.detail} (training writes the version to <model repository>/{model}/: "
+                "config.pbtxt, 1/model.onnx, 1/model.py)",
             )
         problems = signature_problems(version.signature, deployed)
         if problems:
-            return FailedPrecondition(
-                f"{version.name}: Triton's configuration of '{model}' does not match the "
-                f"version's signature: {'; '.join(problems)}",
-                reason="SIGNATURE_MISMATCH",
+            return Failure(
+                "SIGNATURE_MISMATCH",
+                f"Triton's configuration of '{model}' does not match the version's signature: "
+                + "; ".join(problems),
             )
         return None
 

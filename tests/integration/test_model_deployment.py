@@ -12,7 +12,6 @@ import itertools
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,15 +21,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from recstack.common.v1 import value_pb2
-from recstack.registry.v1 import (
-    entity_pb2,
-    feature_view_pb2,
-    model_feature_set_pb2,
-    model_pb2,
-    project_pb2,
-    registry_service_pb2_grpc,
-)
+from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
 from recstack.registry.v1 import registry_service_pb2 as pb
 
 from infra.local.ports import free_port
@@ -39,26 +30,12 @@ from services.registry.server import create_server as create_registry
 from shared.errors import FailedPrecondition, NotFound
 from shared.model_server import TritonModelServer
 from shared.registry_client import RegistryClient
-from tests.models import V1_INPUTS, V2_INPUTS, batch, expected_scores, ranker_onnx, signature
-from training.artifacts import write_version
+from tests.models import V2_INPUTS, batch, expected_scores
+from tests.registered_models import FG, FG_WITH_HOUR, RegisteredModel
 
-VT = value_pb2.ValueType
 State = model_pb2.ModelVersion.State
-FV = feature_view_pb2.FeatureView
-FG = {
-    "features": [
-        {"feature_type": "id_feature", "feature_name": "user_id", "expression": "user:user_id"},
-        {"feature_type": "id_feature", "feature_name": "genres", "expression": "item:genres"},
-        {"feature_type": "raw_feature", "feature_name": "age", "expression": "user:age"},
-    ]
-}
-FG_WITH_HOUR = {
-    "features": [
-        *FG["features"],
-        {"feature_type": "raw_feature", "feature_name": "hour", "expression": "context:hour"},
-    ]
-}
 SCORE_OUTPUTS = ["probs_ctr", "probs_cvr"]
+pytestmark = pytest.mark.usefixtures("unload_trained_models")
 
 
 @pytest.fixture(scope="module")
@@ -80,110 +57,9 @@ def model_server(triton_server) -> Iterator[TritonModelServer]:
         yield server
 
 
-@pytest.fixture(scope="module", autouse=True)
-def unload_trained_models(triton, trained_model_repository):
-    """Each loaded version holds a backend process: free them when the module is done."""
-    yield
-    for path in trained_model_repository.iterdir():
-        if triton.is_model_ready(path.name):
-            triton.unload_model(path.name)
-
-
-class Model:
-    """One test's model in its own project, with helpers to add versions."""
-
-    def __init__(self, stub, repository) -> None:
-        self.stub = stub
-        self.repository = repository
-        self.project = f"m_{uuid.uuid4().hex[:8]}"
-        self.name = f"projects/{self.project}/models/ranker"
-        parent = f"projects/{self.project}"
-        stub.CreateProject(
-            pb.CreateProjectRequest(project_id=self.project, project=project_pb2.Project())
-        )
-        fields = {
-            "user": [("age", VT.VALUE_TYPE_FLOAT)],
-            "item": [("genres", VT.VALUE_TYPE_INT64_LIST)],
-        }
-        for entity, extra in fields.items():
-            stub.CreateEntity(
-                pb.CreateEntityRequest(
-                    parent=parent,
-                    entity_id=entity,
-                    entity=entity_pb2.Entity(join_key=f"{entity}_id", key_type=VT.VALUE_TYPE_INT64),
-                )
-            )
-            view = FV(entity=entity, type=FV.TYPE_REAL_TIME)
-            for name, value_type in [(f"{entity}_id", VT.VALUE_TYPE_INT64), *extra]:
-                view.fields.add(name=name, value_type=value_type)
-            stub.CreateFeatureView(
-                pb.CreateFeatureViewRequest(
-                    parent=parent, feature_view_id=f"{entity}_profile", feature_view=view
-                )
-            )
-        stub.CreateModelFeatureSet(
-            pb.CreateModelFeatureSetRequest(
-                parent=parent,
-                model_feature_set_id="ranker_features",
-                model_feature_set=model_feature_set_pb2.ModelFeatureSet(
-                    features=["user_profile:*", "item_profile:genres"]
-                ),
-            )
-        )
-        stub.CreateModel(
-            pb.CreateModelRequest(parent=parent, model_id="ranker", model=model_pb2.Model())
-        )
-
-    def spec(self, inputs=V1_INPUTS, fg=FG) -> model_pb2.ModelVersion:
-        version = model_pb2.ModelVersion(
-            model_feature_set=f"projects/{self.project}/modelFeatureSets/ranker_features",
-            trainer="dnn",
-            signature=signature(inputs),
-            metrics={"probs_ctr_auc": 0.7},
-        )
-        version.fg_config.update(fg)
-        return version
-
-    def add_version(self, inputs=V1_INPUTS, fg=FG, artifact_inputs=None, write=True):
-        """Register a version, then write its artifact as training does (seed = number)."""
-        request = pb.CreateModelVersionRequest(
-            parent=self.name, model_version=self.spec(inputs, fg)
-        )
-        created = self.stub.CreateModelVersion(request).model_version
-        if write:
-            artifact = signature(artifact_inputs or inputs)
-            onnx_model = ranker_onnx(artifact, seed=created.version)
-            write_version(self.repository, created.triton_model_name, onnx_model, artifact)
-        return created
-
-    def get(self) -> model_pb2.Model:
-        return self.stub.GetModel(pb.GetModelRequest(name=self.name)).model
-
-    def version(self, number: int) -> model_pb2.ModelVersion:
-        name = f"{self.name}/versions/{number}"
-        return self.stub.GetModelVersion(pb.GetModelVersionRequest(name=name)).model_version
-
-    def states(self) -> dict[int, str]:
-        listed = self.stub.ListModelVersions(pb.ListModelVersionsRequest(parent=self.name))
-        return {
-            v.version: State.Name(v.state).removeprefix("STATE_") for v in listed.model_versions
-        }
-
-    def deploy(self, version) -> model_pb2.ModelVersion:
-        request = pb.DeployModelVersionRequest(name=version.name)
-        return self.stub.DeployModelVersion(request).model_version
-
-    def activate(self, version, etag=""):
-        request = pb.ActivateModelVersionRequest(name=version.name, etag=etag)
-        return self.stub.ActivateModelVersion(request)
-
-    def rollback(self):
-        return self.stub.RollbackModel(pb.RollbackModelRequest(name=self.name))
-
-
 @pytest.fixture
-def model(stub, trained_model_repository) -> Model:
-    return Model(stub, trained_model_repository)
+def model(stub, trained_model_repository) -> RegisteredModel:
+    return RegisteredModel(stub, trained_model_repository)
 
 
 def _error(call) -> grpc.RpcError:
@@ -271,8 +147,10 @@ def test_a_version_whose_artifact_is_missing_fails(model):
     assert _reason(error) == "MODEL_LOAD_FAILED"
     failed = model.version(1)
     assert failed.state == State.STATE_FAILED
-    assert version.triton_model_name in failed.state_message
-    assert failed.state_message in error.details()
+    assert failed.state_message.startswith(
+        f"Triton could not load it: failed to load '{version.triton_model_name}'"
+    )
+    assert error.details() == f"{version.name}: {failed.state_message}"
 
 
 def test_a_signature_mismatch_fails_deploy_and_activation(model, triton):

@@ -8,7 +8,8 @@ client connected to it.
 
 `trained_model_repository` is a second, initially empty model repository of the same server,
 where tests write model versions (`training.artifacts.write_version`) for the registry to
-deploy at run time.
+deploy at run time; a module that deploys uses `unload_trained_models` to unload them when it
+is done (each loaded version holds a Python-backend process).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from infra.local.tritonserver import (
     DEFAULT_MODEL_REPOSITORY,
@@ -77,3 +79,17 @@ def triton_server(
 def triton_model_server(triton_server: TritonServer) -> Iterator[TritonModelServer]:
     with TritonModelServer(triton_server.grpc_address, timeout_s=CLIENT_TIMEOUT_S) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def unload_trained_models(
+    triton_server: TritonServer, trained_model_repository: Path
+) -> Iterator[None]:
+    yield
+    client = triton_grpc.InferenceServerClient(triton_server.grpc_address)
+    try:
+        for path in trained_model_repository.iterdir():
+            if client.is_model_ready(path.name):
+                client.unload_model(path.name)
+    finally:
+        client.close()

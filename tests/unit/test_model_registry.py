@@ -380,7 +380,8 @@ def test_a_missing_artifact_fails_the_version_with_the_reason(world):
     assert "failed to poll from model repository" in caught.value.message
     failed = world.version(1)
     assert failed.state == State.STATE_FAILED
-    assert failed.state_message == caught.value.message
+    assert caught.value.message == f"{created.name}: {failed.state_message}"
+    assert failed.state_message.startswith("failed to load 'shop__ranker__v1'")
     # Training writes the files later: deploying again succeeds and clears the message.
     world.deployer.publish(created.triton_model_name, created.signature)
     redeployed = world.models.deploy(created.name)

@@ -18,6 +18,11 @@ class ModelLoadFailed(FailedPrecondition):
 
     default_reason = "MODEL_LOAD_FAILED"
 
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        # The server's own words, for a version's state message.
+        self.detail = detail or message
+
 
 @dataclass(frozen=True)
 class Tensor:

@@ -99,7 +99,10 @@ class TritonDeployer:
                 f"{START_HINT}",
                 reason="MODEL_SERVER_UNAVAILABLE",
             )
-        return ModelLoadFailed(f"{self} could not {action} model '{model}': {message}")
+        return ModelLoadFailed(
+            f"{self} could not {action} model '{model}': {message}",
+            detail=f"Triton could not {action} it: {message}",
+        )
 
     def _live(self) -> bool:
         try:
