@@ -314,3 +314,12 @@ def test_a_looping_client_sees_no_failure_while_versions_switch(
     assert served[-1] == 2
     switches = sum(1 for a, b in itertools.pairwise(served) if a != b)
     assert switches == 3
+
+
+def test_triton_runs_the_warmup_samples_at_load(model):
+    """A truncated warmup sample fails the load: Triton reads the files write_version wrote."""
+    version = model.add_version()
+    (model.repository / version.triton_model_name / "warmup" / "genres").write_bytes(b"\0" * 5)
+    error = _error(lambda: model.deploy(version))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "warmup setting expects 24 bytes" in model.version(1).state_message
