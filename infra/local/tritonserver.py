@@ -176,6 +176,9 @@ class TritonServer:
             *(f"--model-repository={path}" for path in self.model_repositories),
             f"--backend-directory={self.server_dir / 'backends'}",
             "--model-control-mode=explicit",
+            # Ready means the server answers: a model version that fails to load at run time
+            # (a bad deploy) must not make the whole server, and every model on it, unready.
+            "--strict-readiness=false",
             *(f"--load-model={name}" for name in self.models),
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",

@@ -316,10 +316,13 @@ def test_a_looping_client_sees_no_failure_while_versions_switch(
     assert switches == 3
 
 
-def test_triton_runs_the_warmup_samples_at_load(model):
+def test_triton_runs_the_warmup_samples_at_load(model, triton):
     """A truncated warmup sample fails the load: Triton reads the files write_version wrote."""
     version = model.add_version()
     (model.repository / version.triton_model_name / "warmup" / "genres").write_bytes(b"\0" * 5)
     error = _error(lambda: model.deploy(version))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "warmup setting expects 24 bytes" in model.version(1).state_message
+    # A version that failed to load leaves the server, and the other models, ready.
+    assert triton.is_server_ready()
+    assert triton.is_model_ready("ranker")
