@@ -165,22 +165,7 @@ class ModelRegistry:
             version = _new_version(spec, project, model_id, model.spec.last_version + 1, refs, now)
             if validate_only:
                 return version
-            record = StoredResource(
-                MODEL_VERSION.key,
-                project,
-                model_id,
-                version.version,
-                version,
-                (
-                    ref(PROJECT, project, project),
-                    ref(MODEL, project, model_id),
-                    ref(MODEL_FEATURE_SET, project, set_id),
-                ),
-                version.etag,
-                now,
-                now,
-            )
-            if not repo.insert(record):
+            if not repo.insert(_version_record(version, project, model_id, set_id, now)):
                 raise Aborted(f"{version.name} was created concurrently; retry")
             updated = _copy(model.spec)
             updated.last_version = version.version
@@ -237,27 +222,37 @@ class ModelRegistry:
     def delete(self, name: str, etag: str) -> None:
         """Delete a version that is not active, unloading it from the model server first."""
         project, model_id, number = parse_version_name(name)
-        with self._unit_of_work() as repo:
-            _lock_model(repo, project, model_id)
-            current = _require_version(repo, project, model_id, number)
-            check_etag(current, etag, "model_version")
-            _refuse_active(current.spec, "delete")
-            state = current.spec.state
-            if state == State.STATE_DEPLOYED:
-                # Retired before the unload, so no activation can pick it up meanwhile.
-                now = self._clock()
-                _write(repo, current, _entered(current.spec, State.STATE_RETIRED, now), now)
-        if state == State.STATE_DEPLOYED:
+        version = self._retire_for_delete(project, model_id, number, etag)
+        if version.state == State.STATE_DEPLOYED:
             try:
-                self._unload(current.spec, strict=True)
+                self._unload(version, strict=True)
             except Unavailable as error:
                 raise Unavailable(
                     f"{name} is now RETIRED but was not deleted: {error.message}; delete it "
                     "again once the model server answers",
                     reason=error.reason,
                 ) from error
-        elif state == State.STATE_FAILED:
-            self._unload(current.spec, strict=False)
+        elif version.state == State.STATE_FAILED:
+            self._unload(version, strict=False)
+        self._remove(project, model_id, number)
+
+    def _retire_for_delete(
+        self, project: str, model_id: str, number: int, etag: str
+    ) -> ModelVersion:
+        """The version as it was; a DEPLOYED one is RETIRED first, so that no activation can
+        pick it up while it is being unloaded."""
+        with self._unit_of_work() as repo:
+            _lock_model(repo, project, model_id)
+            current = _require_version(repo, project, model_id, number)
+            check_etag(current, etag, "model_version")
+            _refuse_active(current.spec, "delete")
+            if current.spec.state == State.STATE_DEPLOYED:
+                now = self._clock()
+                _write(repo, current, _entered(current.spec, State.STATE_RETIRED, now), now)
+        return current.spec
+
+    def _remove(self, project: str, model_id: str, number: int) -> None:
+        name = MODEL_VERSION.name(project, model_id, number)
         with self._unit_of_work() as repo:
             model = _lock_model(repo, project, model_id)
             current = _require_version(repo, project, model_id, number)
@@ -540,6 +535,19 @@ def _new_version(
     version.update_time.FromDatetime(now)
     version.etag = uuid.uuid4().hex
     return version
+
+
+def _version_record(
+    version: ModelVersion, project: str, model_id: str, set_id: str, now: datetime
+) -> StoredResource:
+    refs = (
+        ref(PROJECT, project, project),
+        ref(MODEL, project, model_id),
+        ref(MODEL_FEATURE_SET, project, set_id),
+    )
+    return StoredResource(
+        MODEL_VERSION.key, project, model_id, version.version, version, refs, version.etag, now, now
+    )
 
 
 def _entered(spec: ModelVersion, state: int, now: datetime) -> ModelVersion:

@@ -245,6 +245,8 @@ def test_versions_beyond_the_rollback_target_are_retired_and_reloaded(
 ):
     model.stub = eager_retiring_registry
     versions = [model.add_version() for _ in range(3)]
+    with ThreadPoolExecutor(len(versions)) as pool:
+        list(pool.map(model.deploy, versions))
     for version in versions:
         model.activate(version)
     assert model.states() == {3: "ACTIVE", 2: "DEPLOYED", 1: "RETIRED"}
@@ -266,7 +268,11 @@ def test_registry_client_reads_the_active_version(model, registry_address):
     with pytest.raises(NotFound):
         client.active_model_version(model.project, "nope")
     first = model.add_version()
+    head = model.stub.ListChanges(pb.ListChangesRequest(page_size=1)).head_revision
     model.activate(first)
+    changes = model.stub.ListChanges(pb.ListChangesRequest(since_revision=head)).changes
+    # Activation wrote the version and the model, so both names reach cached readers.
+    assert {first.name, model.name} <= {change.name for change in changes}
     assert client.active_model_version(model.project, "ranker").version == 1
     assert client.model(model.project, "ranker").active_version == 1
     assert client.model_version(model.project, "ranker", 1).state == State.STATE_ACTIVE
@@ -278,6 +284,8 @@ def test_a_looping_client_sees_no_failure_while_versions_switch(
 ):
     """Each call resolves the active version through the cached client, then scores on it."""
     first, second = model.add_version(), model.add_version(V2_INPUTS, FG_WITH_HOUR)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(model.deploy, [first, second]))
     model.activate(first)
     client = RegistryClient(registry_address, refresh_seconds=0.05)
     stop = threading.Event()
