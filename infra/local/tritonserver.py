@@ -35,8 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_HOME = REPO_ROOT / ".tools" / "triton"
 DEFAULT_BACKEND_VENV = REPO_ROOT / ".venv-triton"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "infra" / "triton" / "models"
-# Where training writes model versions (`{project}__{model}__v{N}/`) for the local stack.
-DEFAULT_TRAINED_REPOSITORY = REPO_ROOT / ".run" / "trained_models"
+# Where training writes model versions (`{project}__{model}__v{N}/`) for the local stack
+# (`recstack train`: RECSTACK_MODEL_REPOSITORY).
+DEFAULT_TRAINED_REPOSITORY = REPO_ROOT / ".run" / "model-repository"
 DEFAULT_LOG_DIR = REPO_ROOT / ".run" / "triton"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}
