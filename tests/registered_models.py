@@ -76,7 +76,7 @@ class RegisteredModel:
                 parent=parent,
                 model_feature_set_id="ranker_features",
                 model_feature_set=model_feature_set_pb2.ModelFeatureSet(
-                    features=["user_profile:*", "item_profile:genres"]
+                    features=["user_profile:age", "item_profile:genres"], entities=["user", "item"]
                 ),
             )
         )

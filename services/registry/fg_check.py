@@ -1,16 +1,17 @@
-"""The check of a model version's FG config against the features it was trained on.
+"""The check of a model version's FG config against the inputs it was trained on.
 
 The registry calls an `FgConfigCheck` when a version is created (an error is
 INVALID_ARGUMENT at `model_version.fg_config.<field>`) and again before it is activated (an
 error is FAILED_PRECONDITION). `check_fg_config` is the default: the structure of the
-document and the features its expressions name. A full feature-generator validation (types,
-dimensions, per-type settings) plugs in through the same signature.
+document and the inputs its `expression`s name. A full feature-generator validation (types,
+dimensions, per-type settings, the inputs of other keys such as a lookup's `map`) plugs in
+through the same signature.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +39,23 @@ class PinnedFeature:
         return f"{self.ref.feature_view}:{self.ref.feature}"
 
 
+@dataclass(frozen=True)
+class FgInputs:
+    """What a version's FG may read besides request context."""
+
+    # The feature set's features as the version pinned them.
+    features: tuple[PinnedFeature, ...]
+    # The join keys of the feature set's entities (`user:user_id`, `item:item_id`), in the
+    # set's `entities` order: `ref.feature_view` is empty and `ref.feature` the join key.
+    keys: tuple[PinnedFeature, ...] = ()
+
+
 # Raises InvalidArgument whose `field` is a path inside the document, e.g.
 # `features[2].expression`, and whose message names the offending feature.
-FgConfigCheck = Callable[[Mapping[str, Any], Sequence[PinnedFeature]], None]
+FgConfigCheck = Callable[[Mapping[str, Any], FgInputs], None]
 
 
-def check_fg_config(fg_config: Mapping[str, Any], features: Sequence[PinnedFeature]) -> None:
+def check_fg_config(fg_config: Mapping[str, Any], inputs: FgInputs) -> None:
     entries = fg_config.get("features")
     if not isinstance(entries, list) or not entries:
         raise InvalidArgument(
@@ -62,26 +74,22 @@ def check_fg_config(fg_config: Mapping[str, Any], features: Sequence[PinnedFeatu
             raise InvalidArgument(f"{path}.feature_name", f"duplicate feature_name {name!r}")
         names.add(name)
         if "expression" in entry:
-            _check_expressions(entry["expression"], f"{path}.expression", name, features)
+            _check_expressions(entry["expression"], f"{path}.expression", name, inputs)
 
 
-def _check_expressions(
-    expression: Any, path: str, feature_name: str, features: Sequence[PinnedFeature]
-) -> None:
+def _check_expressions(expression: Any, path: str, feature_name: str, inputs: FgInputs) -> None:
     if isinstance(expression, str):
-        _check_expression(expression, path, feature_name, features)
+        _check_expression(expression, path, feature_name, inputs)
         return
     if not isinstance(expression, list) or not expression:
         raise InvalidArgument(path, f"feature {feature_name!r}: must be a string or a list of them")
     for index, item in enumerate(expression):
         if not isinstance(item, str):
             raise InvalidArgument(f"{path}[{index}]", f"feature {feature_name!r}: not a string")
-        _check_expression(item, f"{path}[{index}]", feature_name, features)
+        _check_expression(item, f"{path}[{index}]", feature_name, inputs)
 
 
-def _check_expression(
-    expression: str, path: str, feature_name: str, features: Sequence[PinnedFeature]
-) -> None:
+def _check_expression(expression: str, path: str, feature_name: str, inputs: FgInputs) -> None:
     side, _, name = expression.partition(":")
     if side not in SIDES or not name:
         raise InvalidArgument(
@@ -92,6 +100,10 @@ def _check_expression(
     if side not in FEATURE_SIDES:
         return
     view, _, feature = name.rpartition(":")
+    # An entity's own id is an input too, and wins over a view field of the same name.
+    if not view and any(key.ref.feature == feature for key in inputs.keys):
+        return
+    features = inputs.features
     matches = [
         pinned
         for pinned in features
@@ -99,7 +111,9 @@ def _check_expression(
     ]
     if len(matches) == 1:
         return
-    known = [pinned.text for pinned in features]
+    known = [pinned.text for pinned in features] + [
+        f"{key.entity} key {key.ref.feature}" for key in inputs.keys
+    ]
     if matches:
         raise InvalidArgument(
             path,

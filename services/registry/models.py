@@ -36,9 +36,10 @@ from services.registry.adapters.repository import (
     decode_version_token,
     encode_version_token,
 )
-from services.registry.fg_check import FgConfigCheck, PinnedFeature, check_fg_config
+from services.registry.fg_check import FgConfigCheck, FgInputs, PinnedFeature, check_fg_config
 from services.registry.filtering import Condition, parse_filter
 from services.registry.kinds import (
+    ENTITY,
     FEATURE_VIEW,
     MODEL,
     MODEL_FEATURE_SET,
@@ -154,9 +155,9 @@ class ModelRegistry:
                 repo, MODEL_FEATURE_SET, project, set_id, "model_version.model_feature_set"
             )
             refs = list(feature_set.spec.resolved_features)
-            pinned = _pinned_features(repo, project, refs, feature_set.spec.name)
+            inputs = _fg_inputs(repo, project, refs, feature_set.spec, feature_set.spec.name)
             try:
-                self._fg_check(_document(spec), pinned)
+                self._fg_check(_document(spec), inputs)
             except InvalidArgument as error:
                 raise InvalidArgument(
                     f"model_version.fg_config.{error.field}", error.description, reason=error.reason
@@ -309,9 +310,15 @@ class ModelRegistry:
         self, repo: ResourceRepository, project: str, version: ModelVersion
     ) -> None:
         """The FG config must still match the features the version was trained on."""
-        pinned = _pinned_features(repo, project, version.resolved_features, version.name)
+        _, set_id = MODEL_FEATURE_SET.parse_name(version.model_feature_set)
+        feature_set = require_ref(
+            repo, MODEL_FEATURE_SET, project, set_id, f"{version.name}: model_feature_set"
+        )
+        inputs = _fg_inputs(
+            repo, project, version.resolved_features, feature_set.spec, version.name
+        )
         try:
-            self._fg_check(_document(version), pinned)
+            self._fg_check(_document(version), inputs)
         except InvalidArgument as error:
             raise FailedPrecondition(
                 f"{version.name} cannot be activated: fg_config.{error.field}: {error.description}",
@@ -475,6 +482,22 @@ def _feature_set_id(name: str, project: str) -> str:
     if set_project != project:
         raise InvalidArgument(field, f"must be in the model's project {project!r}")
     return set_id
+
+
+def _fg_inputs(
+    repo: ResourceRepository,
+    project: str,
+    refs: Iterable[feature_ref_pb2.FeatureRef],
+    feature_set: Message,
+    owner: str,
+) -> FgInputs:
+    """The pinned features with their types, and the set's entity keys."""
+    keys = []
+    for entity_id in feature_set.entities:
+        entity = require_ref(repo, ENTITY, project, entity_id, f"{owner}: entities").spec
+        key_ref = feature_ref_pb2.FeatureRef(feature=entity.join_key)
+        keys.append(PinnedFeature(key_ref, entity.key_type, entity_id))
+    return FgInputs(tuple(_pinned_features(repo, project, refs, owner)), tuple(keys))
 
 
 def _pinned_features(

@@ -182,7 +182,9 @@ def world() -> World:
         MODEL_FEATURE_SET,
         "projects/shop",
         "ranker_features",
-        model_feature_set_pb2.ModelFeatureSet(features=["user_profile:*", "item_profile:genres"]),
+        model_feature_set_pb2.ModelFeatureSet(
+            features=["user_profile:*", "item_profile:genres"], entities=["user", "item"]
+        ),
         False,
     )
     registry.create(MODEL, "projects/shop", "ranker", model_pb2.Model(description="CTR"), False)
@@ -493,7 +495,9 @@ def test_activation_re_checks_the_fg_config_against_the_pinned_features(world):
     created = world.new_version()
     world.models.activate(created.name, "")
 
-    def stricter(fg_config, features):
+    def stricter(fg_config, inputs):
+        assert [key.ref.feature for key in inputs.keys] == ["user_id", "item_id"]
+        features = inputs.features
         if any(f.ref.feature == "age" and f.value_type == VT.VALUE_TYPE_FLOAT for f in features):
             raise InvalidArgument(
                 "features[2].expression", "feature 'age': raw_feature needs DOUBLE"
