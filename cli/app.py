@@ -11,14 +11,14 @@ from typing import TextIO
 
 import pydantic
 
-from cli import materialize, registry, train
+from cli import materialize, models, registry, train
 from cli.connection import CliSettings, Context
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CliError, UsageError
 from cli.output import FORMATS, TABLE
 
 # Each group adds its commands with `register(commands, common)`; a `materialize` group goes
 # beside `registry` here.
-COMMAND_GROUPS = (registry, materialize, train)
+COMMAND_GROUPS = (registry, materialize, train, models)
 EPILOG = """\
 examples:
   recstack plan examples/feature_repo
@@ -26,6 +26,7 @@ examples:
   recstack list feature-views --project shop
   recstack get feature-view shop/user_profile --version 1 --output json
   recstack delete entity shop/user --etag 3f2a...
+  recstack model activate shop/ranker 3
 
 environment:
   RECSTACK_REGISTRY_ADDR    registry address (default 127.0.0.1:50051); --registry overrides it

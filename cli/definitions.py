@@ -31,7 +31,18 @@ ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 ID_RULE = "use 1-63 characters of a-z, 0-9 and _, starting with a letter"
 # Set by the registry; declaring them would silently do nothing, so it is an error instead.
 OUTPUT_ONLY = frozenset(
-    {"name", "version", "create_time", "update_time", "etag", "resolved_features"}
+    {
+        "name",
+        "version",
+        "create_time",
+        "update_time",
+        "etag",
+        "resolved_features",
+        # A model's activation state, maintained by deploy/activate/rollback.
+        "active_version",
+        "rollback_versions",
+        "last_version",
+    }
 )
 
 

@@ -1,7 +1,7 @@
 """The registry's resource kinds as the CLI names, requests and tabulates them.
 
 One row per kind drives YAML `kind:` values, command-line kind words, RPC and message names
-and list columns, so the commands are written once for all six kinds.
+and list columns, so the commands are written once for all seven kinds.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from recstack.registry.v1 import (
     entity_pb2,
     feature_view_pb2,
     model_feature_set_pb2,
+    model_pb2,
     project_pb2,
 )
 from recstack.registry.v1 import registry_service_pb2 as pb
@@ -193,7 +194,22 @@ MODEL_FEATURE_SET = ResourceType(
     ),
 )
 
-ALL = (PROJECT, ENTITY, DATA_SOURCE, FEATURE_VIEW, EMBEDDING_MODEL, MODEL_FEATURE_SET)
+MODEL = ResourceType(
+    "Model",
+    "model",
+    "models",
+    "models",
+    model_pb2.Model,
+    (
+        ID,
+        Column("ACTIVE", lambda m: m.active_version or "-"),
+        Column("VERSIONS", lambda m: m.last_version),
+        Column("ROLLBACK TO", lambda m: m.rollback_versions[0] if m.rollback_versions else "-"),
+        DESCRIPTION,
+    ),
+)
+
+ALL = (PROJECT, ENTITY, DATA_SOURCE, FEATURE_VIEW, EMBEDDING_MODEL, MODEL_FEATURE_SET, MODEL)
 DECLARABLE = {rtype.kind: rtype for rtype in ALL if rtype.declarable}
 BY_COLLECTION = {rtype.collection: rtype for rtype in ALL}
 # Command lines accept the singular and the plural word for every verb, as kubectl does.

@@ -153,7 +153,7 @@ class TritonModelServer:
         version: str,
         timeout_s: float,
     ) -> DomainError:
-        status, message = _status_and_message(exc)
+        status, message = status_and_message(exc)
         target = f"model '{model}'" + (f" version {version}" if version else "")
         if status == "NOT_FOUND" and "no available versions" in message:
             return Unavailable(
@@ -208,7 +208,8 @@ def _infer_input(model: str, name: str, array: np.ndarray) -> triton_grpc.InferI
     return tensor
 
 
-def _status_and_message(exc: InferenceServerException | grpc.RpcError) -> tuple[str, str]:
+def status_and_message(exc: InferenceServerException | grpc.RpcError) -> tuple[str, str]:
+    """A tritonclient or gRPC error's status name (e.g. `UNAVAILABLE`) and its clean message."""
     if isinstance(exc, InferenceServerException):
         status, message = exc.status() or "UNKNOWN", exc.message() or ""
     else:

@@ -23,11 +23,12 @@ from recstack.registry.v1 import (
     entity_pb2,
     feature_view_pb2,
     model_feature_set_pb2,
+    model_pb2,
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
 
-from shared.errors import DomainError, InvalidArgument, NotFound, Unavailable
+from shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.feature_views import ViewSchema, view_schema
 
 T = TypeVar("T")
@@ -35,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 _ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
 }
@@ -99,6 +101,32 @@ class RegistryClient:
             (name,),
             lambda: self._call(self._stub.GetModelFeatureSet, request).model_feature_set,
         )
+
+    def model(self, project: str, model_id: str) -> model_pb2.Model:
+        name = f"projects/{project}/models/{model_id}"
+        request = registry_service_pb2.GetModelRequest(name=name)
+        return self._cached((name,), lambda: self._call(self._stub.GetModel, request).model)
+
+    def model_version(self, project: str, model_id: str, version: int) -> model_pb2.ModelVersion:
+        name = f"projects/{project}/models/{model_id}/versions/{version}"
+        request = registry_service_pb2.GetModelVersionRequest(name=name)
+        return self._cached(
+            (name,), lambda: self._call(self._stub.GetModelVersion, request).model_version
+        )
+
+    def active_model_version(self, project: str, model_id: str) -> model_pb2.ModelVersion:
+        """The model's ACTIVE version: an activation or rollback is seen at the next refresh.
+
+        NotFound when the model does not exist, FailedPrecondition when no version is active.
+        """
+        model = self.model(project, model_id)
+        if not model.active_version:
+            raise FailedPrecondition(
+                f"{model.name} has no active version: deploy and activate one "
+                f"(`recstack model activate {project}/{model_id} VERSION`)",
+                reason="NO_ACTIVE_VERSION",
+            )
+        return self.model_version(project, model_id, model.active_version)
 
     def view_schema(self, project: str, view_id: str, version: int = 0) -> ViewSchema:
         view = self.feature_view(project, view_id, version)

@@ -32,7 +32,13 @@ from pydantic import ValidationError
 from sqlalchemy import make_url
 
 from infra.local.postgres import EmbeddedPostgres, resolve_run_dir
-from infra.local.tritonserver import TritonServer, TritonServerError
+from infra.local.tritonserver import (
+    DEFAULT_MODEL_REPOSITORY,
+    DEFAULT_TRAINED_REPOSITORY,
+    TritonServer,
+    TritonServerError,
+    built_models,
+)
 from shared.errors import Unavailable
 from shared.healthcheck import check
 from shared.model_server import TritonModelServer
@@ -378,7 +384,11 @@ def spawn_command(
 
 
 def spawn_triton(log_path: Path) -> ProcessRecord:
+    DEFAULT_TRAINED_REPOSITORY.mkdir(parents=True, exist_ok=True)
     server = TritonServer(
+        [DEFAULT_MODEL_REPOSITORY, DEFAULT_TRAINED_REPOSITORY],
+        # Trained model versions are loaded by the registry when they are deployed.
+        models=built_models(DEFAULT_MODEL_REPOSITORY),
         grpc_port=TRITON_PORTS["grpc"],
         http_port=TRITON_PORTS["http"],
         metrics_port=TRITON_PORTS["metrics"],

@@ -5,9 +5,11 @@ The binary comes from the `nvidia-pytriton` wheel unpacked by `infra/triton/inst
 backend venv `.venv-triton` (numpy<2, onnxruntime) is put there. Started the way NVIDIA Merlin's
 tests start it: loopback addresses, free ports, readiness polled over gRPC, SIGINT to stop.
 
-    python -m infra.local.tritonserver [--model NAME ...] [--grpc-port 8001] ...
+    python -m infra.local.tritonserver [--model-repository DIR ...] [--model NAME ...] ...
 
-runs it in the foreground (what `make triton` does) until Ctrl-C.
+runs it in the foreground (what `make triton` does) until Ctrl-C. Several repositories may be
+served together (model names must be unique across them): the repository's own models and
+the trained model versions that the registry loads and unloads at run time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRITON_HOME = REPO_ROOT / ".tools" / "triton"
 DEFAULT_BACKEND_VENV = REPO_ROOT / ".venv-triton"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "infra" / "triton" / "models"
+# Where training writes model versions (`{project}__{model}__v{N}/`) for the local stack
+# (`recstack train`: RECSTACK_MODEL_REPOSITORY).
+DEFAULT_TRAINED_REPOSITORY = REPO_ROOT / ".run" / "model-repository"
 DEFAULT_LOG_DIR = REPO_ROOT / ".run" / "triton"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}
@@ -82,12 +87,14 @@ class TritonServer:
     """One tritonserver process; a context manager that starts it and waits until it is ready.
 
     Paths default to this checkout's layout; ports left as None are chosen free. Models are
-    loaded explicitly (`--model-control-mode=explicit`), by default every built model.
+    loaded explicitly (`--model-control-mode=explicit`): at start `models`, by default every
+    built model of every repository; later whatever a client loads (the registry deploying
+    a model version).
     """
 
     def __init__(
         self,
-        model_repository: Path | str = DEFAULT_MODEL_REPOSITORY,
+        model_repository: Path | str | Sequence[Path | str] = DEFAULT_MODEL_REPOSITORY,
         *,
         models: Sequence[str] | None = None,
         triton_home: Path | str = DEFAULT_TRITON_HOME,
@@ -101,7 +108,12 @@ class TritonServer:
         ready_timeout_s: float = 60.0,
         extra_args: Sequence[str] = (),
     ) -> None:
-        self.model_repository = _from_repo_root(model_repository)
+        repositories = (
+            [model_repository] if isinstance(model_repository, str | Path) else model_repository
+        )
+        self.model_repositories = [_from_repo_root(path) for path in repositories]
+        if not self.model_repositories:
+            raise TritonServerError("give at least one model repository")
         self.triton_home = _from_repo_root(triton_home)
         self.backend_venv = _from_repo_root(backend_venv)
         self.host = host
@@ -110,7 +122,11 @@ class TritonServer:
         self.grpc_port, self.http_port, self.metrics_port = (
             port if port is not None else next(chosen) for port in given
         )
-        self.models = list(models) if models is not None else built_models(self.model_repository)
+        self.models = (
+            list(models)
+            if models is not None
+            else [name for path in self.model_repositories for name in built_models(path)]
+        )
         self.console = console
         self.log_path = (
             _from_repo_root(log_path)
@@ -121,6 +137,11 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @property
+    def model_repository(self) -> Path:
+        """The first repository (the one with the repository's own models)."""
+        return self.model_repositories[0]
 
     @property
     def server_dir(self) -> Path:
@@ -153,9 +174,12 @@ class TritonServer:
     def command(self) -> list[str]:
         return [
             str(self.binary),
-            f"--model-repository={self.model_repository}",
+            *(f"--model-repository={path}" for path in self.model_repositories),
             f"--backend-directory={self.server_dir / 'backends'}",
             "--model-control-mode=explicit",
+            # Ready means the server answers: a model version that fails to load at run time
+            # (a bad deploy) must not make the whole server, and every model on it, unready.
+            "--strict-readiness=false",
             *(f"--load-model={name}" for name in self.models),
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
@@ -206,8 +230,9 @@ class TritonServer:
             raise TritonServerError(
                 f"the Triton backend venv {self.backend_venv} is missing: {SETUP_HINT}"
             )
-        if not self.model_repository.is_dir():
-            raise TritonServerError(f"model repository {self.model_repository} does not exist")
+        for path in self.model_repositories:
+            if not path.is_dir():
+                raise TritonServerError(f"model repository {path} does not exist")
         if not self.models:
             raise TritonServerError(
                 f"no built model in {self.model_repository}: run `make models` "
@@ -320,7 +345,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run tritonserver in the foreground.")
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        action="append",
+        help=f"repeatable; default: {DEFAULT_MODEL_REPOSITORY.relative_to(REPO_ROOT)}",
+    )
     parser.add_argument(
         "--model", action="append", help="model to load (repeatable); default: every built one"
     )
@@ -332,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     server = TritonServer(
-        args.model_repository,
+        args.model_repository or DEFAULT_MODEL_REPOSITORY,
         models=args.model,
         host=args.host,
         grpc_port=args.grpc_port,

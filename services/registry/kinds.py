@@ -12,12 +12,14 @@ from recstack.registry.v1 import (
     entity_pb2,
     feature_view_pb2,
     model_feature_set_pb2,
+    model_pb2,
     project_pb2,
 )
 
 from shared.errors import InvalidArgument
 
 ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+VERSION_NAME = re.compile(r"projects/([^/]+)/models/([^/]+)/versions/([1-9][0-9]{0,17})")
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,20 @@ class Kind:
     collection: str
     message: type[Message]
     versioned: bool = False
+    # Output-only fields the server maintains (a model's activation state): carried over
+    # from the stored spec on every update and apply, cleared on create.
+    state_fields: tuple[str, ...] = ()
+    # A child kind (ModelVersion) is stored as the numbered versions of its parent's id, so
+    # its name is the parent's name, the collection and the number.
+    parent: Kind | None = None
 
     @property
     def top_level(self) -> bool:
         return self.key == "project"
 
-    def name(self, project: str, resource_id: str) -> str:
+    def name(self, project: str, resource_id: str, version: int = 0) -> str:
+        if self.parent is not None:
+            return f"{self.parent.name(project, resource_id)}/{self.collection}/{version}"
         if self.top_level:
             return f"projects/{resource_id}"
         return f"projects/{project}/{self.collection}/{resource_id}"
@@ -62,8 +72,39 @@ EMBEDDING_MODEL = Kind("embedding_model", "embeddingModels", embedding_model_pb2
 MODEL_FEATURE_SET = Kind(
     "model_feature_set", "modelFeatureSets", model_feature_set_pb2.ModelFeatureSet
 )
+MODEL = Kind(
+    "model",
+    "models",
+    model_pb2.Model,
+    state_fields=("active_version", "rollback_versions", "last_version"),
+)
+MODEL_VERSION = Kind("model_version", "versions", model_pb2.ModelVersion, parent=MODEL)
 
-ALL_KINDS = (PROJECT, ENTITY, DATA_SOURCE, FEATURE_VIEW, EMBEDDING_MODEL, MODEL_FEATURE_SET)
+# The kinds with the standard methods of `registry.Registry` (and the servicer's template).
+ALL_KINDS = (
+    PROJECT,
+    ENTITY,
+    DATA_SOURCE,
+    FEATURE_VIEW,
+    EMBEDDING_MODEL,
+    MODEL_FEATURE_SET,
+    MODEL,
+)
+# Every kind in storage; model versions have their own methods (`models.ModelRegistry`).
+STORED_KINDS = (*ALL_KINDS, MODEL_VERSION)
+
+
+def parse_version_name(name: str, field: str = "name") -> tuple[str, str, int]:
+    """`(project, model_id, version)` of a ModelVersion name, or INVALID_ARGUMENT naming `field`."""
+    match = VERSION_NAME.fullmatch(name)
+    if match is not None:
+        project, model_id, number = match.groups()
+        return project, model_id, int(number)
+    raise InvalidArgument(
+        field,
+        f"{name!r} is not a model version name; expected "
+        "'projects/{project}/models/{model}/versions/{version}' with a version of at least 1",
+    )
 
 
 def parse_project(parent: str, field: str = "parent") -> str:

@@ -18,6 +18,7 @@ from services.registry.kinds import (
     EMBEDDING_MODEL,
     ENTITY,
     FEATURE_VIEW,
+    MODEL,
     MODEL_FEATURE_SET,
     PROJECT,
     Kind,
@@ -63,6 +64,11 @@ def _data_source(_repo: ResourceRepository, _project: str, spec: Message) -> lis
 def _embedding_model(_repo: ResourceRepository, _project: str, spec: Message) -> list[str]:
     validation.apply_embedding_model_defaults(spec)
     validation.validate_embedding_model(spec)
+    return []
+
+
+def _model(_repo: ResourceRepository, _project: str, _spec: Message) -> list[str]:
+    # Everything a model holds besides metadata is its versions' (and server-maintained).
     return []
 
 
@@ -134,4 +140,5 @@ PREPARERS: dict[str, Preparer] = {
     EMBEDDING_MODEL.key: _embedding_model,
     FEATURE_VIEW.key: _feature_view,
     MODEL_FEATURE_SET.key: _model_feature_set,
+    MODEL.key: _model,
 }

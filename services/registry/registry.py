@@ -29,6 +29,7 @@ from services.registry.kinds import (
     EMBEDDING_MODEL,
     ENTITY,
     FEATURE_VIEW,
+    MODEL,
     MODEL_FEATURE_SET,
     PROJECT,
     Kind,
@@ -61,7 +62,7 @@ IN_PLACE_FIELDS = frozenset(
     {"description", "tags", "owner", "online_enabled", "offline_enabled", "ttl"}
 )
 # Apply creates in this order (references first) and prunes in the reverse.
-APPLY_ORDER = (ENTITY, DATA_SOURCE, EMBEDDING_MODEL, FEATURE_VIEW, MODEL_FEATURE_SET)
+APPLY_ORDER = (ENTITY, DATA_SOURCE, EMBEDDING_MODEL, FEATURE_VIEW, MODEL_FEATURE_SET, MODEL)
 
 
 class Action(enum.Enum):
@@ -173,7 +174,7 @@ class Registry:
         events = _Events()
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id)
-            _check_etag(current, resource.etag, kind.key)
+            check_etag(current, resource.etag, kind.key)
             desired = _copy(current.spec)
             for path in paths:
                 _copy_field(resource, desired, path)
@@ -188,7 +189,7 @@ class Registry:
         events = _Events()
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id, version)
-            _check_etag(current, etag, kind.key)
+            check_etag(current, etag, kind.key)
             _Writer(repo, self._clock(), events).delete(kind, project, resource_id, version)
         self._publish(events)
 
@@ -278,6 +279,8 @@ class _Writer:
         self, kind: Kind, project: str, resource_id: str, resource: Message, write: bool = True
     ) -> StoredResource:
         spec = _copy(resource)
+        for name in kind.state_fields:
+            spec.ClearField(name)
         refs = prepare(self._repo, kind, project, spec)
         record = StoredResource(
             kind.key, project, resource_id, 1, spec, refs, "", self._now, self._now
@@ -294,6 +297,8 @@ class _Writer:
         self, kind: Kind, current: StoredResource, desired: Message
     ) -> tuple[StoredResource, Action, tuple[str, ...]]:
         spec = _copy(desired)
+        for name in kind.state_fields:
+            _copy_field(current.spec, spec, name)
         refs = prepare(self._repo, kind, current.project, spec)
         changed = _changed_fields(current.spec, spec)
         if not changed:
@@ -424,7 +429,7 @@ def _changed_fields(current: Message, desired: Message) -> tuple[str, ...]:
     return tuple(sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)))
 
 
-def _check_etag(current: StoredResource, etag: str, field_name: str) -> None:
+def check_etag(current: StoredResource, etag: str, field_name: str) -> None:
     if etag and etag != current.etag:
         raise Aborted(
             f"{field_name}.etag {etag!r} is stale (current {current.etag!r}): read it again "
@@ -435,12 +440,13 @@ def _check_etag(current: StoredResource, etag: str, field_name: str) -> None:
 
 def _update_paths(kind: Kind, resource: Message, mask_paths: list[str]) -> list[str]:
     fields = {descriptor.name for descriptor in resource.DESCRIPTOR.fields}
-    paths = list(mask_paths) or sorted(fields - OUTPUT_ONLY_FIELDS)
+    output_only = OUTPUT_ONLY_FIELDS | set(kind.state_fields)
+    paths = list(mask_paths) or sorted(fields - output_only)
     for path in paths:
         top = path.split(".")[0]
         if top not in fields:
             raise InvalidArgument("update_mask", f"{kind.key} has no field {path!r}")
-        if top in OUTPUT_ONLY_FIELDS:
+        if top in output_only:
             raise InvalidArgument("update_mask", f"{path!r} is output only")
     return paths
 

@@ -1,4 +1,4 @@
-"""Registry service entry point: settings → logging → database → server."""
+"""Registry service entry point: settings → logging → database, model server → server."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
+from pydantic import Field
 from recstack.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 
+from services.registry.adapters.deployer import ModelDeployer
 from services.registry.adapters.repository import postgres_unit_of_work
+from services.registry.adapters.triton_deployer import TritonDeployer
+from services.registry.fg_check import FgConfigCheck, check_fg_config
+from services.registry.models import DeploymentSettings, ModelRegistry
 from services.registry.online_tables import OnlineTables
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
@@ -27,6 +32,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 class RegistrySettings(ServiceSettings):
     service_name: str = "registry"
     grpc_port: int = 50051
+    # Model versions are deployed to the Triton at `triton_addr`. A deploy also ends with the
+    # request (`max_request_seconds`), whichever comes first.
+    model_load_timeout_seconds: float = Field(default=120.0, gt=0)
+    model_ready_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How long a version that is neither active nor the rollback target stays loaded; longer
+    # than readers' registry refresh period plus their longest request.
+    model_retire_grace_seconds: float = Field(default=60.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,11 @@ class RegistryDeps:
     engine: sa.Engine
     # Where feature-view versions get their online tables; None leaves tables to writers.
     online_store: OnlineStore | None = None
+    # Where model versions are deployed; None: Triton at the settings' `triton_addr`.
+    deployer: ModelDeployer | None = None
+    # Checks a model version's FG config against its pinned features, on create and before
+    # activation.
+    fg_check: FgConfigCheck = check_fg_config
 
 
 def create_server(settings: RegistrySettings, deps: RegistryDeps) -> tuple[RunningServer, int]:
@@ -45,9 +62,21 @@ def create_server(settings: RegistrySettings, deps: RegistryDeps) -> tuple[Runni
     )
     if tables is not None:
         tables.bind(registry)
+    deployer = deps.deployer or TritonDeployer(
+        settings.triton_addr, load_timeout_s=settings.model_load_timeout_seconds
+    )
+    models = ModelRegistry(
+        partial(postgres_unit_of_work, deps.engine),
+        deployer,
+        fg_check=deps.fg_check,
+        settings=DeploymentSettings(
+            ready_timeout_s=settings.model_ready_timeout_seconds,
+            retire_grace_s=settings.model_retire_grace_seconds,
+        ),
+    )
     registration = ServiceRegistration(
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server,
-        RegistryServicer(registry),
+        RegistryServicer(registry, models),
         registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     )
     running = create_grpc_server(

@@ -1,7 +1,8 @@
 """gRPC edge of the registry: request messages in, domain calls, response messages out.
 
-The six resource kinds share one shape of standard methods, so the handlers are built per
-kind from one template instead of thirty hand-written near-copies.
+The resource kinds share one shape of standard methods, so their handlers are built per kind
+from one template instead of dozens of hand-written near-copies. Model versions (numbered by
+the server, with deployment methods) have handlers of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from recstack.registry.v1 import registry_service_pb2_grpc
 
 from services.registry.adapters.repository import KINDS_BY_KEY
 from services.registry.kinds import ALL_KINDS, Kind
+from services.registry.models import Activation, ModelRegistry
 from services.registry.registry import Declared, Registry
 from shared.errors import InvalidArgument
 
@@ -83,8 +85,59 @@ def _handlers(kind: Kind) -> dict[str, Handler]:
 
 
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, models: ModelRegistry) -> None:
         self.registry = registry
+        self.models = models
+
+    def CreateModelVersion(
+        self, request: pb.CreateModelVersionRequest, context: grpc.ServicerContext
+    ) -> pb.CreateModelVersionResponse:
+        version = self.models.create(request.parent, request.model_version, request.validate_only)
+        return pb.CreateModelVersionResponse(model_version=version)
+
+    def GetModelVersion(
+        self, request: pb.GetModelVersionRequest, context: grpc.ServicerContext
+    ) -> pb.GetModelVersionResponse:
+        return pb.GetModelVersionResponse(model_version=self.models.get(request.name))
+
+    def ListModelVersions(
+        self, request: pb.ListModelVersionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelVersionsResponse:
+        page = self.models.list(
+            request.parent, request.page_size, request.page_token, request.filter
+        )
+        return pb.ListModelVersionsResponse(
+            model_versions=page.items, next_page_token=page.next_page_token
+        )
+
+    def UpdateModelVersion(
+        self, request: pb.UpdateModelVersionRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateModelVersionResponse:
+        version = self.models.update(request.model_version, list(request.update_mask.paths))
+        return pb.UpdateModelVersionResponse(model_version=version)
+
+    def DeleteModelVersion(
+        self, request: pb.DeleteModelVersionRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteModelVersionResponse:
+        self.models.delete(request.name, request.etag)
+        return pb.DeleteModelVersionResponse()
+
+    def DeployModelVersion(
+        self, request: pb.DeployModelVersionRequest, context: grpc.ServicerContext
+    ) -> pb.DeployModelVersionResponse:
+        return pb.DeployModelVersionResponse(model_version=self.models.deploy(request.name))
+
+    def ActivateModelVersion(
+        self, request: pb.ActivateModelVersionRequest, context: grpc.ServicerContext
+    ) -> pb.ActivateModelVersionResponse:
+        activation = self.models.activate(request.name, request.etag)
+        return pb.ActivateModelVersionResponse(**_activation(activation))
+
+    def RollbackModel(
+        self, request: pb.RollbackModelRequest, context: grpc.ServicerContext
+    ) -> pb.RollbackModelResponse:
+        activation = self.models.rollback(request.name, request.etag)
+        return pb.RollbackModelResponse(**_activation(activation))
 
     def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
         steps = self.registry.apply(
@@ -114,6 +167,10 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             revision=revision,
             head_revision=head,
         )
+
+
+def _activation(activation: Activation) -> dict[str, Any]:
+    return {"model": activation.model, "model_version": activation.version}
 
 
 def _declared(index: int, definition: pb.Definition) -> Declared:

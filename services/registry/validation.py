@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from google.protobuf.duration_pb2 import Duration
 from recstack.registry.v1 import (
     data_source_pb2,
     embedding_model_pb2,
     entity_pb2,
     feature_view_pb2,
+    model_pb2,
 )
 
 from services.registry.kinds import ID_PATTERN
@@ -16,6 +19,12 @@ from shared.values import KEY_TYPES, TYPES, VT
 
 FeatureView = feature_view_pb2.FeatureView
 EmbeddingModel = embedding_model_pb2.EmbeddingModel
+# Triton's tensor types (model_config.proto DataType) a config.pbtxt can declare.
+TRITON_DATA_TYPES = frozenset(
+    {"TYPE_BOOL", "TYPE_STRING", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_BF16"}
+    | {f"TYPE_{sign}INT{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)}
+)
+MAX_TENSORS = 1024
 
 
 def validate_entity(entity: entity_pb2.Entity) -> None:
@@ -92,6 +101,59 @@ def apply_embedding_model_defaults(model: EmbeddingModel) -> None:
         model.initial_backoff.FromMilliseconds(500)
     if not model.HasField("call_timeout"):
         model.call_timeout.FromSeconds(30)
+
+
+def validate_model_version(version: model_pb2.ModelVersion) -> None:
+    """The version's own fields; the FG config and feature set need storage (models.py)."""
+    validate_signature(version.signature, "model_version.signature")
+    validate_metrics(version.metrics, "model_version.metrics")
+    window = version.training_window
+    if version.HasField("training_window") and (
+        window.end_time.ToDatetime() <= window.start_time.ToDatetime()
+    ):
+        raise InvalidArgument("model_version.training_window.end_time", "must be after start_time")
+    if version.trainer and not ID_PATTERN.match(version.trainer):
+        raise InvalidArgument(
+            "model_version.trainer", f"{version.trainer!r} must match {ID_PATTERN.pattern}"
+        )
+
+
+def validate_signature(signature: model_pb2.ModelSignature, path: str) -> None:
+    for side in ("inputs", "outputs"):
+        tensors = getattr(signature, side)
+        if not tensors:
+            raise InvalidArgument(f"{path}.{side}", "declare at least one tensor")
+        if len(tensors) > MAX_TENSORS:
+            raise InvalidArgument(f"{path}.{side}", f"at most {MAX_TENSORS} tensors")
+        seen: set[str] = set()
+        for index, tensor in enumerate(tensors):
+            _validate_tensor(tensor, f"{path}.{side}[{index}]", seen)
+
+
+def _validate_tensor(tensor: model_pb2.TensorSpec, path: str, seen: set[str]) -> None:
+    if not tensor.name:
+        raise InvalidArgument(f"{path}.name", "is required")
+    if tensor.name in seen:
+        raise InvalidArgument(f"{path}.name", f"duplicate tensor name {tensor.name!r}")
+    seen.add(tensor.name)
+    if tensor.data_type not in TRITON_DATA_TYPES:
+        raise InvalidArgument(
+            f"{path}.data_type",
+            f"{tensor.data_type!r} is not a Triton data type; use one of "
+            f"{', '.join(sorted(TRITON_DATA_TYPES))}",
+        )
+    if not tensor.dims:
+        raise InvalidArgument(f"{path}.dims", "declare the shape without the batch dim, e.g. [1]")
+    if any(dim == 0 or dim < -1 for dim in tensor.dims):
+        raise InvalidArgument(f"{path}.dims", "each dim must be positive, or -1 for variable")
+
+
+def validate_metrics(metrics: dict[str, float], path: str) -> None:
+    for key, value in metrics.items():
+        if not key:
+            raise InvalidArgument(path, "metric names must not be empty")
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{path}.{key}", f"{value} is not a finite number")
 
 
 def _validate_fields(fields: list[feature_view_pb2.FeatureField], path: str) -> None:

@@ -19,6 +19,7 @@ from recstack.registry.v1 import (
     entity_pb2,
     feature_view_pb2,
     model_feature_set_pb2,
+    model_pb2,
     project_pb2,
     registry_service_pb2_grpc,
 )
@@ -54,6 +55,13 @@ def stub(registry_address):
                         ),
                     ),
                     pb.Definition(id="profile", feature_view=_view()),
+                    pb.Definition(
+                        id="profile_features",
+                        model_feature_set=model_feature_set_pb2.ModelFeatureSet(
+                            features=["profile:*"]
+                        ),
+                    ),
+                    pb.Definition(id="ranker", model=model_pb2.Model(description="CTR")),
                     pb.Definition(
                         id="minilm",
                         embedding_model=EM(
@@ -149,9 +157,104 @@ def _feature_set(*features):
     )
 
 
+def _model_version(parent=f"{P}/models/ranker", expression="user:age", **changes):
+    fields = {"model_feature_set": f"{P}/modelFeatureSets/profile_features"} | changes
+    version = model_pb2.ModelVersion(
+        signature=model_pb2.ModelSignature(
+            inputs=[model_pb2.TensorSpec(name="age", data_type="TYPE_FP32", dims=[1])],
+            outputs=[model_pb2.TensorSpec(name="probs_ctr", data_type="TYPE_FP32", dims=[1])],
+        ),
+        **fields,
+    )
+    version.fg_config.update(
+        {
+            "features": [
+                {"feature_type": "raw_feature", "feature_name": "age", "expression": expression}
+            ]
+        }
+    )
+    return (
+        "CreateModelVersion",
+        pb.CreateModelVersionRequest(parent=parent, model_version=version),
+    )
+
+
 SQL = feature_view_pb2.Transformation
 AGG = feature_view_pb2.Aggregation
 CASES = {
+    "model version of an unknown model": (
+        _model_version(parent=f"{P}/models/nope"),
+        NOT_FOUND,
+        "projects/bad/models/nope",
+    ),
+    "model version parent not a model": (_model_version(parent=P), INVALID, "parent"),
+    "model version without feature set": (
+        _model_version(model_feature_set=""),
+        INVALID,
+        "model_version.model_feature_set",
+    ),
+    "model version with an unknown feature set": (
+        _model_version(model_feature_set=f"{P}/modelFeatureSets/nope"),
+        NOT_FOUND,
+        "model_version.model_feature_set",
+    ),
+    "model version fg naming a missing feature": (
+        _model_version(expression="user:height"),
+        INVALID,
+        "model_version.fg_config.features[0].expression",
+    ),
+    "model version fg with an unknown side": (
+        _model_version(expression="session:age"),
+        INVALID,
+        "model_version.fg_config.features[0].expression",
+    ),
+    "model version with an infinite metric": (
+        _model_version(metrics={"probs_ctr_auc": float("inf")}),
+        INVALID,
+        "model_version.metrics.probs_ctr_auc",
+    ),
+    "model version name without a number": (
+        ("DeployModelVersion", pb.DeployModelVersionRequest(name=f"{P}/models/ranker/versions/0")),
+        INVALID,
+        "name",
+    ),
+    "unknown model version": (
+        (
+            "ActivateModelVersion",
+            pb.ActivateModelVersionRequest(name=f"{P}/models/ranker/versions/9"),
+        ),
+        NOT_FOUND,
+        "projects/bad/models/ranker/versions/9",
+    ),
+    "rollback of an unknown model": (
+        ("RollbackModel", pb.RollbackModelRequest(name=f"{P}/models/nope")),
+        NOT_FOUND,
+        "projects/bad/models/nope",
+    ),
+    "rollback with no previous version": (
+        ("RollbackModel", pb.RollbackModelRequest(name=f"{P}/models/ranker")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "no previous version",
+    ),
+    "model update of the active version": (
+        (
+            "UpdateModel",
+            pb.UpdateModelRequest(
+                model=model_pb2.Model(name=f"{P}/models/ranker", active_version=3),
+                update_mask=field_mask_pb2.FieldMask(paths=["active_version"]),
+            ),
+        ),
+        INVALID,
+        "output only",
+    ),
+    "model versions page token from elsewhere": (
+        (
+            "ListModelVersions",
+            pb.ListModelVersionsRequest(parent=f"{P}/models/ranker", page_token="cHJvZmlsZQ=="),
+        ),
+        INVALID,
+        "page_token",
+    ),
     "project id uppercase": (
         ("CreateProject", pb.CreateProjectRequest(project_id="Bad", project=project_pb2.Project())),
         INVALID,

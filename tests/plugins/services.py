@@ -39,8 +39,13 @@ def registry_engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture(scope="session")
-def registry_address(registry_engine: sa.Engine, database_url: str) -> Iterator[str]:
-    settings = RegistrySettings(grpc_port=0, database_url=database_url)
+def registry_address(
+    registry_engine: sa.Engine, database_url: str, triton_server: TritonServer
+) -> Iterator[str]:
+    """The registry; it deploys model versions to the session's Triton."""
+    settings = RegistrySettings(
+        grpc_port=0, database_url=database_url, triton_addr=triton_server.grpc_address
+    )
     online_store = PostgresOnlineStore(to_libpq(database_url))
     running, port = create_registry(settings, RegistryDeps(registry_engine, online_store))
     yield f"127.0.0.1:{port}"

@@ -5,6 +5,11 @@ starts the `tritonserver` binary from `make setup` on free loopback ports, waits
 built model is ready, and stops it at the end. Nothing is skipped: without the binary the
 fixture fails and says how to install it. `triton_model_server` is a `TritonModelServer`
 client connected to it.
+
+`trained_model_repository` is a second, initially empty model repository of the same server,
+where tests write model versions (`training.artifacts.write_version`) for the registry to
+deploy at run time; a module that deploys uses `unload_trained_models` to unload them when it
+is done (each loaded version holds a Python-backend process).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from infra.local.tritonserver import (
     DEFAULT_MODEL_REPOSITORY,
@@ -45,10 +52,17 @@ def build_models() -> None:
 
 
 @pytest.fixture(scope="session")
-def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def trained_model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("trained_models")
+
+
+@pytest.fixture(scope="session")
+def triton_server(
+    tmp_path_factory: pytest.TempPathFactory, trained_model_repository: Path
+) -> Iterator[TritonServer]:
     build_models()
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(DEFAULT_MODEL_REPOSITORY, log_path=log_path)
+    server = TritonServer([DEFAULT_MODEL_REPOSITORY, trained_model_repository], log_path=log_path)
     try:
         server.start()
         server.wait_ready(READY_TIMEOUT_S)
@@ -65,3 +79,17 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSe
 def triton_model_server(triton_server: TritonServer) -> Iterator[TritonModelServer]:
     with TritonModelServer(triton_server.grpc_address, timeout_s=CLIENT_TIMEOUT_S) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def unload_trained_models(
+    triton_server: TritonServer, trained_model_repository: Path
+) -> Iterator[None]:
+    yield
+    client = triton_grpc.InferenceServerClient(triton_server.grpc_address)
+    try:
+        for path in trained_model_repository.iterdir():
+            if client.is_model_ready(path.name):
+                client.unload_model(path.name)
+    finally:
+        client.close()

@@ -6,7 +6,6 @@ import copy
 from contextlib import contextmanager
 
 import pytest
-from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from recstack.registry.v1 import (
     embedding_model_pb2,
@@ -26,80 +25,10 @@ from services.registry.kinds import (
 from services.registry.registry import Registry
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.values import VT
+from tests.registry_fakes import InMemoryRepository
 
 FV = feature_view_pb2.FeatureView
 EM = embedding_model_pb2.EmbeddingModel
-
-
-class InMemoryRepository:
-    def __init__(self):
-        self.rows = {}
-
-    def insert(self, record):
-        key = (record.kind, record.project, record.resource_id, record.version)
-        if key in self.rows:
-            return False
-        self.rows[key] = copy.deepcopy(record)
-        return True
-
-    def get(self, kind, project, resource_id, version=None):
-        matches = [
-            row
-            for (k, p, r, v), row in self.rows.items()
-            if (k, p, r) == (kind, project, resource_id) and version in (None, v)
-        ]
-        return copy.deepcopy(max(matches, key=lambda row: row.version, default=None))
-
-    def list_latest(self, kind, project, after_id, limit, conditions=()):
-        ids = sorted({r for (k, p, r, _) in self.rows if k == kind and project in (None, p)})
-        latest = [self.get(kind, project, i) for i in ids if i > after_id]
-        return [row for row in latest if all(_matches(row.spec, c) for c in conditions)][:limit]
-
-    def list_versions(self, kind, project, resource_id):
-        rows = [row for key, row in self.rows.items() if key[:3] == (kind, project, resource_id)]
-        return sorted(rows, key=lambda row: row.version)
-
-    def changes_since(self, revision, limit):
-        return []
-
-    def head_revision(self):
-        return 0
-
-    def replace(self, record, expected_etag):
-        key = (record.kind, record.project, record.resource_id, record.version)
-        if self.rows[key].etag != expected_etag:
-            return False
-        self.rows[key] = copy.deepcopy(record)
-        return True
-
-    def delete(self, kind, project, resource_id, version):
-        doomed = [
-            key
-            for key in self.rows
-            if key[:3] == (kind, project, resource_id) and version in (None, key[3])
-        ]
-        for key in doomed:
-            del self.rows[key]
-        return len(doomed)
-
-    def dependants(self, ref):
-        return sorted(
-            f"{row.kind}/{row.resource_id}" for row in self.rows.values() if ref in row.refs
-        )
-
-
-def _matches(spec, condition):
-    value = json_format.MessageToDict(
-        spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    for part in condition.path:
-        value = value.get(part) if isinstance(value, dict) else None
-    text = None if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    if condition.operator == "=":
-        return text == condition.value
-    if condition.operator == "!=":
-        return text != condition.value
-    return text is not None and condition.value.lower() in text.lower()
 
 
 @pytest.fixture

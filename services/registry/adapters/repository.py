@@ -20,10 +20,10 @@ from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql
 
 from services.registry.filtering import Condition
-from services.registry.kinds import ALL_KINDS, ID_PATTERN
+from services.registry.kinds import ID_PATTERN, STORED_KINDS
 from shared.db import transaction
 
-KINDS_BY_KEY = {kind.key: kind for kind in ALL_KINDS}
+KINDS_BY_KEY = {kind.key: kind for kind in STORED_KINDS}
 
 metadata = sa.MetaData(schema="registry")
 resources = sa.Table(
@@ -48,6 +48,7 @@ changes = sa.Table(
     sa.Column("project", sa.Text),
     sa.Column("kind", sa.Text),
     sa.Column("resource_id", sa.Text),
+    sa.Column("version", sa.Integer),
     sa.Column("change_time", sa.DateTime(timezone=True)),
 )
 
@@ -72,6 +73,11 @@ class ResourceRepository(Protocol):
     def get(
         self, kind: str, project: str, resource_id: str, version: int | None = None
     ) -> StoredResource | None: ...
+    def get_for_update(self, kind: str, project: str, resource_id: str) -> StoredResource | None:
+        """The latest version, locked until the unit of work ends: writers of one resource
+        (and of its children) that lock it first run one after the other."""
+        ...
+
     def list_latest(
         self,
         kind: str,
@@ -81,6 +87,18 @@ class ResourceRepository(Protocol):
         conditions: Sequence[Condition] = (),
     ) -> list[StoredResource]: ...
     def list_versions(self, kind: str, project: str, resource_id: str) -> list[StoredResource]: ...
+    def list_versions_before(
+        self,
+        kind: str,
+        project: str,
+        resource_id: str,
+        before: int | None,
+        limit: int,
+        conditions: Sequence[Condition] = (),
+    ) -> list[StoredResource]:
+        """Versions numbered below `before` (None: all), highest first."""
+        ...
+
     def replace(self, record: StoredResource, expected_etag: str) -> bool: ...
     def delete(self, kind: str, project: str, resource_id: str, version: int | None) -> int: ...
     def dependants(self, ref: str) -> list[str]: ...
@@ -94,6 +112,24 @@ class Change:
 
     revision: int
     name: str
+
+
+def stored_name(kind: str, project: str, resource_id: str, version: int) -> str:
+    """The resource name of one stored row (a child kind's name includes its number)."""
+    return KINDS_BY_KEY[kind].name(project, resource_id, version)
+
+
+def encode_version_token(last_version: int) -> str:
+    return base64.urlsafe_b64encode(f"version:{last_version}".encode()).decode()
+
+
+def decode_version_token(token: str) -> int:
+    """The last version number of the previous page; ValueError for a foreign token."""
+    text = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    prefix, _, number = text.partition(":")
+    if prefix != "version" or not number.isdigit():
+        raise ValueError(f"not a page token: {token!r}")
+    return int(number)
 
 
 def encode_page_token(last_id: str) -> str:
@@ -123,7 +159,7 @@ class PostgresResourceRepository:
         )
         inserted = self._connection.execute(statement).first()
         if inserted is not None:
-            self._log(inserted.revision, record.kind, record.project, record.resource_id)
+            self._log(inserted.revision, record)
         return inserted is not None
 
     def get(
@@ -139,6 +175,21 @@ class PostgresResourceRepository:
         row = self._connection.execute(
             query.order_by(resources.c.version.desc()).limit(1)
         ).one_or_none()
+        return None if row is None else self._record(row)
+
+    def get_for_update(self, kind: str, project: str, resource_id: str) -> StoredResource | None:
+        query = (
+            sa.select(resources)
+            .where(
+                resources.c.kind == kind,
+                resources.c.project == project,
+                resources.c.resource_id == resource_id,
+            )
+            .order_by(resources.c.version.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        row = self._connection.execute(query).one_or_none()
         return None if row is None else self._record(row)
 
     def list_latest(
@@ -175,6 +226,26 @@ class PostgresResourceRepository:
         )
         return [self._record(row) for row in self._connection.execute(query)]
 
+    def list_versions_before(
+        self,
+        kind: str,
+        project: str,
+        resource_id: str,
+        before: int | None,
+        limit: int,
+        conditions: Sequence[Condition] = (),
+    ) -> list[StoredResource]:
+        query = sa.select(resources).where(
+            resources.c.kind == kind,
+            resources.c.project == project,
+            resources.c.resource_id == resource_id,
+            *(_sql_condition(resources.c.spec, c) for c in conditions),
+        )
+        if before is not None:
+            query = query.where(resources.c.version < before)
+        query = query.order_by(resources.c.version.desc()).limit(limit)
+        return [self._record(row) for row in self._connection.execute(query)]
+
     def changes_since(self, revision: int, limit: int) -> list[Change]:
         query = (
             sa.select(changes)
@@ -183,7 +254,7 @@ class PostgresResourceRepository:
             .limit(limit)
         )
         return [
-            Change(row.revision, KINDS_BY_KEY[row.kind].name(row.project, row.resource_id))
+            Change(row.revision, stored_name(row.kind, row.project, row.resource_id, row.version))
             for row in self._connection.execute(query)
         ]
 
@@ -202,7 +273,7 @@ class PostgresResourceRepository:
         )
         replaced = self._connection.execute(statement).first()
         if replaced is not None:
-            self._log(replaced.revision, record.kind, record.project, record.resource_id)
+            self._log(replaced.revision, record)
         return replaced is not None
 
     def delete(self, kind: str, project: str, resource_id: str, version: int | None) -> int:
@@ -216,35 +287,44 @@ class PostgresResourceRepository:
         deleted = self._connection.execute(statement).rowcount
         if deleted:
             revision = self._connection.execute(revision_sequence.next_value()).scalar_one()
-            self._log(revision, kind, project, resource_id)
+            self._log_change(revision, kind, project, resource_id, version or 0)
         return deleted
 
     def head_revision(self) -> int:
         query = sa.select(sa.func.coalesce(sa.func.max(changes.c.revision), 0))
         return int(self._connection.execute(query).scalar_one())
 
-    def _log(self, revision: int, kind: str, project: str, resource_id: str) -> None:
+    def _log(self, revision: int, record: StoredResource) -> None:
+        self._log_change(revision, record.kind, record.project, record.resource_id, record.version)
+
+    def _log_change(
+        self, revision: int, kind: str, project: str, resource_id: str, version: int
+    ) -> None:
         self._connection.execute(
             changes.insert().values(
                 revision=revision,
                 project=project,
                 kind=kind,
                 resource_id=resource_id,
+                version=version,
                 change_time=sa.func.now(),
             )
         )
 
     def dependants(self, ref: str) -> list[str]:
         query = (
-            sa.select(resources.c.kind, resources.c.project, resources.c.resource_id)
+            sa.select(
+                resources.c.kind, resources.c.project, resources.c.resource_id, resources.c.version
+            )
             .where(resources.c.refs.any_() == ref)
-            .distinct()
-            .order_by(resources.c.kind, resources.c.resource_id)
+            .order_by(resources.c.kind, resources.c.resource_id, resources.c.version)
         )
-        return [
-            KINDS_BY_KEY[row.kind].name(row.project, row.resource_id)
+        # Versions of one feature view share a name; each model version has its own.
+        names = (
+            stored_name(row.kind, row.project, row.resource_id, row.version)
             for row in self._connection.execute(query)
-        ]
+        )
+        return list(dict.fromkeys(names))
 
     def _row(self, record: StoredResource) -> dict[str, object]:
         return {
