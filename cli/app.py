@@ -11,14 +11,14 @@ from typing import TextIO
 
 import pydantic
 
-from cli import materialize, models, registry, train
+from cli import fg, materialize, models, registry, train
 from cli.connection import CliSettings, Context
 from cli.errors import EXIT_ERROR, EXIT_USAGE, CliError, UsageError
 from cli.output import FORMATS, TABLE
 
 # Each group adds its commands with `register(commands, common)`; a `materialize` group goes
 # beside `registry` here.
-COMMAND_GROUPS = (registry, materialize, train, models)
+COMMAND_GROUPS = (registry, materialize, train, models, fg)
 EPILOG = """\
 examples:
   recstack plan examples/feature_repo

@@ -14,15 +14,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import grpc
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from recstack.materialization.v1 import materialization_service_pb2 as mpb
+from recstack.registry.v1 import model_pb2
 from recstack.registry.v1 import registry_service_pb2 as rpb
 
 from cli import materialize
 from cli.connection import Connection, Context
-from cli.errors import CliError
+from cli.errors import CliError, RpcFailed
 from cli.output import table
 from shared.feature_generator import AvailableFeature, FeatureConfigError
 
+State = model_pb2.ModelVersion.State
+# Where `make up`'s Triton finds trained versions (its second model repository).
+DEFAULT_REPOSITORY = Path(".run") / "model-repository"
 EPILOG = """\
 examples:
   recstack train examples/movielens/train.yaml
@@ -39,7 +45,8 @@ exit status: 0 success, 1 a bad config, a failed call or a failed training, 2 us
 
 
 class GrpcTrainingServices:
-    """`training.pipeline.TrainingServices` over the registry and materialization APIs."""
+    """`training.pipeline.TrainingServices` and `training.deploy.RegistryModels` over the
+    registry and materialization APIs."""
 
     def __init__(self, registry: Connection, materialization: Connection) -> None:
         self._registry = registry
@@ -86,6 +93,38 @@ class GrpcTrainingServices:
             request.snapshot_time.FromDatetime(snapshot_time)
         return int(self._materialization.call("ExportTrainingSet", request, long=True).row_count)
 
+    def ensure_model(self, project: str, model: str, description: str) -> None:
+        name = f"projects/{project}/models/{model}"
+        try:
+            self._registry.call("GetModel", rpb.GetModelRequest(name=name))
+        except RpcFailed as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            self._registry.call(
+                "CreateModel",
+                rpb.CreateModelRequest(
+                    parent=f"projects/{project}",
+                    model_id=model,
+                    model=model_pb2.Model(description=description),
+                ),
+            )
+
+    def create_version(
+        self, project: str, model: str, version: model_pb2.ModelVersion
+    ) -> model_pb2.ModelVersion:
+        request = rpb.CreateModelVersionRequest(
+            parent=f"projects/{project}/models/{model}", model_version=version
+        )
+        return self._registry.call("CreateModelVersion", request).model_version
+
+    def deploy(self, name: str) -> model_pb2.ModelVersion:
+        request = rpb.DeployModelVersionRequest(name=name)
+        return self._registry.call("DeployModelVersion", request, long=True).model_version
+
+    def activate(self, name: str) -> model_pb2.ModelVersion:
+        request = rpb.ActivateModelVersionRequest(name=name)
+        return self._registry.call("ActivateModelVersion", request, long=True).model_version
+
     def entity_key(self, project: str, entity: str) -> AvailableFeature:
         name = f"projects/{project}/entities/{entity}"
         found = self._registry.call("GetEntity", rpb.GetEntityRequest(name=name)).entity
@@ -106,13 +145,31 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         "--work-dir", type=Path, help="where exports and samples go (default .run/training/...)"
     )
     parser.add_argument("--project", help="train in this project instead of the config's")
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        help="Triton model repository for the new version (default: RECSTACK_MODEL_REPOSITORY)",
+    )
+    parser.add_argument(
+        "--no-deploy", action="store_true", help="train and evaluate only; register nothing"
+    )
+    parser.add_argument(
+        "--no-activate", action="store_true", help="deploy the new version but keep the active one"
+    )
     parser.add_argument("--materialization", help="materialization service address")
     parser.set_defaults(handler=_train)
 
 
+class TrainSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSTACK_", extra="ignore")
+
+    model_repository: Path = DEFAULT_REPOSITORY
+
+
 def _train(args: argparse.Namespace, context: Context) -> int:
+    # torch and LightGBM load only when a model is trained, not for every CLI command.
     from training import config as training_config
-    from training import pipeline
+    from training import deploy, pipeline
 
     try:
         config = training_config.load(args.config)
@@ -127,7 +184,14 @@ def _train(args: argparse.Namespace, context: Context) -> int:
             trained = pipeline.train(config, services, work_dir, log=context.echo)
         except FeatureConfigError as exc:
             raise CliError(f"{config.fg}: {exc}") from None
-    context.echo(_metrics_table(trained.metrics, trained.outputs))
+        context.echo(_metrics_table(trained.metrics, trained.outputs))
+        if args.no_deploy:
+            return 0
+        repository = args.model_repository or TrainSettings().model_repository
+        deployed = deploy.deploy(
+            trained, services, repository, activate=not args.no_activate, log=context.echo
+        )
+    context.echo(f"{deployed.version.name}: {State.Name(deployed.version.state)}")
     return 0
 
 

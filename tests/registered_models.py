@@ -26,8 +26,18 @@ State = model_pb2.ModelVersion.State
 FV = feature_view_pb2.FeatureView
 FG = {
     "features": [
-        {"feature_type": "id_feature", "feature_name": "user_id", "expression": "user:user_id"},
-        {"feature_type": "id_feature", "feature_name": "genres", "expression": "item:genres"},
+        {
+            "feature_type": "id_feature",
+            "feature_name": "user_id",
+            "expression": "user:user_id",
+            "hash_bucket_size": 1000,
+        },
+        {
+            "feature_type": "id_feature",
+            "feature_name": "genres",
+            "expression": "item:genres",
+            "hash_bucket_size": 1000,
+        },
         {"feature_type": "raw_feature", "feature_name": "age", "expression": "user:age"},
     ]
 }

@@ -84,16 +84,18 @@ def sample_pairs(
 
 
 def labelled_rows(
-    pairs: Sequence[Pair], user_key: str, item_key: str, at: datetime, path: Path
+    pairs: Sequence[Pair], user_key: str, item_key: str, label: str, at: datetime, path: Path
 ) -> Path:
-    """The pairs as ExportTrainingSet entity rows, all at `at`."""
-    table = pa.table(
-        {
-            user_key: pa.array([int(p.user) for p in pairs], pa.int64()),
-            item_key: pa.array([int(p.item) for p in pairs], pa.int64()),
-            "event_ts": pa.array([at] * len(pairs), pa.timestamp("us", "UTC")),
-        }
-    )
+    """The pairs as ExportTrainingSet entity rows, all at `at`; the feature set's label
+    column is required there, and is 0 (no label is checked)."""
+    columns = {
+        user_key: pa.array([int(p.user) for p in pairs], pa.int64()),
+        item_key: pa.array([int(p.item) for p in pairs], pa.int64()),
+        "event_ts": pa.array([at] * len(pairs), pa.timestamp("us", "UTC")),
+    }
+    if label:
+        columns[label] = pa.array([0] * len(pairs), pa.int64())
+    table = pa.table(columns)
     pq.write_table(table, path)
     return path
 
@@ -104,9 +106,7 @@ def offline(
     exported: pa.Table,
     lookup: SnapshotLookup | None,
 ) -> dict[str, np.ndarray]:
-    return generator.generate_rows(
-        columns.inputs(exported), exported.num_rows, item_lookup=lookup
-    )
+    return generator.generate_rows(columns.inputs(exported), exported.num_rows, item_lookup=lookup)
 
 
 def online(pairs: Sequence[Pair], score: Score) -> list[dict[str, np.ndarray]]:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from pydantic import Field
 from recstack.recommend.v1 import recommend_service_pb2, recommend_service_pb2_grpc
 
+from services.recommend.adapters.registry import RegistryDefinitions
 from services.recommend.adapters.repository import SCHEMA, postgres_unit_of_work
 from services.recommend.adapters.serving_client import ServingUserFeatures
 from services.recommend.catalog import Catalog
@@ -99,8 +100,8 @@ def open_deps(settings: RecommendSettings) -> RecommendDeps:
         to_libpq(engine.url.render_as_string(hide_password=False)),
         max_size=settings.db_pool_size,
     )
-    registry = RegistryClient(
-        settings.registry_addr, refresh_seconds=settings.registry_cache_seconds
+    registry = RegistryDefinitions(
+        RegistryClient(settings.registry_addr, refresh_seconds=settings.registry_cache_seconds)
     )
     model_server = TritonModelServer(settings.triton_addr, settings.triton_timeout_seconds)
     user_features = ServingUserFeatures(

@@ -2,15 +2,13 @@
 
 The registry calls an `FgConfigCheck` when a version is created (an error is
 INVALID_ARGUMENT at `model_version.fg_config.<field>`) and again before it is activated (an
-error is FAILED_PRECONDITION). `check_fg_config` is the default: the structure of the
-document and the inputs its `expression`s name. A full feature-generator validation (types,
-dimensions, per-type settings, the inputs of other keys such as a lookup's `map`) plugs in
-through the same signature.
+error is FAILED_PRECONDITION). `check_fg_config`, the default, is the feature generator's own
+load: the same code that training and the rank stage run, so a version the registry accepts
+is one they can build.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +16,12 @@ from typing import Any
 from recstack.common.v1 import feature_ref_pb2
 
 from shared.errors import InvalidArgument
-
-# Request context features (`context:hour`) arrive with each request, not from a feature set.
-FEATURE_SIDES = ("user", "item")
-SIDES = (*FEATURE_SIDES, "context")
+from shared.feature_generator import (
+    AvailableFeature,
+    FeatureConfigError,
+    FeatureGenerator,
+    bind_inputs,
+)
 
 
 @dataclass(frozen=True)
@@ -56,79 +56,22 @@ FgConfigCheck = Callable[[Mapping[str, Any], FgInputs], None]
 
 
 def check_fg_config(fg_config: Mapping[str, Any], inputs: FgInputs) -> None:
-    entries = fg_config.get("features")
-    if not isinstance(entries, list) or not entries:
-        raise InvalidArgument(
-            "features", 'list the generated features: {"features": [{"feature_type": …}, …]}'
+    """The feature generator's own validation (`shared.feature_generator`): every feature
+    type's settings, then every input bound to the pinned features with a type the feature
+    can read. The feature set's first entity is the user side, its last the item side (a
+    ranking model's set lists `[user, item]`); a set of one entity has an item side only."""
+    entities = [key.entity for key in inputs.keys]
+    try:
+        generator = FeatureGenerator.from_config(fg_config)
+        bind_inputs(
+            generator,
+            [
+                AvailableFeature(p.ref.feature_view, p.ref.feature, p.entity, p.value_type)
+                for p in inputs.features
+            ],
+            user_entity=entities[0] if len(entities) > 1 else "",
+            item_entity=entities[-1] if entities else "",
+            keys=[AvailableFeature.key(k.ref.feature, k.entity, k.value_type) for k in inputs.keys],
         )
-    names: set[str] = set()
-    for index, entry in enumerate(entries):
-        path = f"features[{index}]"
-        if not isinstance(entry, Mapping):
-            raise InvalidArgument(path, "must be an object with feature_type and feature_name")
-        for key in ("feature_type", "feature_name"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise InvalidArgument(f"{path}.{key}", "is required and must be a string")
-        name = entry["feature_name"]
-        if name in names:
-            raise InvalidArgument(f"{path}.feature_name", f"duplicate feature_name {name!r}")
-        names.add(name)
-        if "expression" in entry:
-            _check_expressions(entry["expression"], f"{path}.expression", name, inputs)
-
-
-def _check_expressions(expression: Any, path: str, feature_name: str, inputs: FgInputs) -> None:
-    if isinstance(expression, str):
-        _check_expression(expression, path, feature_name, inputs)
-        return
-    if not isinstance(expression, list) or not expression:
-        raise InvalidArgument(path, f"feature {feature_name!r}: must be a string or a list of them")
-    for index, item in enumerate(expression):
-        if not isinstance(item, str):
-            raise InvalidArgument(f"{path}[{index}]", f"feature {feature_name!r}: not a string")
-        _check_expression(item, f"{path}[{index}]", feature_name, inputs)
-
-
-def _check_expression(expression: str, path: str, feature_name: str, inputs: FgInputs) -> None:
-    side, _, name = expression.partition(":")
-    if side not in SIDES or not name:
-        raise InvalidArgument(
-            path,
-            f"feature {feature_name!r}: {expression!r} is not `side:name` with side "
-            f"{', '.join(SIDES)}",
-        )
-    if side not in FEATURE_SIDES:
-        return
-    view, _, feature = name.rpartition(":")
-    # An entity's own id is an input too, and wins over a view field of the same name.
-    if not view and any(key.ref.feature == feature for key in inputs.keys):
-        return
-    features = inputs.features
-    matches = [
-        pinned
-        for pinned in features
-        if pinned.ref.feature == feature and view in ("", pinned.ref.feature_view)
-    ]
-    if len(matches) == 1:
-        return
-    known = [pinned.text for pinned in features] + [
-        f"{key.entity} key {key.ref.feature}" for key in inputs.keys
-    ]
-    if matches:
-        raise InvalidArgument(
-            path,
-            f"feature {feature_name!r}: {expression!r} is ambiguous, the feature set has "
-            f"{', '.join(pinned.text for pinned in matches)}: write {side}:VIEW:{feature}",
-        )
-    close = difflib.get_close_matches(name, known + [pinned.ref.feature for pinned in features])
-    hint = f"; did you mean {side}:{close[0]}?" if close else ""
-    raise InvalidArgument(
-        path,
-        f"feature {feature_name!r}: {expression!r} names no feature of the model's feature set "
-        f"(it has {_listing(known)}){hint}",
-    )
-
-
-def _listing(names: list[str], limit: int = 20) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    except FeatureConfigError as exc:
+        raise InvalidArgument(exc.path, exc.description) from None

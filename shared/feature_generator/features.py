@@ -69,13 +69,22 @@ MATCH_KEY_JOIN = "^"
 NUMBER, VECTOR, MAP, CATEGORICAL = "a number", "a list of numbers", "a map", "ids (scalar or list)"
 
 
+@dataclass(frozen=True)
+class Expectation:
+    """An input a feature reads, what it must hold, and the config key naming it."""
+
+    ref: InputRef
+    kind: str
+    key: str
+
+
 class Feature(Protocol):
     name: str
 
     def inputs(self) -> tuple[InputRef, ...]: ...
 
-    def expects(self) -> dict[InputRef, str]:
-        """What each input must hold: NUMBER, VECTOR, MAP or CATEGORICAL."""
+    def expects(self) -> list[Expectation]:
+        """What each input must hold, and the config key that names it."""
         ...
 
     def outputs(self) -> tuple[TensorSpec, ...]: ...
@@ -281,8 +290,8 @@ class IdFeature(ReadsCandidatesOnly):
     def inputs(self) -> tuple[InputRef, ...]:
         return (self.ref,)
 
-    def expects(self) -> dict[InputRef, str]:
-        return {self.ref: CATEGORICAL}
+    def expects(self) -> list[Expectation]:
+        return [Expectation(self.ref, CATEGORICAL, "expression")]
 
     def outputs(self) -> tuple[TensorSpec, ...]:
         return (self.embedding.spec(self.name, (self.width,), ID, self.rows.indexer.cardinality),)
@@ -365,8 +374,8 @@ class RawFeature(ReadsCandidatesOnly):
     def inputs(self) -> tuple[InputRef, ...]:
         return (self.ref,)
 
-    def expects(self) -> dict[InputRef, str]:
-        return {self.ref: NUMBER if self.width == 1 else VECTOR}
+    def expects(self) -> list[Expectation]:
+        return [Expectation(self.ref, NUMBER if self.width == 1 else VECTOR, "expression")]
 
     def outputs(self) -> tuple[TensorSpec, ...]:
         return (_dense_spec(self.name, self.width, self.boundaries, self.embedding),)
@@ -451,8 +460,11 @@ class ComboFeature(ReadsCandidatesOnly):
     def inputs(self) -> tuple[InputRef, ...]:
         return self.refs
 
-    def expects(self) -> dict[InputRef, str]:
-        return dict.fromkeys(self.refs, CATEGORICAL)
+    def expects(self) -> list[Expectation]:
+        return [
+            Expectation(ref, CATEGORICAL, f"expression[{index}]")
+            for index, ref in enumerate(self.refs)
+        ]
 
     def outputs(self) -> tuple[TensorSpec, ...]:
         return (self.embedding.spec(self.name, (self.width,), ID, self.rows.indexer.cardinality),)
@@ -526,8 +538,11 @@ class LookupFeature(ReadsCandidatesOnly):
     def inputs(self) -> tuple[InputRef, ...]:
         return (self.map_ref, self.key_ref)
 
-    def expects(self) -> dict[InputRef, str]:
-        return {self.map_ref: MAP, self.key_ref: CATEGORICAL}
+    def expects(self) -> list[Expectation]:
+        return [
+            Expectation(self.map_ref, MAP, "map"),
+            Expectation(self.key_ref, CATEGORICAL, "key"),
+        ]
 
     def outputs(self) -> tuple[TensorSpec, ...]:
         return (_dense_spec(self.name, 1, self.boundaries, self.embedding),)
@@ -614,8 +629,11 @@ class MatchFeature(ReadsCandidatesOnly):
             refs.insert(1, self.category_ref)
         return tuple(refs)
 
-    def expects(self) -> dict[InputRef, str]:
-        return {ref: MAP if ref == self.user_ref else CATEGORICAL for ref in self.inputs()}
+    def expects(self) -> list[Expectation]:
+        found = [Expectation(self.user_ref, MAP, "user")]
+        if self.category_ref is not None:
+            found.append(Expectation(self.category_ref, CATEGORICAL, "category"))
+        return [*found, Expectation(self.item_ref, CATEGORICAL, "item")]
 
     def outputs(self) -> tuple[TensorSpec, ...]:
         return (_dense_spec(self.name, 1, self.boundaries, self.embedding),)
@@ -715,8 +733,14 @@ class SequenceFeature:
     def inputs(self) -> tuple[InputRef, ...]:
         return (self.ref, *(side.ref for side in self.side_features))
 
-    def expects(self) -> dict[InputRef, str]:
-        return dict.fromkeys(self.inputs(), CATEGORICAL)
+    def expects(self) -> list[Expectation]:
+        return [
+            Expectation(self.ref, CATEGORICAL, "expression"),
+            *(
+                Expectation(side.ref, CATEGORICAL, f"side_features[{index}].expression")
+                for index, side in enumerate(self.side_features)
+            ),
+        ]
 
     def lookup_inputs(self) -> tuple[InputRef, ...]:
         return tuple(side.ref for side in self.side_features)
@@ -811,8 +835,8 @@ class EmbeddingFeature(ReadsCandidatesOnly):
     def inputs(self) -> tuple[InputRef, ...]:
         return (self.ref,)
 
-    def expects(self) -> dict[InputRef, str]:
-        return {self.ref: VECTOR}
+    def expects(self) -> list[Expectation]:
+        return [Expectation(self.ref, VECTOR, "expression")]
 
     def outputs(self) -> tuple[TensorSpec, ...]:
         return (TensorSpec(self.name, FP32, (self.width,), DENSE),)

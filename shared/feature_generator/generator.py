@@ -54,11 +54,12 @@ class FeatureGenerator:
         )
 
     def expectations(self) -> list[tuple[str, InputRef, str]]:
-        """(config path, input, what the input must hold) for every input of every feature."""
+        """(config path of the input's key, input, what it must hold) for every input of
+        every feature."""
         return [
-            (f"features[{index}]", ref, expected)
+            (f"features[{index}].{expected.key}", expected.ref, expected.kind)
             for index, feature in enumerate(self._features)
-            for ref, expected in feature.expects().items()
+            for expected in feature.expects()
         ]
 
     @classmethod
@@ -69,7 +70,7 @@ class FeatureGenerator:
         unknown = sorted(set(config) - {"features"})
         if unknown:
             raise FeatureConfigError(unknown[0], "is not a setting of an FG document")
-        entries = config.get("features")
+        entries = _integral(config.get("features"))
         if not isinstance(entries, list):
             raise FeatureConfigError("features", "must be a list of feature configs")
         memo = HashMemo()
@@ -135,6 +136,18 @@ class FeatureGenerator:
             for name, array in feature.apply(inputs).items():
                 outputs[name] = _rows_of(array, inputs.num_rows)
         return outputs
+
+
+def _integral(value: Any) -> Any:
+    """The document with integral floats as ints: a document stored as a protobuf Struct
+    (or parsed by some JSON readers) turns `"hash_bucket_size": 1000` into 1000.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _integral(item) for key, item in value.items()}
+    return value
 
 
 def _feature(entry: Any, path: str, memo: HashMemo) -> Feature:

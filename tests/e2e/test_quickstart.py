@@ -8,13 +8,22 @@ import shutil
 import uuid
 from pathlib import Path
 
+import grpc
+import numpy as np
+import onnxruntime as ort
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from recstack.recommend.v1 import recommend_service_pb2 as cpb
+from recstack.recommend.v1 import recommend_service_pb2_grpc, scene_pb2
+from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
+from recstack.registry.v1 import registry_service_pb2 as rpb
 from sklearn.metrics import roc_auc_score
 
 from examples.quickstart.data import make_data
+from shared.values import generated_array
 from tests.cli import run_cli
+from tests.scenes import params
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -52,22 +61,28 @@ def project(quickstart, registry_address, materialization_address) -> str:
     return project_id
 
 
-def test_recstack_train_fits_the_seed_gbdt_and_beats_popularity(
-    quickstart, project, registry_address, materialization_address
+@pytest.fixture(scope="module")
+def trained(
+    quickstart, project, registry_address, materialization_address, trained_model_repository
 ):
-    result = run_cli(
+    return run_cli(
         "train",
         str(quickstart / "train.yaml"),
         "--project",
         project,
         "--work-dir",
         str(quickstart / "work"),
+        "--model-repository",
+        str(trained_model_repository),
         "--registry",
         registry_address,
         "--materialization",
         materialization_address,
     )
 
+
+def test_recstack_train_fits_the_seed_gbdt_and_beats_popularity(quickstart, trained):
+    result = trained
     assert result.code == 0, result.out + result.err
     row = re.search(r"^probs_ctr\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)$", result.out, re.MULTILINE)
     assert row is not None, result.out
@@ -90,3 +105,67 @@ def oracle_auc(data: Path) -> float:
         items.column("price").to_numpy()[item],
     )
     return float(roc_auc_score(test.column("clicked").to_numpy(), logit))
+
+
+def test_the_trained_version_is_active_and_serves_through_triton_like_onnxruntime(
+    trained, project, registry_address, recommend_address, trained_model_repository
+):
+    assert trained.code == 0, trained.out + trained.err
+    with grpc.insecure_channel(registry_address) as channel:
+        registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
+        model = registry.GetModel(rpb.GetModelRequest(name=f"projects/{project}/models/click_gbdt"))
+        version = registry.GetModelVersion(
+            rpb.GetModelVersionRequest(
+                name=f"{model.model.name}/versions/{model.model.active_version}"
+            )
+        ).model_version
+    assert version.state == model_pb2.ModelVersion.STATE_ACTIVE
+    assert version.metrics["probs_ctr_auc"] > 0.7
+    assert [t.name for t in version.signature.inputs] == [
+        "category_affinity",
+        "price",
+        "recency_score",
+    ]
+
+    with grpc.insecure_channel(recommend_address) as channel:
+        recommend = recommend_service_pb2_grpc.RecommendServiceStub(channel)
+        recommend.CreateScene(
+            cpb.CreateSceneRequest(
+                scene_id=project,
+                scene=scene_pb2.Scene(
+                    project=project,
+                    user_entity="user",
+                    item_entity="item",
+                    recalls=[
+                        scene_pb2.StageConfig(
+                            type="popularity",
+                            quota=100,
+                            params=params(feature_view="item_features", feature="price"),
+                        )
+                    ],
+                    rank=scene_pb2.RankConfig(model="click_gbdt"),
+                    reranks=[scene_pb2.StageConfig(type="top_n")],
+                ),
+            )
+        )
+        scored = recommend.Score(
+            cpb.ScoreRequest(
+                scene=project, user_id="7", item_ids=[str(i) for i in range(1, 51)], debug_level=1
+            ),
+            timeout=30,
+        )
+
+    # The same generated inputs through onnxruntime in this process: Triton's scores match.
+    onnx_file = trained_model_repository / version.triton_model_name / "1" / "model.onnx"
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    inputs = {
+        name: np.stack([generated_array(g.features[name]) for g in scored.generated_features])
+        for name in ("category_affinity", "price", "recency_score")
+    }
+    (expected,) = session.run(["probs_ctr"], inputs)
+    served = np.array([item.model_scores["probs_ctr"] for item in scored.items])
+    np.testing.assert_allclose(served, expected[:, 0], rtol=1e-6)
+    assert len(set(served.round(6))) > 10  # real scores, not one constant
+    # The user's features are the same for every item; the items' prices differ.
+    assert len({float(row[0]) for row in inputs["category_affinity"]}) == 1
+    assert len({float(row[0]) for row in inputs["price"]}) > 10

@@ -136,7 +136,7 @@ def test_fg_config_naming_a_feature_the_set_lacks_is_invalid_argument(model):
         for violation in bad_request.field_violations
     ]
     assert violations == ["model_version.fg_config.features[2].expression"]
-    assert "'user:height' names no feature" in error.details()
+    assert "input user:height is not a feature" in error.details()
     assert model.get().last_version == 0
 
 

@@ -667,11 +667,12 @@ def test_binding_resolves_bare_and_qualified_names_and_skips_context():
         ),
     ],
 )
-def test_binding_errors_name_the_feature_entry(feature, message):
+def test_binding_errors_name_the_key_of_the_input(feature, message):
     with pytest.raises(FeatureConfigError, match=message) as error:
         bind(feature)
 
-    assert error.value.path == "features[0]"
+    key = "map" if feature["feature_type"] == "lookup_feature" else "expression"
+    assert error.value.path == f"features[0].{key}"
 
 
 def test_entity_keys_bind_as_inputs_of_their_side():

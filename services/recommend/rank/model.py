@@ -287,7 +287,10 @@ def _bare_scorer(scene_id: str, scene: scene_pb2.Scene, definitions: Definitions
     available = []
     config = []
     for index, ref in enumerate(scene.rank.features):
-        found = _available(scene_id, scene.project, ref, definitions, f"rank.features[{index}]")
+        where = f"rank.features[{index}]"
+        found = _available(scene_id, scene.project, ref, definitions, where)
+        if found is None:
+            raise _misconfigured(scene_id, f"{where} {ref!r} is the view's join key, not a feature")
         side = sides.get(found.entity)
         if side is None:
             raise _misconfigured(
@@ -320,7 +323,9 @@ def _registered_scorer(
     where = f"rank.model {active.model!r} version {active.version}"
     generator = _generator(scene_id, active.fg_config, where)
     available = [
-        _available(scene_id, scene.project, ref, deps.definitions, where) for ref in active.features
+        found
+        for ref in active.features
+        if (found := _available(scene_id, scene.project, ref, deps.definitions, where))
     ]
     binding = _bind(scene_id, generator, available, scene, deps.definitions, where)
     score_output = scene.rank.score_output or active.outputs[0]
@@ -343,10 +348,14 @@ def _registered_scorer(
 
 def _available(
     scene_id: str, project: str, ref: str, definitions: Definitions, where: str
-) -> AvailableFeature:
+) -> AvailableFeature | None:
+    """The feature a ref names; None for a view's join key (`view:*` pins it too), which is
+    the entity key input instead."""
     view_id, _, feature = ref.partition(":")
     view = _lookup(scene_id, where, lambda: definitions.feature_view(project, view_id))
     schema = _lookup(scene_id, where, lambda: definitions.view_schema(project, view_id))
+    if feature == schema.join_key:
+        return None
     field = schema.feature(feature)
     if field is None:
         raise _misconfigured(scene_id, f"{where}: view {view_id!r} has no feature {feature!r}")

@@ -1,0 +1,276 @@
+"""The MovieLens ranker end to end: `recstack train` (dnn) on features the platform
+materialized, the version deployed to Triton and activated, a scene ranked by it, offline and
+online features identical (`recstack fg check`), and activation and rollback under traffic.
+
+A deterministic tenth of the users (every 10th) keeps it fast; `make train` runs the same on
+the full data.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from recstack.recommend.v1 import recommend_service_pb2 as cpb
+from recstack.recommend.v1 import recommend_service_pb2_grpc, scene_pb2
+from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
+from recstack.registry.v1 import registry_service_pb2 as rpb
+
+from tests.cli import run_cli
+from tests.scenes import params
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "movielens"
+VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history")
+USER_STEP = 10
+State = model_pb2.ModelVersion.State
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """The example with every USER_STEP-th user's ratings, and a quicker training config."""
+    base = tmp_path_factory.mktemp("movielens_ranker")
+    shutil.copytree(EXAMPLE / "feature_repo", base / "feature_repo")
+    shutil.copy(EXAMPLE / "fg.json", base / "fg.json")
+    (base / "data").mkdir()
+    for name in ("ratings", "movies", "users"):
+        path = EXAMPLE / "data" / f"{name}.parquet"
+        assert path.is_file(), f"{path} is missing: run `make movielens-data`"
+        table = pq.read_table(path)
+        if "user_id" in table.column_names:
+            ids = table.column("user_id").to_numpy()
+            table = table.filter(pa.array((ids - 1) % USER_STEP == 0))
+        pq.write_table(table, base / "data" / f"{name}.parquet")
+    config = yaml.safe_load((EXAMPLE / "train.yaml").read_text())
+    config["dnn"] = {**config["dnn"], "epochs": 2, "batch_size": 512}
+    (base / "train.yaml").write_text(yaml.safe_dump(config))
+    # Training is deterministic: a second version differs only if its config does.
+    config["dnn"]["epochs"] = 1
+    (base / "train_again.yaml").write_text(yaml.safe_dump(config))
+    return base
+
+
+@pytest.fixture(scope="module")
+def project(base, registry_address, materialization_address) -> str:
+    project = f"movielens_{uuid.uuid4().hex[:6]}"
+    connection = ("--registry", registry_address, "--materialization", materialization_address)
+    applied = run_cli("apply", str(base / "feature_repo"), "--project", project, *connection[:2])
+    assert applied.code == 0, applied.err
+    for view in VIEWS:
+        backfill = run_cli(
+            "materialize",
+            "backfill",
+            f"{project}/{view}",
+            "--start",
+            "1997-09-20",
+            "--end",
+            "1998-04-23",
+            "--wait",
+            *connection,
+        )
+        assert backfill.code == 0, backfill.out + backfill.err
+    return project
+
+
+def train(
+    base: Path,
+    project: str,
+    addresses: tuple[str, str],
+    repository: Path,
+    *flags: str,
+    config: str = "train.yaml",
+):
+    registry, materialization = addresses
+    return run_cli(
+        "train",
+        str(base / config),
+        "--project",
+        project,
+        "--work-dir",
+        str(base / f"work_{uuid.uuid4().hex[:6]}"),
+        "--model-repository",
+        str(repository),
+        "--registry",
+        registry,
+        "--materialization",
+        materialization,
+        *flags,
+    )
+
+
+@pytest.fixture(scope="module")
+def first(base, project, registry_address, materialization_address, trained_model_repository):
+    result = train(
+        base, project, (registry_address, materialization_address), trained_model_repository
+    )
+    assert result.code == 0, result.out + result.err
+    return result
+
+
+@pytest.fixture(scope="module")
+def registry(registry_address):
+    with grpc.insecure_channel(registry_address) as channel:
+        yield registry_service_pb2_grpc.RegistryServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def recommend(recommend_address):
+    with grpc.insecure_channel(recommend_address) as channel:
+        yield recommend_service_pb2_grpc.RecommendServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def scene(project, first, recommend) -> str:
+    recommend.CreateScene(
+        cpb.CreateSceneRequest(
+            scene_id=project,
+            scene=scene_pb2.Scene(
+                project=project,
+                user_entity="user",
+                item_entity="item",
+                recalls=[
+                    scene_pb2.StageConfig(
+                        type="popularity",
+                        quota=200,
+                        params=params(feature_view="item_popularity", feature="item_ratings_365d"),
+                    )
+                ],
+                rank=scene_pb2.RankConfig(model="ranker"),
+                reranks=[scene_pb2.StageConfig(type="top_n")],
+                top_n=10,
+            ),
+        )
+    )
+    return project
+
+
+def metrics_of(output: str) -> dict[str, tuple[float, ...]]:
+    rows = re.findall(r"^(probs_\w+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)$", output, re.MULTILINE)
+    return {name: tuple(float(v) for v in values) for name, *values in rows}
+
+
+def test_the_trained_ranker_beats_popularity_and_is_active(first, project, registry):
+    found = metrics_of(first.out)
+    ctr_auc, _, popularity_ctr_auc, _ = found["probs_ctr"]
+    cvr_auc, _, popularity_cvr_auc, _ = found["probs_cvr"]
+    assert ctr_auc > popularity_ctr_auc
+    assert cvr_auc > popularity_cvr_auc
+
+    model = registry.GetModel(rpb.GetModelRequest(name=f"projects/{project}/models/ranker")).model
+    version = registry.GetModelVersion(
+        rpb.GetModelVersionRequest(name=f"{model.name}/versions/{model.active_version}")
+    ).model_version
+    assert model.active_version == 1
+    assert version.state == State.STATE_ACTIVE
+    assert version.trainer == "dnn"
+    assert version.metrics["probs_ctr_auc"] == pytest.approx(ctr_auc, abs=1e-4)
+    assert version.metrics["baseline_popularity_probs_ctr_auc"] == pytest.approx(
+        popularity_ctr_auc, abs=1e-4
+    )
+    assert [t.name for t in version.signature.outputs] == ["probs_ctr", "probs_cvr"]
+    assert "history__genre" in [t.name for t in version.signature.inputs]
+
+
+def test_recommendations_are_ranked_by_the_model_with_every_output(scene, recommend):
+    response = recommend.Recommend(cpb.RecommendRequest(scene=scene, user_id="11"), timeout=30)
+
+    assert len(response.items) == 10
+    scores = [item.score for item in response.items]
+    assert scores == sorted(scores, reverse=True)
+    for item in response.items:
+        assert set(item.model_scores) == {"probs_ctr", "probs_cvr"}
+        assert item.score == item.model_scores["probs_ctr"]
+        assert 0 < item.model_scores["probs_cvr"] < 1
+        assert list(item.recall_sources) == ["popularity"]
+
+
+def test_fg_check_finds_offline_and_online_features_identical(
+    scene, project, registry_address, materialization_address, recommend_address, base
+):
+    result = run_cli(
+        "fg",
+        "check",
+        f"{project}/ranker",
+        "--scene",
+        scene,
+        "--rows",
+        "1000",
+        "--work-dir",
+        str(base / "fg_check"),
+        "--registry",
+        registry_address,
+        "--materialization",
+        materialization_address,
+        "--recommend",
+        recommend_address,
+    )
+
+    assert result.code == 0, result.out + result.err
+    assert re.search(r"1000 rows x 16 tensors, 0 mismatches", result.out), result.out
+
+
+def test_activation_and_rollback_under_traffic_fail_no_request(
+    scene,
+    project,
+    base,
+    registry,
+    recommend,
+    registry_address,
+    materialization_address,
+    trained_model_repository,
+):
+    second = train(
+        base,
+        project,
+        (registry_address, materialization_address),
+        trained_model_repository,
+        "--no-activate",
+        config="train_again.yaml",
+    )
+    assert second.code == 0, second.out + second.err
+    model_name = f"projects/{project}/models/ranker"
+    failures: list[Exception] = []
+    served: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                response = recommend.Recommend(
+                    cpb.RecommendRequest(scene=scene, user_id="21"), timeout=10
+                )
+                served.append(response.items[0].model_scores["probs_ctr"])
+            except grpc.RpcError as exc:
+                failures.append(exc)
+
+    client = threading.Thread(target=loop)
+    client.start()
+    try:
+        time.sleep(0.5)
+        registry.ActivateModelVersion(
+            rpb.ActivateModelVersionRequest(name=f"{model_name}/versions/2")
+        )
+        time.sleep(1.0)
+        during = len(served)
+        registry.RollbackModel(rpb.RollbackModelRequest(name=model_name))
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        client.join()
+
+    assert failures == []
+    assert len(served) > during > 0
+    # The two versions score differently: the traffic saw both, then the first again.
+    assert len(set(served)) >= 2
+    assert served[-1] == served[0]
+    model = registry.GetModel(rpb.GetModelRequest(name=model_name)).model
+    assert model.active_version == 1
