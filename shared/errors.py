@@ -8,6 +8,10 @@ string (the `grpc.StatusCode` member name) so domain code stays free of gRPC imp
 from __future__ import annotations
 
 
+class ConfigurationError(Exception):
+    """A service cannot start with the settings it was given; the message says what to set."""
+
+
 class DomainError(Exception):
     """Base of every error a request can legitimately cause."""
 

@@ -36,7 +36,7 @@ class ServiceSettings(BaseSettings):
     # 0 disables the Prometheus endpoint (tests); -1 never occurs.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
-    # Unset: local runs start an embedded PostgreSQL under `run_dir`.
+    # Required: services never start a database; unset stops the service at start-up.
     database_url: SecretStr | None = None
     db_pool_size: int = Field(default=10, ge=1, le=200)
     run_dir: Path = Path(".run")
