@@ -144,8 +144,9 @@ $(RUNTIME_STAMP): requirements/runtime.txt
 	touch $@
 
 .PHONY: test
-test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## Run every test tier (unit, integration, e2e).
+test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## Run every tier, then e2e again with TLS and auth on.
 	$(PYTEST) tests/unit tests/integration tests/e2e
+	$(PYTEST) --secure-stack tests/e2e
 
 .PHONY: test-unit
 test-unit: $(VENV_STAMP) $(PROTO_STAMP) ## Fast tests, no servers.
@@ -158,6 +159,10 @@ test-integration: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Tests a
 .PHONY: test-e2e
 test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## All services through their gRPC APIs.
 	$(PYTEST) tests/e2e
+
+.PHONY: test-e2e-secure
+test-e2e-secure: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## The e2e tier with TLS and bearer tokens on every service.
+	$(PYTEST) --secure-stack tests/e2e
 
 # --- local stack -------------------------------------------------------------------------
 

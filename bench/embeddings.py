@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,6 +60,7 @@ from examples.feature_repo.data import reviews as example_reviews
 from infra.local.ports import free_port
 from infra.local.text_encoder import MINILM_VERSION_DIR, encoder_module
 from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY, TritonServer
+from shared.channels import open_channel
 from shared.db import to_libpq
 
 NAME = "embeddings"
@@ -228,8 +228,8 @@ def stack(url: str, scratch: Path) -> Iterator[tuple[Any, Any]]:
                 },
                 LOG_DIR / "embeddings-materialization.log",
             ) as materialization_process,
-            grpc.insecure_channel(registry_address) as registry_channel,
-            grpc.insecure_channel(materialization_address) as materialization_channel,
+            open_channel(registry_address) as registry_channel,
+            open_channel(materialization_address) as materialization_channel,
         ):
             wait_serving(registry_address, registry_process)
             wait_serving(materialization_address, materialization_process)

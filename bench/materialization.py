@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -51,6 +50,7 @@ from bench.harness import (
 )
 from infra.local.ports import free_port
 from services.materialization.export import ExportOptions
+from shared.channels import open_channel
 from shared.db import to_libpq
 from shared.online_store.binary_copy import BinaryCopyEncoder
 
@@ -193,8 +193,8 @@ def measure_materialization(
             },
             LOG_DIR / "materialization-materialization.log",
         ) as materialization_process,
-        grpc.insecure_channel(registry_address) as registry_channel,
-        grpc.insecure_channel(materialization_address) as materialization_channel,
+        open_channel(registry_address) as registry_channel,
+        open_channel(materialization_address) as materialization_channel,
     ):
         wait_serving(registry_address, registry_process)
         wait_serving(materialization_address, materialization_process)

@@ -77,6 +77,13 @@ class Unauthenticated(DomainError):
     default_reason = "UNAUTHENTICATED"
 
 
+class Internal(DomainError):
+    """A failure that is nobody's request's fault and that retrying will not fix."""
+
+    code = "INTERNAL"
+    default_reason = "INTERNAL"
+
+
 class PermissionDenied(DomainError):
     code = "PERMISSION_DENIED"
     default_reason = "PERMISSION_DENIED"

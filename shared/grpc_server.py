@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram, start_http_server
 
+from shared.channels import SERVER_KEEPALIVE_OPTIONS
 from shared.errors import DomainError, InvalidArgument
 from shared.request_context import set_deadline
 from shared.settings import ServiceSettings
@@ -356,6 +357,7 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *SERVER_KEEPALIVE_OPTIONS,
         ],
     )
     for registration in registrations:

@@ -28,6 +28,7 @@ from recstack.registry.v1 import (
     registry_service_pb2_grpc,
 )
 
+from shared.channels import ClientSettings, open_channel
 from shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.feature_views import ViewSchema, view_schema
 
@@ -48,11 +49,12 @@ class RegistryClient:
         self,
         address: str,
         *,
+        client: ClientSettings | None = None,
         refresh_seconds: float = 5.0,
         timeout_seconds: float = 5.0,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(address)
+        self._channel = channel or open_channel(address, client)
         self._stub = registry_service_pb2_grpc.RegistryServiceStub(self._channel)
         self._address = address
         self._refresh_seconds = refresh_seconds

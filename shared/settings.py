@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.channels import ClientSettings
+
 
 class TlsSettings(BaseModel):
     """Server TLS; both files unset means plaintext (loopback and service-mesh deployments)."""
@@ -43,6 +45,8 @@ class ServiceSettings(BaseSettings):
     # File with one accepted bearer token per line; unset disables authentication.
     auth_token_file: Path | None = None
     tls: TlsSettings = TlsSettings()
+    # How this service calls the others (`RECSTACK_CLIENT__TLS_CA_FILE`, `__TOKEN_FILE`, ...).
+    client: ClientSettings = ClientSettings()
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Upper bound on any request's run time, whatever deadline the client sent.
     max_request_seconds: float = Field(default=30.0, gt=0)
@@ -54,3 +58,10 @@ class ServiceSettings(BaseSettings):
     serving_addr: str = "127.0.0.1:50053"
     recommend_addr: str = "127.0.0.1:50054"
     triton_addr: str = "127.0.0.1:8001"
+
+    def client_settings(self) -> ClientSettings:
+        """`client`, sending the first token of `auth_token_file` when it names no token file
+        of its own: services that share one token file then authenticate to each other."""
+        if self.client.token_file is not None or self.auth_token_file is None:
+            return self.client
+        return self.client.model_copy(update={"token_file": self.auth_token_file})

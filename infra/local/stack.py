@@ -39,6 +39,7 @@ from infra.local.tritonserver import (
     TritonServerError,
     built_models,
 )
+from shared.channels import ClientSettings
 from shared.errors import Unavailable
 from shared.healthcheck import check
 from shared.model_server import TritonModelServer
@@ -318,8 +319,8 @@ def triton_ready(address: str) -> bool:
         server.close()
 
 
-def service_serving(address: str) -> bool:
-    return check(address) == "SERVING"
+def service_serving(address: str, client: ClientSettings | None = None) -> bool:
+    return check(address, client=client) == "SERVING"
 
 
 # --- up ------------------------------------------------------------------------------------
@@ -330,11 +331,17 @@ class Context:
     run_dir: Path
     # RECSTACK_DATABASE_URL; None means the embedded server under `run_dir`.
     database_url: str | None
+    # RECSTACK_CLIENT__*: how health checks reach services started with TLS.
+    client: ClientSettings = field(default_factory=ClientSettings)
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> Context:
         url = settings.database_url
-        return cls(resolve_run_dir(settings.run_dir), url.get_secret_value() if url else None)
+        return cls(
+            resolve_run_dir(settings.run_dir),
+            url.get_secret_value() if url else None,
+            settings.client_settings(),
+        )
 
     @property
     def state_file(self) -> Path:
@@ -441,7 +448,7 @@ def service_launch(ctx: Context, spec: ServiceSpec, database_url: str) -> Launch
         name=spec.name,
         address=spec.address,
         ready_label="SERVING",
-        probe=partial(service_serving, spec.address),
+        probe=partial(service_serving, spec.address, ctx.client),
         spawn=spawn,
         timeout_s=SERVICE_TIMEOUT_S,
         log_path=log_path,
@@ -678,8 +685,8 @@ def triton_row(state: StackState) -> StatusRow:
     return StatusRow(TRITON, pid_label(state, TRITON), address, health, ready)
 
 
-def service_row(state: StackState, spec: ServiceSpec) -> StatusRow:
-    health = check(spec.address)
+def service_row(ctx: Context, state: StackState, spec: ServiceSpec) -> StatusRow:
+    health = check(spec.address, client=ctx.client)
     serving = health == "SERVING"
     return StatusRow(spec.name, pid_label(state, spec.name), spec.address, health, serving)
 
@@ -687,7 +694,7 @@ def service_row(state: StackState, spec: ServiceSpec) -> StatusRow:
 def cmd_status(ctx: Context) -> int:
     state = load_state(ctx.state_file)
     rows = [postgres_row(ctx, state), triton_row(state)]
-    rows += [service_row(state, spec) for spec in SERVICES]
+    rows += [service_row(ctx, state, spec) for spec in SERVICES]
     print(StatusRow("component", "pid", "address", "health", True).line())
     for row in rows:
         print(row.line())

@@ -102,7 +102,7 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
     conninfo = to_libpq(url)
     migrate_cache(url)
     offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
-    registry = RegistryClient(settings.registry_addr)
+    registry = RegistryClient(settings.registry_addr, client=settings.client_settings())
     return MaterializationDeps(
         engine=engine,
         online_store=PostgresOnlineStore(conninfo),

@@ -57,7 +57,9 @@ def open_deps(settings: ServingSettings) -> ServingDeps:
     migrate_cache(url)
     store = PostgresOnlineStore(to_libpq(url), max_size=settings.db_pool_size)
     registry = RegistryClient(
-        settings.registry_addr, refresh_seconds=settings.registry_cache_seconds
+        settings.registry_addr,
+        client=settings.client_settings(),
+        refresh_seconds=settings.registry_cache_seconds,
     )
     embedder = Embedder(PostgresEmbeddingCache(to_libpq(url)), triton_address=settings.triton_addr)
     return ServingDeps(store, registry, embedder)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,20 +47,20 @@ EMBEDDING_FEATURE = "reviews:review_text_embedding"
 
 
 @pytest.fixture(scope="module")
-def registry(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def registry(registry_address, connect):
+    with connect(registry_address) as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def materialization(materialization_address):
-    with grpc.insecure_channel(materialization_address) as channel:
+def materialization(materialization_address, connect):
+    with connect(materialization_address) as channel:
         yield materialization_service_pb2_grpc.MaterializationServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def serving(serving_address):
-    with grpc.insecure_channel(serving_address) as channel:
+def serving(serving_address, connect):
+    with connect(serving_address) as channel:
         yield serving_service_pb2_grpc.FeatureServingServiceStub(channel)
 
 

@@ -134,11 +134,11 @@ def _intervals(materialization, view, store=job_pb2.STORE_OFFLINE, window=None):
 
 
 @pytest.fixture(scope="module")
-def stubs(registry_address, materialization_address, serving_address):
+def stubs(registry_address, materialization_address, serving_address, connect):
     with (
-        grpc.insecure_channel(registry_address) as r,
-        grpc.insecure_channel(materialization_address) as m,
-        grpc.insecure_channel(serving_address) as s,
+        connect(registry_address) as r,
+        connect(materialization_address) as m,
+        connect(serving_address) as s,
     ):
         yield (
             registry_service_pb2_grpc.RegistryServiceStub(r),
@@ -266,13 +266,13 @@ def _start_service(database_url, registry_address, offline_dir, port):
 
 
 def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishes(
-    registry_address, postgres_server_url, tmp_path
+    registry_address, postgres_server_url, tmp_path, connect
 ):
     database = f"crash_{uuid.uuid4().hex[:8]}"
     url = create_database(postgres_server_url, database)
     source = tmp_path / "big.parquet"
     _write_source(source, users=500, events_per_day=20_000)
-    with grpc.insecure_channel(registry_address) as channel:
+    with connect(registry_address) as channel:
         view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
     port = free_port()
     process, channel = _start_service(url, registry_address, tmp_path / "offline", port)

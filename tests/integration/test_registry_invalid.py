@@ -36,8 +36,8 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")
-def stub(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def stub(registry_address, connect):
+    with connect(registry_address) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         stub.Apply(
             pb.ApplyRequest(
@@ -617,10 +617,10 @@ def test_invalid_request_is_rejected_and_writes_nothing(stub, case):
     assert _head(stub) == before
 
 
-def test_concurrent_creates_of_one_name_give_one_already_exists(registry_address):
+def test_concurrent_creates_of_one_name_give_one_already_exists(registry_address, connect):
     project = f"race_{uuid.uuid4().hex[:8]}"
     results: list[grpc.StatusCode] = []
-    with grpc.insecure_channel(registry_address) as channel:
+    with connect(registry_address) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         barrier = threading.Barrier(4)
 

@@ -1,13 +1,20 @@
 """Session fixtures that run recstack services in-process on free ports, over real PostgreSQL.
 
-Each fixture yields the service's gRPC address; tests talk to it only through generated stubs.
+Each fixture yields the service's gRPC address; tests talk to it only through generated stubs,
+on channels from `connect` (the platform's channel factory with the session's client settings).
+
+`pytest --secure-stack` starts every service with TLS (a throwaway CA) and bearer tokens on,
+and points their own clients (and `connect`, and the CLI's environment) at the same CA and
+token: `make test` runs the e2e tier a second time that way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import sqlalchemy as sa
 
@@ -25,9 +32,66 @@ from services.registry.server import create_server as create_registry
 from services.serving.server import ServingSettings
 from services.serving.server import create_server as create_serving
 from services.serving.server import open_deps as open_serving_deps
+from shared.channels import ClientSettings, open_channel
 from shared.db import create_engine, to_libpq
 from shared.migrations import upgrade
 from shared.online_store.postgres import PostgresOnlineStore
+from tests.security import StackSecurity
+
+SECURE_OPTION = "--secure-stack"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        SECURE_OPTION,
+        action="store_true",
+        default=False,
+        help="run the in-process services with TLS and bearer-token authentication on",
+    )
+
+
+@pytest.fixture(scope="session")
+def stack_security(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> StackSecurity:
+    if request.config.getoption(SECURE_OPTION):
+        return StackSecurity.generate(tmp_path_factory.mktemp("pki"))
+    return StackSecurity()
+
+
+@pytest.fixture(scope="session")
+def service_overrides(stack_security: StackSecurity) -> dict[str, Any]:
+    """Settings every in-process service gets on top of its own."""
+    return stack_security.server_settings()
+
+
+@pytest.fixture(scope="session")
+def client_settings(stack_security: StackSecurity) -> ClientSettings:
+    return stack_security.client()
+
+
+@pytest.fixture(scope="session")
+def connect(client_settings: ClientSettings) -> Iterator[Callable[[str], grpc.Channel]]:
+    """`connect(address)`: a channel to a session service, closed at the end of the session."""
+    channels: list[grpc.Channel] = []
+
+    def open_(address: str) -> grpc.Channel:
+        channel = open_channel(address, client_settings)
+        channels.append(channel)
+        return channel
+
+    yield open_
+    for channel in channels:
+        channel.close()
+
+
+@pytest.fixture(scope="session")
+def cli_environment(stack_security: StackSecurity) -> Iterator[None]:
+    """The in-process CLI reads its credentials from the environment: the session's."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in stack_security.cli_env().items():
+            patch.setenv(key, value)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +104,17 @@ def registry_engine(database_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture(scope="session")
 def registry_address(
-    registry_engine: sa.Engine, database_url: str, triton_server: TritonServer
+    registry_engine: sa.Engine,
+    database_url: str,
+    triton_server: TritonServer,
+    service_overrides: dict[str, Any],
 ) -> Iterator[str]:
     """The registry; it deploys model versions to the session's Triton."""
     settings = RegistrySettings(
-        grpc_port=0, database_url=database_url, triton_addr=triton_server.grpc_address
+        grpc_port=0,
+        database_url=database_url,
+        triton_addr=triton_server.grpc_address,
+        **service_overrides,
     )
     online_store = PostgresOnlineStore(to_libpq(database_url))
     running, port = create_registry(settings, RegistryDeps(registry_engine, online_store))
@@ -55,7 +125,10 @@ def registry_address(
 
 @pytest.fixture(scope="session")
 def serving_address(
-    database_url: str, registry_address: str, triton_server: TritonServer
+    database_url: str,
+    registry_address: str,
+    triton_server: TritonServer,
+    service_overrides: dict[str, Any],
 ) -> Iterator[str]:
     settings = ServingSettings(
         grpc_port=0,
@@ -64,6 +137,7 @@ def serving_address(
         # Pushed review texts are embedded by the real model.
         triton_addr=triton_server.grpc_address,
         registry_cache_seconds=0.0,
+        **service_overrides,
     )
     deps = open_serving_deps(settings)
     running, port = create_serving(settings, deps)
@@ -81,7 +155,11 @@ def offline_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def materialization_address(
-    database_url: str, registry_address: str, offline_store_dir: Path, triton_server: TritonServer
+    database_url: str,
+    registry_address: str,
+    offline_store_dir: Path,
+    triton_server: TritonServer,
+    service_overrides: dict[str, Any],
 ) -> Iterator[str]:
     # One runner per test session: a second service on the same database would claim jobs
     # too, and write them to its own offline store.
@@ -91,6 +169,7 @@ def materialization_address(
         registry_addr=registry_address,
         offline_store_uri=str(offline_store_dir),
         triton_addr=triton_server.grpc_address,
+        **service_overrides,
     )
     deps = open_materialization_deps(settings)
     running, port = create_materialization(settings, deps)
@@ -103,7 +182,11 @@ def materialization_address(
 
 @pytest.fixture(scope="session")
 def recommend_address(
-    database_url: str, registry_address: str, serving_address: str, triton_server: TritonServer
+    database_url: str,
+    registry_address: str,
+    serving_address: str,
+    triton_server: TritonServer,
+    service_overrides: dict[str, Any],
 ) -> Iterator[str]:
     settings = RecommendSettings(
         grpc_port=0,
@@ -113,6 +196,7 @@ def recommend_address(
         triton_addr=triton_server.grpc_address,
         registry_cache_seconds=0.0,
         required_models=["ranker"],
+        **service_overrides,
     )
     running, port = create_recommend(settings, open_recommend_deps(settings))
     yield f"127.0.0.1:{port}"

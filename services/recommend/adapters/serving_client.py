@@ -12,6 +12,7 @@ import grpc
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
+from shared.channels import ClientSettings, open_channel
 from shared.errors import DomainError, FailedPrecondition, Unavailable
 from shared.request_context import seconds_remaining
 from shared.values import from_proto, to_proto
@@ -34,11 +35,12 @@ class ServingUserFeatures:
         self,
         address: str,
         *,
+        client: ClientSettings | None = None,
         timeout_seconds: float = 2.0,
         channel: grpc.Channel | None = None,
     ) -> None:
         self._address = address
-        self._channel = channel or grpc.insecure_channel(address)
+        self._channel = channel or open_channel(address, client)
         self._stub = serving_service_pb2_grpc.FeatureServingServiceStub(self._channel)
         self._timeout = timeout_seconds
 
