@@ -7,6 +7,18 @@ string (the `grpc.StatusCode` member name) so domain code stays free of gRPC imp
 
 from __future__ import annotations
 
+# User input echoed in a message is cut to this many characters.
+MAX_QUOTED_CHARS = 120
+
+
+def quoted(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`value` as a quoted literal for a message, at most `limit` characters of it: echoing
+    input back must neither flood a message nor carry a whole payload."""
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}…"
+    return repr(text)
+
 
 class ConfigurationError(Exception):
     """A service cannot start with the settings it was given; the message says what to set."""

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.channels import ClientSettings
+from shared.credentials import Credentials, CredentialSettings
 
 
 class TlsSettings(BaseModel):
@@ -47,6 +48,12 @@ class ServiceSettings(BaseSettings):
     tls: TlsSettings = TlsSettings()
     # How this service calls the others (`RECSTACK_CLIENT__TLS_CA_FILE`, `__TOKEN_FILE`, ...).
     client: ClientSettings = ClientSettings()
+    # Secrets this service may send, each bound to endpoints: `RECSTACK_CREDENTIAL__<NAME>__*`
+    # and/or one file per credential in `credentials_dir` (shared/credentials.py).
+    credential: dict[str, CredentialSettings] = {}
+    credentials_dir: Path | None = None
+    # When set, the only URL prefixes (or Triton addresses) embedding models may call.
+    embedding_endpoints: list[str] = []
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Upper bound on any request's run time, whatever deadline the client sent.
     max_request_seconds: float = Field(default=30.0, gt=0)
@@ -58,6 +65,9 @@ class ServiceSettings(BaseSettings):
     serving_addr: str = "127.0.0.1:50053"
     recommend_addr: str = "127.0.0.1:50054"
     triton_addr: str = "127.0.0.1:8001"
+
+    def credentials(self) -> Credentials:
+        return Credentials.from_settings(self.credential, self.credentials_dir)
 
     def client_settings(self) -> ClientSettings:
         """`client`, sending the first token of `auth_token_file` when it names no token file

@@ -23,6 +23,7 @@ from services.registry.kinds import (
     PROJECT,
     Kind,
 )
+from services.registry.policy import DefinitionPolicy
 from shared.errors import InvalidArgument, NotFound
 from shared.values import VT
 
@@ -33,11 +34,20 @@ def ref(kind: Kind, project: str, resource_id: str) -> str:
     return f"{kind.key}:{project}/{resource_id}"
 
 
-def prepare(repo: ResourceRepository, kind: Kind, project: str, spec: Message) -> tuple[str, ...]:
-    """Validate `spec` (filling defaults) and return the resources it references."""
+def prepare(
+    repo: ResourceRepository,
+    kind: Kind,
+    project: str,
+    spec: Message,
+    policy: DefinitionPolicy | None = None,
+) -> tuple[str, ...]:
+    """Validate `spec` (filling defaults), check it against the operator's policy, and return
+    the resources it references."""
     if kind.top_level:
         return ()
-    return (ref(PROJECT, project, project), *PREPARERS[kind.key](repo, project, spec))
+    refs = PREPARERS[kind.key](repo, project, spec)
+    (policy or DefinitionPolicy()).check(kind.key, project, spec)
+    return (ref(PROJECT, project, project), *refs)
 
 
 def require_ref(

@@ -61,7 +61,12 @@ def open_deps(settings: ServingSettings) -> ServingDeps:
         client=settings.client_settings(),
         refresh_seconds=settings.registry_cache_seconds,
     )
-    embedder = Embedder(PostgresEmbeddingCache(to_libpq(url)), triton_address=settings.triton_addr)
+    embedder = Embedder(
+        PostgresEmbeddingCache(to_libpq(url)),
+        triton_address=settings.triton_addr,
+        credentials=settings.credentials(),
+        allowed_endpoints=settings.embedding_endpoints,
+    )
     return ServingDeps(store, registry, embedder)
 
 

@@ -3,19 +3,34 @@ plain, and `--secure-stack` (TLS and bearer tokens on every service)."""
 
 from __future__ import annotations
 
+import uuid
+from functools import partial
+
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from recstack.common.v1 import value_pb2
 from recstack.materialization.v1 import materialization_service_pb2 as mpb
 from recstack.materialization.v1 import materialization_service_pb2_grpc
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
 from recstack.recommend.v1 import recommend_service_pb2_grpc
+from recstack.registry.v1 import (
+    data_source_pb2,
+    embedding_model_pb2,
+    entity_pb2,
+    feature_view_pb2,
+    project_pb2,
+    registry_service_pb2_grpc,
+)
 from recstack.registry.v1 import registry_service_pb2 as rpb
-from recstack.registry.v1 import registry_service_pb2_grpc
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
 from shared.channels import ClientSettings, open_channel
 from shared.healthcheck import check
+from tests.openai_api import API_KEY, OTHER_SECRETS
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +91,227 @@ def test_only_clients_with_the_stacks_ca_and_token_get_through(calls, stack_secu
         assert check(address) == "UNREACHABLE"
         no_token = stack_security.client(token_file=None)
         assert _code(address, no_token, call) == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- credentials: only ever sent where the operator bound them ------------------------------
+
+EM = embedding_model_pb2.EmbeddingModel
+FV = feature_view_pb2.FeatureView
+VT = value_pb2.ValueType
+
+
+@pytest.fixture(scope="module")
+def registry(registry_address, connect):
+    return registry_service_pb2_grpc.RegistryServiceStub(connect(registry_address))
+
+
+@pytest.fixture(scope="module")
+def serving(serving_address, connect):
+    return serving_service_pb2_grpc.FeatureServingServiceStub(connect(serving_address))
+
+
+def _project(registry, prefix):
+    project = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    registry.CreateProject(
+        rpb.CreateProjectRequest(project_id=project, project=project_pb2.Project())
+    )
+    return project
+
+
+def _model(**fields):
+    return EM(
+        model_type=EM.MODEL_TYPE_TEXT_EMBEDDING,
+        provider=EM.PROVIDER_OPENAI_COMPATIBLE,
+        model_name="text-embedding-v4",
+        dimension=8,
+        max_retries=0,
+        **fields,
+    )
+
+
+def _refused(call, field, reason):
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert f"{field}:" in caught.value.details()
+    assert _reason(caught.value) == reason, caught.value.details()
+
+
+def _reason(error):
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
+
+
+def _push_view(registry, project, view_id, model_id):
+    key = feature_view_pb2.FeatureField(name="item_id", value_type=VT.VALUE_TYPE_INT64)
+    text = feature_view_pb2.FeatureField(name="review", value_type=VT.VALUE_TYPE_STRING)
+    produced = feature_view_pb2.FeatureField(
+        name="review_embedding",
+        value_type=VT.VALUE_TYPE_FLOAT_LIST,
+        production=feature_view_pb2.FeatureProduction(
+            transform=feature_view_pb2.FeatureProduction.TRANSFORM_LLM_EMBEDDING,
+            input_field="review",
+            embedding_model=model_id,
+        ),
+    )
+    registry.Apply(
+        rpb.ApplyRequest(
+            parent=f"projects/{project}",
+            definitions=[
+                rpb.Definition(
+                    id=f"{view_id}_push",
+                    data_source=data_source_pb2.DataSource(
+                        push=data_source_pb2.PushSource(schema=[key, text])
+                    ),
+                ),
+                rpb.Definition(
+                    id=view_id,
+                    feature_view=FV(
+                        entity="item",
+                        source=f"{view_id}_push",
+                        type=FV.TYPE_REAL_TIME,
+                        online_enabled=True,
+                        fields=[key, text, produced],
+                    ),
+                ),
+            ],
+        )
+    )
+
+
+def _push(serving, project, view_id, text):
+    row = spb.FeatureRow(
+        values={
+            "item_id": value_pb2.Value(int64_value=1),
+            "review": value_pb2.Value(string_value=text),
+        }
+    )
+    row.event_time.GetCurrentTime()
+    request = spb.PushFeaturesRequest(project=project, feature_view=view_id, rows=[row])
+    return serving.PushFeatures(iter([request]), timeout=30)
+
+
+def test_a_catcher_endpoint_never_receives_a_secret_unless_it_is_the_bound_credential(
+    registry, serving, embedding_api, database_url, stack_security
+):
+    project = _project(registry, "catch")
+    parent = f"projects/{project}"
+    registry.CreateEntity(
+        rpb.CreateEntityRequest(
+            parent=parent,
+            entity_id="item",
+            entity=entity_pb2.Entity(join_key="item_id", key_type=VT.VALUE_TYPE_INT64),
+        )
+    )
+    catcher = embedding_api.url
+
+    def create(model_id, model):
+        return registry.CreateEmbeddingModel(
+            rpb.CreateEmbeddingModelRequest(
+                parent=parent, embedding_model_id=model_id, embedding_model=model
+            )
+        ).embedding_model
+
+    # The old hole: a caller naming any environment variable of the service as the key.
+    _refused(
+        lambda: create(
+            "env", _model(endpoint=f"{catcher}/open", api_key_env="RECSTACK_DATABASE_URL")
+        ),
+        "embedding_model.api_key_env",
+        "API_KEY_ENV_UNSUPPORTED",
+    )
+    # Declared credentials, but not for this endpoint; and a name nobody declared.
+    for credential, endpoint, reason in (
+        ("elsewhere_key", f"{catcher}/open", "CREDENTIAL_ENDPOINT_NOT_BOUND"),
+        ("test_api_key", f"{catcher}/open", "CREDENTIAL_ENDPOINT_NOT_BOUND"),
+        ("test_api_key", f"{catcher}/boundary", "CREDENTIAL_ENDPOINT_NOT_BOUND"),
+        ("nobody_declared", f"{catcher}/bound", "CREDENTIAL_NOT_DECLARED"),
+    ):
+        _refused(
+            partial(create, "m", _model(endpoint=endpoint, credential=credential)),
+            "embedding_model.credential",
+            reason,
+        )
+    bound = create("bound", _model(endpoint=f"{catcher}/bound", credential="test_api_key"))
+    create("open", _model(endpoint=f"{catcher}/open"))
+    # The registry's declaration of stale_key still covers this endpoint; the services' no
+    # longer does: refused again at call time.
+    create("stale", _model(endpoint=f"{catcher}/stale", credential="stale_key"))
+    moved = EM()
+    moved.CopyFrom(bound)
+    moved.endpoint = f"{catcher}/open"
+    _refused(
+        lambda: registry.UpdateEmbeddingModel(
+            rpb.UpdateEmbeddingModelRequest(
+                embedding_model=moved, update_mask=field_mask_pb2.FieldMask(paths=["endpoint"])
+            )
+        ),
+        "embedding_model.credential",
+        "CREDENTIAL_ENDPOINT_NOT_BOUND",
+    )
+
+    marker = uuid.uuid4().hex
+    for view_id in ("bound", "open", "stale"):
+        _push_view(registry, project, f"{view_id}_reviews", view_id)
+    assert _push(serving, project, "bound_reviews", f"{marker} bound").rows_written == 1
+    assert _push(serving, project, "open_reviews", f"{marker} open").rows_written == 1
+    with pytest.raises(grpc.RpcError) as caught:
+        _push(serving, project, "stale_reviews", f"{marker} stale")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(caught.value) == "CREDENTIAL_ENDPOINT_NOT_BOUND"
+
+    mine = [r for r in embedding_api.requests if any(marker in text for text in r["body"]["input"])]
+    assert {(r["path"], r["auth"]) for r in mine} == {
+        ("/bound/v1/embeddings", f"Bearer {API_KEY}"),
+        ("/open/v1/embeddings", ""),
+    }
+    # Nothing the services hold ever reached the catcher, in any request of the session.
+    leaked = [database_url, *OTHER_SECRETS]
+    if stack_security.enabled:
+        leaked.append(stack_security.token)
+    seen = repr(embedding_api.requests)
+    assert not [secret for secret in leaked if secret in seen]
+    stored = registry.GetEmbeddingModel(rpb.GetEmbeddingModelRequest(name=bound.name))
+    assert stored.embedding_model.credential == "test_api_key"
+    assert API_KEY not in str(stored)
+
+
+def test_passwords_are_refused_in_source_urls_and_never_returned(registry):
+    project = _project(registry, "pw")
+    parent = f"projects/{project}"
+
+    def create(url, credential=""):
+        source = data_source_pb2.DataSource(
+            postgres=data_source_pb2.PostgresSource(url=url, table="t", credential=credential),
+            event_timestamp_column="ts",
+        )
+        return registry.CreateDataSource(
+            rpb.CreateDataSourceRequest(parent=parent, data_source_id="db", data_source=source)
+        )
+
+    _refused(
+        lambda: create("postgresql://app:s3cret@db.example.com/sales"),
+        "data_source.postgres.url",
+        "SECRET_IN_URL",
+    )
+    _refused(
+        lambda: create("postgresql://app@db.example.com/sales?password=s3cret"),
+        "data_source.postgres.url",
+        "URL_PARAMETER_NOT_ALLOWED",
+    )
+    _refused(
+        lambda: create("postgresql://app@db.example.com/sales?host=attacker.example.com"),
+        "data_source.postgres.url",
+        "URL_PARAMETER_NOT_ALLOWED",
+    )
+    _refused(
+        lambda: create("postgresql://app@db.example.com/sales"),
+        "data_source.postgres.credential",
+        "CREDENTIAL_REQUIRED",
+    )
+    listed = registry.ListDataSources(rpb.ListDataSourcesRequest(parent=parent))
+    assert "s3cret" not in str(listed)

@@ -36,6 +36,7 @@ from shared.channels import ClientSettings, open_channel
 from shared.db import create_engine, to_libpq
 from shared.migrations import upgrade
 from shared.online_store.postgres import PostgresOnlineStore
+from tests.openai_api import API_KEY, OTHER_SECRETS, FakeAPI, serve
 from tests.security import StackSecurity
 
 SECURE_OPTION = "--secure-stack"
@@ -60,9 +61,50 @@ def stack_security(
 
 
 @pytest.fixture(scope="session")
-def service_overrides(stack_security: StackSecurity) -> dict[str, Any]:
+def embedding_api() -> Iterator[FakeAPI]:
+    """An OpenAI-compatible API for the session's services; it records every request, so it
+    also catches any secret sent to it. It answers with or without a key."""
+    with serve() as api:
+        api.require_key = False
+        yield api
+
+
+@pytest.fixture(scope="session")
+def declared_credentials(embedding_api: FakeAPI) -> dict[str, dict[str, Any]]:
+    """The credentials the session's serving and materialization services are declared:
+    `test_api_key` is bound to `<embedding_api>/bound`; the others never to that server."""
+    return {
+        "test_api_key": {"secret": API_KEY, "endpoints": [f"{embedding_api.url}/bound"]},
+        "elsewhere_key": {
+            "secret": OTHER_SECRETS[0],
+            "endpoints": ["https://embeddings.example.com/v1"],
+        },
+        # Declared to the registry as bound to `<embedding_api>/stale`: it was re-bound since.
+        "stale_key": {"secret": OTHER_SECRETS[1], "endpoints": ["https://moved.example.com/v1"]},
+    }
+
+
+@pytest.fixture(scope="session")
+def service_overrides(
+    stack_security: StackSecurity, declared_credentials: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """Settings every in-process service gets on top of its own."""
-    return stack_security.server_settings()
+    return {**stack_security.server_settings(), "credential": declared_credentials}
+
+
+@pytest.fixture(scope="session")
+def registry_overrides(
+    service_overrides: dict[str, Any],
+    declared_credentials: dict[str, dict[str, Any]],
+    embedding_api: FakeAPI,
+) -> dict[str, Any]:
+    """The registry's declarations: names and bindings only, no secrets (it sends none)."""
+    credentials = {
+        name: {"endpoints": declared["endpoints"]}
+        for name, declared in declared_credentials.items()
+    }
+    credentials["stale_key"] = {"endpoints": [f"{embedding_api.url}/stale"]}
+    return {**service_overrides, "credential": credentials}
 
 
 @pytest.fixture(scope="session")
@@ -107,14 +149,14 @@ def registry_address(
     registry_engine: sa.Engine,
     database_url: str,
     triton_server: TritonServer,
-    service_overrides: dict[str, Any],
+    registry_overrides: dict[str, Any],
 ) -> Iterator[str]:
     """The registry; it deploys model versions to the session's Triton."""
     settings = RegistrySettings(
         grpc_port=0,
         database_url=database_url,
         triton_addr=triton_server.grpc_address,
-        **service_overrides,
+        **registry_overrides,
     )
     online_store = PostgresOnlineStore(to_libpq(database_url))
     running, port = create_registry(settings, RegistryDeps(registry_engine, online_store))
