@@ -20,6 +20,22 @@ def quoted(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
     return repr(text)
 
 
+# Where a library's message turns into a Python traceback of the thread that failed (DuckDB
+# appends one when a Python scan raises): nothing from there on reaches a caller.
+_TRACEBACK_MARKERS = ("Detail: Python exception", "Traceback (most recent call last)")
+MAX_DETAIL_CHARS = 300
+
+
+def summary(exc: BaseException, limit: int = MAX_DETAIL_CHARS) -> str:
+    """A third-party error as one bounded line for a message: its first line, never the
+    traceback or the stack some libraries append."""
+    text = str(exc)
+    for marker in _TRACEBACK_MARKERS:
+        text = text.split(marker, 1)[0]
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 class ConfigurationError(Exception):
     """A service cannot start with the settings it was given; the message says what to set."""
 

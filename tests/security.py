@@ -10,6 +10,7 @@ from typing import Any
 
 import trustme
 
+from infra.local.postgres import create_source_role, drop_source_role
 from shared.channels import ClientSettings
 
 
@@ -64,3 +65,25 @@ class StackSecurity:
             "RECSTACK_TLS_CA_FILE": str(self.ca_file),
             "RECSTACK_AUTH_TOKEN_FILE": str(self.token_file),
         }
+
+
+@dataclass
+class SourceRoles:
+    """Creates the project roles a test's POSTGRES sources run as; drops them all at the end
+    (roles outlive the test database: they belong to the whole server)."""
+
+    database_url: str
+    template: str
+
+    def __post_init__(self) -> None:
+        self._created: list[str] = []
+
+    def grant(self, project: str, schema: str | None = None) -> str:
+        role = self.template.format(project=project)
+        create_source_role(self.database_url, role, schema)
+        self._created.append(role)
+        return role
+
+    def drop_all(self) -> None:
+        for role in dict.fromkeys(self._created):
+            drop_source_role(self.database_url, role)

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from infra.local.ports import free_port
+from shared.db import to_libpq
 from shared.errors import Unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -226,6 +228,44 @@ def any_server(url: str = "", *, embedded: bool = False) -> Iterator[str]:
     else:
         with temporary_embedded_server() as server:
             yield server.start()
+
+
+def create_source_role(database_url: str, role: str, schema: str | None = None) -> None:
+    """The login role a project's POSTGRES sources run as (README, "Running it securely"):
+    no superuser, no BYPASSRLS, CONNECT on the database, and read access to `schema` (created
+    if missing) when given; nothing else, so the platform's schemas and other projects' tables
+    stay out of its reach. Run as the database's owner; idempotent."""
+    role_id = sql.Identifier(role)
+    with psycopg.connect(to_libpq(database_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+        if exists is None:
+            conn.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+                ).format(role_id)
+            )
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role_id)
+        )
+        if schema is None:
+            return
+        schema_id = sql.Identifier(schema)
+        for statement in (
+            "CREATE SCHEMA IF NOT EXISTS {schema}",
+            "GRANT USAGE ON SCHEMA {schema} TO {role}",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role}",
+        ):
+            conn.execute(sql.SQL(statement).format(schema=schema_id, role=role_id))
+
+
+def drop_source_role(database_url: str, role: str) -> None:
+    """Revoke what `create_source_role` granted in this database and drop the role."""
+    with psycopg.connect(to_libpq(database_url), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -82,7 +82,7 @@ class ExportDefinitions(Protocol):
 class EntityTables(Protocol):
     """Stages a database table of labelled entity rows as one Parquet file."""
 
-    def to_parquet(self, table: str, path: str) -> int: ...
+    def to_parquet(self, project: str, table: str, path: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -204,9 +204,10 @@ class TrainingSetExporter:
         if self._entity_tables is None:
             raise FailedPrecondition("this service has no database to read entity_table from")
         self._plan(model_feature_set)  # fail on the feature set before copying the table
+        project = model_feature_set.split("/")[1]
         with tempfile.TemporaryDirectory(dir=self._spill_parent()) as tmp:
             staged = str(Path(tmp) / "entity_rows.parquet")
-            self._entity_tables.to_parquet(entity_table, staged)
+            self._entity_tables.to_parquet(project, entity_table, staged)
             return self._export_rows(
                 model_feature_set, (staged,), output_path, timestamp_column, "entity_table"
             )

@@ -327,7 +327,12 @@ def _source_spec(name: str, source: Any) -> SourceSpec:
     if kind == "postgres":
         postgres = source.postgres
         return PostgresSourceSpec(
-            source.event_timestamp_column, postgres.table, postgres.query, postgres.url
+            source.event_timestamp_column,
+            postgres.table,
+            postgres.query,
+            postgres.url,
+            # `getattr`: registry stand-ins in the unit tests predate credentials.
+            getattr(postgres, "credential", ""),
         )
     if kind == "file":
         file = source.file

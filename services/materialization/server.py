@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
+from pydantic import Field
 from recstack.materialization.v1 import (
     materialization_service_pb2,
     materialization_service_pb2_grpc,
@@ -16,6 +17,10 @@ from services.materialization.adapters.entity_rows import PostgresEntityTables
 from services.materialization.adapters.local_engine import LocalEngine
 from services.materialization.adapters.offline_store import ParquetOfflineStore
 from services.materialization.adapters.repository import postgres_unit_of_work
+from services.materialization.adapters.source_databases import (
+    DEFAULT_ROLE_TEMPLATE,
+    SourceDatabases,
+)
 from services.materialization.export import TrainingSetExporter
 from services.materialization.materializer import Materializer
 from services.materialization.runner import JobRunner
@@ -45,6 +50,11 @@ class MaterializationSettings(ServiceSettings):
     job_poll_seconds: float = 1.0
     # Rows per chunk: progress, cancellation and heartbeats happen between chunks.
     job_chunk_rows: int = 500_000
+    # The login role POSTGRES sources without a url run as, per project (never the platform's).
+    source_role_template: str = DEFAULT_ROLE_TEMPLATE
+    # Bounds on a POSTGRES source: each statement's run time, and the rows one job may read.
+    source_statement_timeout_seconds: float = Field(default=300.0, gt=0)
+    source_max_rows: int = Field(default=50_000_000, ge=1)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class MaterializationDeps:
     offline_store: ParquetOfflineStore
     exporter: TrainingSetExporter
     embedder: Embedder
+    source_databases: SourceDatabases
 
 
 def create_server(
@@ -66,8 +77,7 @@ def create_server(
         definitions=deps.registry,
         engine=LocalEngine(
             chunk_rows=settings.job_chunk_rows,
-            # POSTGRES sources without a url read the platform's own database.
-            database_url=deps.engine.url.render_as_string(hide_password=False),
+            source_databases=deps.source_databases,
             embedder=deps.embedder,
         ),
         offline_store=deps.offline_store,
@@ -103,15 +113,29 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
     migrate_cache(url)
     offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
     registry = RegistryClient(settings.registry_addr, client=settings.client_settings())
+    credentials = settings.credentials()
+    source_databases = SourceDatabases(
+        url,
+        role_template=settings.source_role_template,
+        credentials=credentials,
+        statement_timeout_s=settings.source_statement_timeout_seconds,
+        max_rows=settings.source_max_rows,
+    )
     return MaterializationDeps(
         engine=engine,
         online_store=PostgresOnlineStore(conninfo),
         registry=registry,
         offline_store=ParquetOfflineStore(offline_uri),
         exporter=TrainingSetExporter(
-            registry, offline_uri, entity_tables=PostgresEntityTables(conninfo)
+            registry, offline_uri, entity_tables=PostgresEntityTables(source_databases)
         ),
-        embedder=Embedder(PostgresEmbeddingCache(conninfo), triton_address=settings.triton_addr),
+        embedder=Embedder(
+            PostgresEmbeddingCache(conninfo),
+            triton_address=settings.triton_addr,
+            credentials=credentials,
+            allowed_endpoints=settings.embedding_endpoints,
+        ),
+        source_databases=source_databases,
     )
 
 

@@ -4,16 +4,18 @@ plain, and `--secure-stack` (TLS and bearer tokens on every service)."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from functools import partial
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from recstack.common.v1 import value_pb2
+from recstack.common.v1 import time_window_pb2, value_pb2
+from recstack.materialization.v1 import job_pb2, materialization_service_pb2_grpc
 from recstack.materialization.v1 import materialization_service_pb2 as mpb
-from recstack.materialization.v1 import materialization_service_pb2_grpc
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
 from recstack.recommend.v1 import recommend_service_pb2_grpc
 from recstack.registry.v1 import (
@@ -29,6 +31,7 @@ from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
 from shared.channels import ClientSettings, open_channel
+from shared.db import to_libpq
 from shared.healthcheck import check
 from tests.openai_api import API_KEY, OTHER_SECRETS
 
@@ -315,3 +318,114 @@ def test_passwords_are_refused_in_source_urls_and_never_returned(registry):
     )
     listed = registry.ListDataSources(rpb.ListDataSourcesRequest(parent=parent))
     assert "s3cret" not in str(listed)
+
+
+# --- project isolation: POSTGRES sources run under the project's own role -------------------
+
+
+@pytest.fixture(scope="module")
+def materialization(materialization_address, connect):
+    return materialization_service_pb2_grpc.MaterializationServiceStub(
+        connect(materialization_address)
+    )
+
+
+def _postgres_view(registry, project, view_id, query):
+    fields = [
+        feature_view_pb2.FeatureField(name="user_id", value_type=VT.VALUE_TYPE_INT64),
+        feature_view_pb2.FeatureField(name="note", value_type=VT.VALUE_TYPE_STRING),
+    ]
+    registry.Apply(
+        rpb.ApplyRequest(
+            parent=f"projects/{project}",
+            definitions=[
+                rpb.Definition(
+                    id=f"{view_id}_source",
+                    data_source=data_source_pb2.DataSource(
+                        postgres=data_source_pb2.PostgresSource(query=query),
+                        event_timestamp_column="ts",
+                    ),
+                ),
+                rpb.Definition(
+                    id=view_id,
+                    feature_view=FV(
+                        entity="user",
+                        source=f"{view_id}_source",
+                        type=FV.TYPE_BATCH,
+                        fields=fields,
+                        online_enabled=True,
+                        offline_enabled=True,
+                    ),
+                ),
+            ],
+        )
+    )
+
+
+def _backfill(materialization, project, view_id):
+    window = time_window_pb2.TimeWindow()
+    window.start_time.FromDatetime(datetime(2020, 1, 1, tzinfo=UTC))
+    window.end_time.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))
+    name = f"projects/{project}/featureViews/{view_id}"
+    [job] = materialization.Backfill(mpb.BackfillRequest(feature_view=name, window=window)).jobs
+    for update in materialization.WatchJob(mpb.WatchJobRequest(name=job.name), timeout=120):
+        job = update.job
+    return job
+
+
+def test_postgres_sources_cannot_read_server_files_the_registry_or_other_projects(
+    registry, materialization, serving, source_roles, database_url
+):
+    project = _project(registry, "iso")
+    other = _project(registry, "iso_other")
+    registry.CreateEntity(
+        rpb.CreateEntityRequest(
+            parent=f"projects/{project}",
+            entity_id="user",
+            entity=entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64),
+        )
+    )
+    source_roles.grant(project, schema=f"{project}_data")
+    source_roles.grant(other, schema=f"{other}_data")
+    with psycopg.connect(to_libpq(database_url), autocommit=True) as conn:
+        for schema, secret in ((f"{project}_data", "mine"), (f"{other}_data", "theirs")):
+            conn.execute(f"CREATE TABLE {schema}.users (user_id bigint, note text, ts timestamptz)")
+            conn.execute(f"INSERT INTO {schema}.users VALUES (1, '{secret}', now())")
+    attempts = {
+        "server_file": (
+            "SELECT 1::bigint AS user_id, pg_read_file('/etc/passwd') AS note, now() AS ts",
+            "permission denied for function pg_read_file",
+        ),
+        "registry": (
+            "SELECT 1::bigint AS user_id, name AS note, now() AS ts FROM registry.resources",
+            "permission denied for schema registry",
+        ),
+        "other_project": (
+            f"SELECT user_id, note, ts FROM {other}_data.users",
+            f"permission denied for schema {other}_data",
+        ),
+    }
+    for view_id, (query, refusal) in attempts.items():
+        _postgres_view(registry, project, view_id, query)
+        job = _backfill(materialization, project, view_id)
+        assert job.state == job_pb2.Job.STATE_FAILED, view_id
+        assert refusal in job.error_message
+        assert "root:" not in job.error_message and "Traceback" not in job.error_message
+        features = serving.GetOnlineFeatures(
+            spb.GetOnlineFeaturesRequest(
+                project=project,
+                features=[f"{view_id}:note"],
+                entity_keys=[value_pb2.Value(int64_value=1)],
+            )
+        )
+        assert list(features.columns[0].statuses) == [spb.FEATURE_STATUS_NOT_FOUND]
+    # What the operator granted the project is read as usual.
+    _postgres_view(registry, project, "granted", f"SELECT * FROM {project}_data.users")
+    job = _backfill(materialization, project, "granted")
+    assert job.state == job_pb2.Job.STATE_SUCCEEDED, job.error_message
+    features = serving.GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=project, features=["granted:note"], entity_keys=[value_pb2.Value(int64_value=1)]
+        )
+    )
+    assert features.columns[0].values[0].string_value == "mine"

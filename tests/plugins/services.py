@@ -10,6 +10,7 @@ token: `make test` runs the e2e tier a second time that way.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from shared.db import create_engine, to_libpq
 from shared.migrations import upgrade
 from shared.online_store.postgres import PostgresOnlineStore
 from tests.openai_api import API_KEY, OTHER_SECRETS, FakeAPI, serve
-from tests.security import StackSecurity
+from tests.security import SourceRoles, StackSecurity
 
 SECURE_OPTION = "--secure-stack"
 
@@ -137,6 +138,14 @@ def cli_environment(stack_security: StackSecurity) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def source_roles(database_url: str) -> Iterator[SourceRoles]:
+    """Project roles for POSTGRES sources: cluster-wide names, unique to this session."""
+    roles = SourceRoles(database_url, f"rs{secrets.token_hex(3)}_{{project}}")
+    yield roles
+    roles.drop_all()
+
+
+@pytest.fixture(scope="session")
 def registry_engine(database_url: str) -> Iterator[sa.Engine]:
     engine = create_engine(database_url, pool_size=4)
     upgrade(engine, schema=REGISTRY_SCHEMA, script_location=REGISTRY_MIGRATIONS)
@@ -202,6 +211,7 @@ def materialization_address(
     offline_store_dir: Path,
     triton_server: TritonServer,
     service_overrides: dict[str, Any],
+    source_roles: SourceRoles,
 ) -> Iterator[str]:
     # One runner per test session: a second service on the same database would claim jobs
     # too, and write them to its own offline store.
@@ -211,6 +221,7 @@ def materialization_address(
         registry_addr=registry_address,
         offline_store_uri=str(offline_store_dir),
         triton_addr=triton_server.grpc_address,
+        source_role_template=source_roles.template,
         **service_overrides,
     )
     deps = open_materialization_deps(settings)
