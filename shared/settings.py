@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.channels import ClientSettings
 from shared.credentials import Credentials, CredentialSettings
+from shared.paths import FileRoots, FileRootSettings
 
 
 class TlsSettings(BaseModel):
@@ -54,6 +55,12 @@ class ServiceSettings(BaseSettings):
     credentials_dir: Path | None = None
     # When set, the only URL prefixes (or Triton addresses) embedding models may call.
     embedding_endpoints: list[str] = []
+    # Where FILE sources and training-set exports of each project may read and write
+    # (`RECSTACK_FILES__ROOTS`, `RECSTACK_FILES__ROOT_TEMPLATE`; shared/paths.py).
+    files: FileRootSettings = FileRootSettings()
+    # Local directory or object-store URI of the Parquet offline store; default <run_dir>/offline.
+    # Materialization writes it; the registry needs it to tell a project's own part of it.
+    offline_store_uri: str = ""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Upper bound on any request's run time, whatever deadline the client sent.
     max_request_seconds: float = Field(default=30.0, gt=0)
@@ -65,6 +72,12 @@ class ServiceSettings(BaseSettings):
     serving_addr: str = "127.0.0.1:50053"
     recommend_addr: str = "127.0.0.1:50054"
     triton_addr: str = "127.0.0.1:8001"
+
+    def offline_store(self) -> str:
+        return self.offline_store_uri or str((self.run_dir / "offline").resolve())
+
+    def file_roots(self) -> FileRoots:
+        return FileRoots.from_settings(self.files, self.offline_store())
 
     def credentials(self) -> Credentials:
         return Credentials.from_settings(self.credential, self.credentials_dir)

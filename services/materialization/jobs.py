@@ -162,6 +162,9 @@ class FileSourceSpec:
     event_timestamp_column: str
     partition_column: str = ""
     partition_format: str = ""
+    # Set for a project's FILE source: every file it lists must lie in that project's roots.
+    # Empty for the platform's own reads of the offline store.
+    project: str = ""
 
 
 @dataclass(frozen=True)

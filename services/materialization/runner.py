@@ -51,9 +51,10 @@ from services.materialization.materializer import (
 )
 from services.materialization.schedules import due_triggers, run_window
 from shared.embeddings import ModelSettings
-from shared.errors import DomainError, FailedPrecondition
+from shared.errors import DomainError, FailedPrecondition, InvalidArgument, quoted
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
+from shared.paths import FileRoots
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +71,10 @@ class JobRunner:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         clock: Callable[[], datetime] | None = None,
+        file_roots: FileRoots | None = None,
     ) -> None:
+        # None: FILE source paths are read as stored (unit tests of the runner's logic).
+        self._file_roots = file_roots
         self.runner_id = uuid.uuid4().hex[:12]
         self._unit_of_work = unit_of_work
         self._definitions = definitions
@@ -247,7 +251,7 @@ class JobRunner:
         )
         source = self._definitions.data_source(job.project, view.source)
         # `getattr`: registry stand-ins in the unit tests predate transformations.
-        return _source_spec(view.source, source), _transformation(
+        return _source_spec(view.source, source, job.project, self._file_roots), _transformation(
             getattr(view, "transformation", None)
         )
 
@@ -321,8 +325,11 @@ class _Read:
     precomputed: bool = False
 
 
-def _source_spec(name: str, source: Any) -> SourceSpec:
-    """The registry's DataSource message as what the compute engine reads."""
+def _source_spec(
+    name: str, source: Any, project: str = "", file_roots: FileRoots | None = None
+) -> SourceSpec:
+    """The registry's DataSource message as what the compute engine reads; a FILE path is
+    checked against the project's file roots again (they may have changed since create)."""
     kind = source.WhichOneof("kind")
     if kind == "postgres":
         postgres = source.postgres
@@ -336,13 +343,23 @@ def _source_spec(name: str, source: Any) -> SourceSpec:
         )
     if kind == "file":
         file = source.file
+        path = file.path
+        if file_roots is not None:
+            try:
+                path = file_roots.readable(file.path, project, "data_source.file.path")
+            except InvalidArgument as exc:
+                raise FailedPrecondition(
+                    f"data source {quoted(name)}: {exc.description}; nothing was read",
+                    reason=exc.reason,
+                ) from None
         return FileSourceSpec(
-            file.path,
+            path,
             "PARQUET" if file.format == file.FORMAT_PARQUET else "CSV",
             source.event_timestamp_column,
             file.partition_column,
             # `getattr`: registry stand-ins in the unit tests predate partition formats.
             getattr(file, "partition_format", ""),
+            project if file_roots is not None else "",
         )
     raise FailedPrecondition(
         f"data source {name!r} is a {kind} source: its rows arrive through PushFeatures, "

@@ -30,6 +30,7 @@ from shared.db import ping, to_libpq
 from shared.embeddings import Embedder, PostgresEmbeddingCache, migrate_cache
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
 from shared.online_store.postgres import PostgresOnlineStore
+from shared.paths import FileRoots
 from shared.registry_client import RegistryClient
 from shared.settings import ServiceSettings
 
@@ -40,8 +41,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 class MaterializationSettings(ServiceSettings):
     service_name: str = "materialization"
     grpc_port: int = 50052
-    # Local directory or object-store URI of the Parquet offline store; default <run_dir>/offline.
-    offline_store_uri: str = ""
     # Jobs that run at once in this replica.
     job_workers: int = 2
     # A running job whose runner sent no heartbeat for this long is ended FAILED.
@@ -66,6 +65,7 @@ class MaterializationDeps:
     exporter: TrainingSetExporter
     embedder: Embedder
     source_databases: SourceDatabases
+    file_roots: FileRoots
 
 
 def create_server(
@@ -78,12 +78,14 @@ def create_server(
         engine=LocalEngine(
             chunk_rows=settings.job_chunk_rows,
             source_databases=deps.source_databases,
+            file_roots=deps.file_roots,
             embedder=deps.embedder,
         ),
         offline_store=deps.offline_store,
         online_store=deps.online_store,
         lease_seconds=settings.job_lease_seconds,
         poll_seconds=settings.job_poll_seconds,
+        file_roots=deps.file_roots,
     )
     materializer = Materializer(
         unit_of_work=unit_of_work,
@@ -111,7 +113,8 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
     url = engine.url.render_as_string(False)
     conninfo = to_libpq(url)
     migrate_cache(url)
-    offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
+    offline_uri = settings.offline_store()
+    file_roots = settings.file_roots()
     registry = RegistryClient(settings.registry_addr, client=settings.client_settings())
     credentials = settings.credentials()
     source_databases = SourceDatabases(
@@ -127,7 +130,10 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
         registry=registry,
         offline_store=ParquetOfflineStore(offline_uri),
         exporter=TrainingSetExporter(
-            registry, offline_uri, entity_tables=PostgresEntityTables(source_databases)
+            registry,
+            offline_uri,
+            entity_tables=PostgresEntityTables(source_databases),
+            file_roots=file_roots,
         ),
         embedder=Embedder(
             PostgresEmbeddingCache(conninfo),
@@ -136,6 +142,7 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
             allowed_endpoints=settings.embedding_endpoints,
         ),
         source_databases=source_databases,
+        file_roots=file_roots,
     )
 
 

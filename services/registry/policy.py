@@ -18,6 +18,7 @@ from recstack.registry.v1 import data_source_pb2, embedding_model_pb2
 from services.registry.kinds import DATA_SOURCE, EMBEDDING_MODEL, Kind
 from shared.credentials import Credentials, Endpoint, endpoint_within
 from shared.errors import InvalidArgument, quoted
+from shared.paths import FileRoots
 
 EmbeddingModel = embedding_model_pb2.EmbeddingModel
 
@@ -27,6 +28,8 @@ class DefinitionPolicy:
     credentials: Credentials = field(default_factory=Credentials)
     # Empty: any endpoint. Else the URL prefixes (`grpc://host:port` for Triton) models may call.
     embedding_endpoints: tuple[str, ...] = ()
+    # Where FILE sources may point; None leaves paths unchecked (unit tests of other rules).
+    files: FileRoots | None = None
 
     def check(self, kind_key: str, project: str, spec: Message) -> None:
         check = _CHECKS.get(kind_key)
@@ -94,6 +97,8 @@ def _embedding_model(policy: DefinitionPolicy, project: str, model: EmbeddingMod
 def _data_source(
     policy: DefinitionPolicy, project: str, source: data_source_pb2.DataSource
 ) -> None:
+    if source.WhichOneof("kind") == "file" and policy.files is not None:
+        policy.files.readable(source.file.path, project, "data_source.file.path")
     if source.WhichOneof("kind") != "postgres":
         return
     postgres = source.postgres

@@ -60,7 +60,9 @@ def create_server(settings: RegistrySettings, deps: RegistryDeps) -> tuple[Runni
         partial(postgres_unit_of_work, deps.engine),
         on_version_created=tables.version_created if tables else None,
         on_version_deleted=tables.version_deleted if tables else None,
-        policy=DefinitionPolicy(settings.credentials(), tuple(settings.embedding_endpoints)),
+        policy=DefinitionPolicy(
+            settings.credentials(), tuple(settings.embedding_endpoints), settings.file_roots()
+        ),
     )
     if tables is not None:
         tables.bind(registry)

@@ -9,6 +9,8 @@ from functools import partial
 
 import grpc
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
@@ -23,6 +25,7 @@ from recstack.registry.v1 import (
     embedding_model_pb2,
     entity_pb2,
     feature_view_pb2,
+    model_feature_set_pb2,
     project_pb2,
     registry_service_pb2_grpc,
 )
@@ -429,3 +432,153 @@ def test_postgres_sources_cannot_read_server_files_the_registry_or_other_project
         )
     )
     assert features.columns[0].values[0].string_value == "mine"
+
+
+# --- project isolation: FILE sources and exports stay inside the project's roots ------------
+
+
+def _file_view(registry, project, view_id, path):
+    fields = [
+        feature_view_pb2.FeatureField(name="user_id", value_type=VT.VALUE_TYPE_INT64),
+        feature_view_pb2.FeatureField(name="note", value_type=VT.VALUE_TYPE_STRING),
+    ]
+    return registry.Apply(
+        rpb.ApplyRequest(
+            parent=f"projects/{project}",
+            definitions=[
+                rpb.Definition(
+                    id=f"{view_id}_source",
+                    data_source=data_source_pb2.DataSource(
+                        file=data_source_pb2.FileSource(
+                            path=path, format=data_source_pb2.FileSource.FORMAT_PARQUET
+                        ),
+                        event_timestamp_column="ts",
+                    ),
+                ),
+                rpb.Definition(
+                    id=view_id,
+                    feature_view=FV(
+                        entity="user",
+                        source=f"{view_id}_source",
+                        type=FV.TYPE_BATCH,
+                        fields=fields,
+                        online_enabled=True,
+                        offline_enabled=True,
+                    ),
+                ),
+            ],
+        )
+    )
+
+
+def _user_project(registry, prefix):
+    project = _project(registry, prefix)
+    registry.CreateEntity(
+        rpb.CreateEntityRequest(
+            parent=f"projects/{project}",
+            entity_id="user",
+            entity=entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64),
+        )
+    )
+    return project
+
+
+def test_file_sources_and_exports_cannot_reach_another_projects_offline_store(
+    registry, materialization, serving, offline_store_dir, tmp_path
+):
+    owner, intruder = _user_project(registry, "files_a"), _user_project(registry, "files_b")
+    rows = pa.table(
+        {
+            "user_id": pa.array([1], pa.int64()),
+            "note": ["owner's data"],
+            "ts": pa.array([datetime(2026, 1, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    (tmp_path / "owner").mkdir()
+    pq.write_table(rows, tmp_path / "owner" / "users.parquet")
+    _file_view(registry, owner, "users", str(tmp_path / "owner" / "users.parquet"))
+    assert _backfill(materialization, owner, "users").state == job_pb2.Job.STATE_SUCCEEDED
+    owners_store = offline_store_dir / owner
+    assert list(owners_store.rglob("*.parquet"))
+
+    # At create: the other project's part of the offline store, and any `..`.
+    for path, reason in (
+        (str(owners_store), "PATH_OUTSIDE_ROOTS"),
+        (f"{tmp_path}/../{offline_store_dir.name}/{owner}", "PATH_TRAVERSAL"),
+        ("/etc/passwd", "PATH_OUTSIDE_ROOTS"),
+    ):
+        _refused(
+            partial(_file_view, registry, intruder, "stolen", path),
+            "definitions[0].data_source.file.path",
+            reason,
+        )
+    # The owner may read its own offline data back.
+    _file_view(registry, owner, "again", str(owners_store))
+
+    # At read time: a directory that was fine when created, then a link to the owner's data.
+    inbox = tmp_path / "intruder"
+    inbox.mkdir()
+    _file_view(registry, intruder, "linked", str(inbox))
+    (inbox / "theirs").symlink_to(owners_store)
+    job = _backfill(materialization, intruder, "linked")
+    assert job.state == job_pb2.Job.STATE_FAILED
+    assert "outside the project's file roots" in job.error_message
+    assert str(offline_store_dir) not in job.error_message
+    features = serving.GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=intruder, features=["linked:note"], entity_keys=[value_pb2.Value(int64_value=1)]
+        )
+    )
+    assert list(features.columns[0].statuses) == [spb.FEATURE_STATUS_NOT_FOUND]
+
+    # Exports: no output into the offline store, no entity rows from another project's part.
+    registry.CreateModelFeatureSet(
+        rpb.CreateModelFeatureSetRequest(
+            parent=f"projects/{owner}",
+            model_feature_set_id="set",
+            model_feature_set=model_feature_set_pb2.ModelFeatureSet(features=["users:note"]),
+        )
+    )
+    labels = tmp_path / "owner" / "labels.parquet"
+    pq.write_table(rows.select(["user_id", "ts"]).rename_columns(["user_id", "event_ts"]), labels)
+    for request, field, reason in (
+        (
+            {"entity_parquet_path": str(labels), "output_path": str(owners_store / "x.parquet")},
+            "output_path",
+            "PATH_OUTSIDE_ROOTS",
+        ),
+        (
+            {"entity_parquet_path": str(labels), "output_path": "/tmp/../etc/x.parquet"},
+            "output_path",
+            "PATH_TRAVERSAL",
+        ),
+    ):
+        _refused(
+            partial(
+                materialization.ExportTrainingSet,
+                mpb.ExportTrainingSetRequest(
+                    model_feature_set=f"projects/{owner}/modelFeatureSets/set", **request
+                ),
+            ),
+            field,
+            reason,
+        )
+    registry.CreateModelFeatureSet(
+        rpb.CreateModelFeatureSetRequest(
+            parent=f"projects/{intruder}",
+            model_feature_set_id="set",
+            model_feature_set=model_feature_set_pb2.ModelFeatureSet(features=["linked:note"]),
+        )
+    )
+    _refused(
+        partial(
+            materialization.ExportTrainingSet,
+            mpb.ExportTrainingSetRequest(
+                model_feature_set=f"projects/{intruder}/modelFeatureSets/set",
+                entity_parquet_path=str(next(owners_store.rglob("*.parquet"))),
+                output_path=str(tmp_path / "intruder.parquet"),
+            ),
+        ),
+        "entity_parquet_path",
+        "PATH_OUTSIDE_ROOTS",
+    )

@@ -3,6 +3,7 @@ retry, settings, publish, and a service killed mid-job."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -242,8 +243,9 @@ def test_enabling_online_bootstraps_from_offline_and_serves(stubs, view):
     assert list(response.columns[0].statuses).count(spb.FEATURE_STATUS_PRESENT) == 20
 
 
-def _start_service(database_url, registry_address, offline_dir, port):
+def _start_service(database_url, registry_address, offline_dir, port, file_roots):
     env = os.environ | {
+        "RECSTACK_FILES__ROOTS": json.dumps(file_roots),
         "RECSTACK_DATABASE_URL": database_url,
         "RECSTACK_GRPC_PORT": str(port),
         "RECSTACK_REGISTRY_ADDR": registry_address,
@@ -266,7 +268,7 @@ def _start_service(database_url, registry_address, offline_dir, port):
 
 
 def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishes(
-    registry_address, postgres_server_url, tmp_path, connect
+    registry_address, postgres_server_url, tmp_path, connect, file_roots
 ):
     database = f"crash_{uuid.uuid4().hex[:8]}"
     url = create_database(postgres_server_url, database)
@@ -275,7 +277,7 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
     with connect(registry_address) as channel:
         view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
     port = free_port()
-    process, channel = _start_service(url, registry_address, tmp_path / "offline", port)
+    process, channel = _start_service(url, registry_address, tmp_path / "offline", port, file_roots)
     try:
         materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
         [job] = materialization.Backfill(
@@ -287,7 +289,9 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         channel.close()
-        process, channel = _start_service(url, registry_address, tmp_path / "offline", port)
+        process, channel = _start_service(
+            url, registry_address, tmp_path / "offline", port, file_roots
+        )
         materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
         failed = _wait(materialization, job.name)
         assert failed.state == job_pb2.Job.STATE_FAILED

@@ -50,7 +50,7 @@ def stub(registry_address, connect):
                     pb.Definition(
                         id="events",
                         data_source=DS(
-                            file=FILE(path="/data/e.parquet", format=FILE.FORMAT_PARQUET),
+                            file=FILE(path="data/e.parquet", format=FILE.FORMAT_PARQUET),
                             event_timestamp_column="ts",
                         ),
                     ),
@@ -325,7 +325,7 @@ CASES = {
         "data_source.file.path",
     ),
     "file source without format": (
-        _source(DS(file=FILE(path="/x"), event_timestamp_column="ts")),
+        _source(DS(file=FILE(path="x"), event_timestamp_column="ts")),
         INVALID,
         "data_source.file.format",
     ),
@@ -340,7 +340,7 @@ CASES = {
         "data_source.postgres",
     ),
     "source without timestamp column": (
-        _source(DS(file=FILE(path="/x", format=FILE.FORMAT_CSV))),
+        _source(DS(file=FILE(path="x", format=FILE.FORMAT_CSV))),
         INVALID,
         "data_source.event_timestamp_column",
     ),

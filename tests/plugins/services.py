@@ -41,6 +41,7 @@ from tests.openai_api import API_KEY, OTHER_SECRETS, FakeAPI, serve
 from tests.security import SourceRoles, StackSecurity
 
 SECURE_OPTION = "--secure-stack"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -86,11 +87,26 @@ def declared_credentials(embedding_api: FakeAPI) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def file_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """Every project of the session may use pytest's temporary directories and the examples;
+    the offline store (also a temporary directory) stays split by project all the same."""
+    return {"*": [str(tmp_path_factory.getbasetemp()), str(EXAMPLES)]}
+
+
+@pytest.fixture(scope="session")
 def service_overrides(
-    stack_security: StackSecurity, declared_credentials: dict[str, dict[str, Any]]
+    stack_security: StackSecurity,
+    declared_credentials: dict[str, dict[str, Any]],
+    file_roots: dict[str, list[str]],
+    offline_store_dir: Path,
 ) -> dict[str, Any]:
     """Settings every in-process service gets on top of its own."""
-    return {**stack_security.server_settings(), "credential": declared_credentials}
+    return {
+        **stack_security.server_settings(),
+        "credential": declared_credentials,
+        "files": {"roots": file_roots},
+        "offline_store_uri": str(offline_store_dir),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -219,7 +235,6 @@ def materialization_address(
         grpc_port=0,
         database_url=database_url,
         registry_addr=registry_address,
-        offline_store_uri=str(offline_store_dir),
         triton_addr=triton_server.grpc_address,
         source_role_template=source_roles.template,
         **service_overrides,

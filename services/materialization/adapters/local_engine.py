@@ -43,6 +43,7 @@ from shared.embeddings import TextEmbedder
 from shared.errors import FailedPrecondition, summary
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
+from shared.paths import FileRoots
 
 CHUNK_ROWS = 100_000
 # Views with embedded fields go in smaller chunks: each chunk waits for the model, and
@@ -51,7 +52,8 @@ EMBEDDING_CHUNK_ROWS = 4_096
 
 
 class LocalEngine:
-    """`source_databases` says how POSTGRES sources connect (never as the platform's role);
+    """`source_databases` says how POSTGRES sources connect (never as the platform's role),
+    `file_roots` where a project's FILE sources may read;
     `memory_limit` (DuckDB syntax, e.g. "4GB") and `threads` default to DuckDB's own;
     `embedder` computes produced (LLM_EMBEDDING) fields."""
 
@@ -60,6 +62,7 @@ class LocalEngine:
         chunk_rows: int = CHUNK_ROWS,
         *,
         source_databases: SourceDatabases | None = None,
+        file_roots: FileRoots | None = None,
         memory_limit: str = "",
         threads: int = 0,
         embedder: TextEmbedder | None = None,
@@ -67,6 +70,7 @@ class LocalEngine:
         self._chunk_rows = chunk_rows
         self._embedder = embedder
         self._source_databases = source_databases
+        self._file_roots = file_roots
         self._duckdb_config: dict[str, str | int | bool] = {
             # User SQL runs in this process: it may read the registered sources, no file.
             "enable_external_access": False,
@@ -126,7 +130,12 @@ class LocalEngine:
             min(self._chunk_rows, EMBEDDING_CHUNK_ROWS) if task.embeddings else self._chunk_rows
         )
         options = ReadOptions(
-            span, plan.columns, chunk_rows, task.view.project, self._source_databases
+            span,
+            plan.columns,
+            chunk_rows,
+            task.view.project,
+            self._source_databases,
+            self._file_roots,
         )
         with _engine_errors(task.source, options), open_source(task.source, options) as rows:
             if rows is None:

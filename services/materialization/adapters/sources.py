@@ -39,7 +39,8 @@ from services.materialization.jobs import (
     SourceSpec,
     Window,
 )
-from shared.errors import DomainError, FailedPrecondition
+from shared.errors import DomainError, FailedPrecondition, quoted
+from shared.paths import FileRoots
 
 DEFAULT_PARTITION_FORMAT = "%Y-%m-%d"
 # Partition values may be dates in any time zone (UTC offsets lie within -12 h..+14 h), so a
@@ -85,6 +86,8 @@ class ReadOptions:
     chunk_rows: int
     project: str = ""
     databases: SourceDatabases | None = None
+    # Where a project's FILE sources may read (None: unconfined, for the platform's reads).
+    file_roots: FileRoots | None = None
     # Errors raised while a scan pulls batches: the scanner (DuckDB) re-raises them as its
     # own, so whoever runs it looks here to report the original.
     failures: list[DomainError] = field(default_factory=list)
@@ -103,26 +106,40 @@ def open_source(
 def _open_file(
     source: FileSourceSpec, options: ReadOptions
 ) -> AbstractContextManager[SourceRows | None]:
-    dataset = file_dataset(source, options.span)
+    check = None
+    if source.project and options.file_roots is not None:
+        roots = options.file_roots
+
+        def check(path: str) -> None:
+            roots.check_file(path, source.project, f"data source path {quoted(source.path)}")
+
+    dataset = file_dataset(source, options.span, check=check)
     if dataset is None:
         return nullcontext(None)
     return nullcontext(SourceRows(dataset, dataset.schema, rescannable=True))
 
 
 def file_dataset(
-    source: FileSourceSpec, span: Window | None = None, *, missing_ok: bool = False
+    source: FileSourceSpec,
+    span: Window | None = None,
+    *,
+    missing_ok: bool = False,
+    check: Callable[[str], None] | None = None,
 ) -> ds.Dataset | None:
     """The files of `source` that may hold events of `span` (all files when None) as one
-    dataset; None when none may. A path that matches nothing fails unless `missing_ok`."""
+    dataset; None when none may. A path that matches nothing fails unless `missing_ok`;
+    `check` sees every file before any is read."""
     filesystem, path = _filesystem(source.path)
     listing = _Listing(filesystem, path, _partition_filter(source, span))
     if not listing.exists():
         if missing_ok:
             return None
         raise FailedPrecondition(
-            f"data source path {source.path!r} matches no file", reason="SOURCE_NOT_FOUND"
+            f"data source path {quoted(source.path)} matches no file", reason="SOURCE_NOT_FOUND"
         )
     files = listing.files()
+    for path in files if check is not None else ():
+        check(path)
     if not files:
         return None
     return ds.dataset(
