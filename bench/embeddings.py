@@ -50,6 +50,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 
 from bench.harness import (
     RESULTS_DIR,
+    file_roots_env,
     print_table,
     scratch_database,
     service_process,
@@ -208,7 +209,11 @@ def stack(url: str, scratch: Path) -> Iterator[tuple[Any, Any]]:
     try:
         triton.wait_ready(120)
         registry_port, materialization_port = free_port(), free_port()
-        base = {"RECSTACK_DATABASE_URL": url, "RECSTACK_LOG_LEVEL": "WARNING"}
+        base = {
+            "RECSTACK_DATABASE_URL": url,
+            "RECSTACK_LOG_LEVEL": "WARNING",
+            **file_roots_env(scratch),
+        }
         registry_address = f"127.0.0.1:{registry_port}"
         materialization_address = f"127.0.0.1:{materialization_port}"
         with (
@@ -224,7 +229,6 @@ def stack(url: str, scratch: Path) -> Iterator[tuple[Any, Any]]:
                     "RECSTACK_GRPC_PORT": str(materialization_port),
                     "RECSTACK_REGISTRY_ADDR": registry_address,
                     "RECSTACK_TRITON_ADDR": triton.grpc_address,
-                    "RECSTACK_OFFLINE_STORE_URI": str(scratch / "offline"),
                 },
                 LOG_DIR / "embeddings-materialization.log",
             ) as materialization_process,

@@ -42,6 +42,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from bench import materialization_export
 from bench.harness import (
     RESULTS_DIR,
+    file_roots_env,
     print_table,
     scratch_database,
     service_process,
@@ -173,7 +174,8 @@ def measure_materialization(
     source = scratch / "events.parquet"
     write_source(source, rows, keys)
     registry_port, materialization_port = free_port(), free_port()
-    base = {"RECSTACK_DATABASE_URL": url}
+    # Both services: the database, and the scratch directory as every project's file root.
+    base = {"RECSTACK_DATABASE_URL": url, **file_roots_env(scratch)}
     registry_address = f"127.0.0.1:{registry_port}"
     materialization_address = f"127.0.0.1:{materialization_port}"
     with (
@@ -188,7 +190,6 @@ def measure_materialization(
                 **base,
                 "RECSTACK_GRPC_PORT": str(materialization_port),
                 "RECSTACK_REGISTRY_ADDR": registry_address,
-                "RECSTACK_OFFLINE_STORE_URI": str(scratch / "offline"),
                 "RECSTACK_LOG_LEVEL": "WARNING",
             },
             LOG_DIR / "materialization-materialization.log",

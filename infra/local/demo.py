@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.client_settings(),
     )
     project = f"demo_{int(time.time())}"
-    data = write_sample_data(settings.run_dir.resolve() / "demo" / project)
+    # The project's own file root under the stack's run dir (RECSTACK_FILES__ROOT_TEMPLATE).
+    data = write_sample_data(settings.run_dir.resolve() / "projects" / project)
     print(f"project {project}: sample data in {data['users'].parent}")
     register(stubs, project, data)
     print("registered entities user/item, sources users/items, views user_profile/item_stats")

@@ -9,6 +9,7 @@ data directory and binaries, and it only listens on a Unix socket. Running its b
 `initdb`/`pg_ctl` directly gives a TCP port and leaves the rest of the disk alone.
 
     python -m infra.local.postgres start|stop|status|url [--run-dir DIR] [--port N]
+    python -m infra.local.postgres grant-project PROJECT [--schema S] [--url URL]
 """
 
 from __future__ import annotations
@@ -329,11 +330,23 @@ def _untraversable_parent(path: Path, user: pwd.struct_passwd) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local.postgres", description=__doc__)
-    parser.add_argument("action", choices=["start", "stop", "status", "url"])
+    parser.add_argument("action", choices=["start", "stop", "status", "url", "grant-project"])
+    parser.add_argument("project", nargs="?", help="grant-project: the project id")
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--schema", help="grant-project: schema to read (default PROJECT_data)")
+    parser.add_argument("--url", help="grant-project: database (default: the embedded server)")
     args = parser.parse_args(argv)
     server = EmbeddedPostgres(args.run_dir, port=args.port)
+    if args.action == "grant-project":
+        if not args.project:
+            parser.error("grant-project needs PROJECT")
+        server.port = server.running_port() or server.port
+        role = f"recstack_src_{args.project}"
+        schema = args.schema or f"{args.project}_data"
+        create_source_role(args.url or server.url, role, schema)
+        print(f"role {role} reads schema {schema}")
+        return 0
     running_port = server.running_port()
     if args.action == "start":
         try:

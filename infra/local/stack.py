@@ -31,7 +31,7 @@ import psycopg
 from pydantic import ValidationError
 from sqlalchemy import make_url
 
-from infra.local.postgres import EmbeddedPostgres, resolve_run_dir
+from infra.local.postgres import EmbeddedPostgres, create_source_role, resolve_run_dir
 from infra.local.tritonserver import (
     DEFAULT_MODEL_REPOSITORY,
     DEFAULT_TRAINED_REPOSITORY,
@@ -57,6 +57,8 @@ TRITON_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
 POLL_S = 0.25
+# The project of examples/feature_repo.
+EXAMPLE_PROJECT = "shop"
 LOG_TAIL_LINES = 20
 
 
@@ -412,6 +414,10 @@ def spawn_triton(log_path: Path) -> ProcessRecord:
 
 def service_env(ctx: Context, spec: ServiceSpec, database_url: str) -> dict[str, str]:
     env = dict(os.environ)
+    # File roots, unless the shell sets its own: each project its folder under the run dir,
+    # and every project the example feature repository.
+    env.setdefault("RECSTACK_FILES__ROOT_TEMPLATE", str(ctx.run_dir / "projects" / "{project}"))
+    env.setdefault("RECSTACK_FILES__ROOTS", json.dumps({"*": [str(REPO_ROOT / "examples")]}))
     env.update({f"RECSTACK_{s.name.upper()}_ADDR": s.address for s in SERVICES})
     env.update(
         PYTHONUNBUFFERED="1",
@@ -567,8 +573,23 @@ def ports_to_claim(ctx: Context, state: StackState) -> dict[str, dict[str, int]]
     return wanted
 
 
+def ensure_source_role(database_url: str) -> None:
+    """The example project's POSTGRES-source role (materialization's default template), with
+    read access to schema `shop_data` only; other projects get theirs with
+    `python -m infra.local.postgres grant-project PROJECT`."""
+    role = f"recstack_src_{EXAMPLE_PROJECT}"
+    try:
+        create_source_role(database_url, role, f"{EXAMPLE_PROJECT}_data")
+    except psycopg.Error as exc:
+        problem = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        print(f"{POSTGRES}: could not create source role {role} ({problem}); skipped")
+        return
+    print(f"{POSTGRES}: source role {role} reads schema {EXAMPLE_PROJECT}_data")
+
+
 def bring_up(ctx: Context, state: StackState, started: list[ProcessRecord]) -> None:
     database_url = ensure_postgres(ctx, state, started)
+    ensure_source_role(database_url)
     (ctx.run_dir / "offline").mkdir(parents=True, exist_ok=True)
     ensure_running(ctx, state, triton_launch(ctx), started)
     for spec in SERVICES:
