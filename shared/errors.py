@@ -115,3 +115,37 @@ class Internal(DomainError):
 class PermissionDenied(DomainError):
     code = "PERMISSION_DENIED"
     default_reason = "PERMISSION_DENIED"
+
+
+# How a status from another service reads to this service's caller. Codes that mean the same
+# for them pass through; anything else (this service's own credentials refused, a method the
+# peer lacks, a peer's INTERNAL) is this service's INTERNAL: never a retryable UNAVAILABLE,
+# which would send clients retrying what no retry can fix.
+_UPSTREAM_CODES: dict[str, type[DomainError]] = {
+    "NOT_FOUND": NotFound,
+    "ALREADY_EXISTS": AlreadyExists,
+    "FAILED_PRECONDITION": FailedPrecondition,
+    "ABORTED": Aborted,
+    "UNAVAILABLE": Unavailable,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
+    "RESOURCE_EXHAUSTED": ResourceExhausted,
+}
+
+
+def upstream_error(upstream: str, code: str, details: str) -> DomainError:
+    """The domain error for `upstream` answering `code` (a grpc.StatusCode name)."""
+    error = _UPSTREAM_CODES.get(code, Internal)
+    reason = None if error is not Internal else f"UPSTREAM_{code}"
+    return error(
+        f"{upstream} answered {code}: {details[:MAX_DETAIL_CHARS]}",
+        reason=reason,
+        metadata={"upstream": upstream, "upstream_code": code},
+    )
+
+
+def redact(text: str, replacements: dict[str, str]) -> str:
+    """`text` with each server path in `replacements` (longest first) named, not shown."""
+    for path in sorted(replacements, key=len, reverse=True):
+        if path:
+            text = text.replace(path, replacements[path])
+    return text

@@ -29,18 +29,12 @@ from recstack.registry.v1 import (
 )
 
 from shared.channels import ClientSettings, open_channel
-from shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.errors import FailedPrecondition, InvalidArgument, upstream_error
 from shared.feature_views import ViewSchema, view_schema
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-_ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-}
 CHANGES_PAGE = 1000
 
 
@@ -183,9 +177,11 @@ class RegistryClient:
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(_violated_field(exc), exc.details() or "") from exc
-            error = _ERRORS.get(code, Unavailable)
-            raise error(f"registry at {self._address}: {exc.details()}") from exc
+                raise InvalidArgument(_violated_field(exc), exc.details() or "") from None
+            # Upstream statuses keep their meaning (shared.errors.upstream_error).
+            raise upstream_error(
+                f"the registry at {self._address}", code.name, exc.details() or ""
+            ) from None
 
 
 def _violated_field(error: grpc.RpcError) -> str:

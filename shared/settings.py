@@ -6,6 +6,7 @@ builds one instance in its `server.py`. Nothing else reads the environment.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
@@ -72,6 +73,12 @@ class ServiceSettings(BaseSettings):
     serving_addr: str = "127.0.0.1:50053"
     recommend_addr: str = "127.0.0.1:50054"
     triton_addr: str = "127.0.0.1:8001"
+
+    def server_paths(self) -> dict[str, str]:
+        """This service's own paths, as errors name them instead of showing them."""
+        paths = {self.offline_store(): "<offline store>", sys.prefix: "<python>"}
+        paths.setdefault(str(self.run_dir.resolve()), "<run dir>")
+        return paths
 
     def offline_store(self) -> str:
         return self.offline_store_uri or str((self.run_dir / "offline").resolve())

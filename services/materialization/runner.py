@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,12 +51,14 @@ from services.materialization.materializer import (
 )
 from services.materialization.schedules import due_triggers, run_window
 from shared.embeddings import ModelSettings
-from shared.errors import DomainError, FailedPrecondition, InvalidArgument, quoted
+from shared.errors import DomainError, FailedPrecondition, InvalidArgument, quoted, redact
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
 from shared.paths import FileRoots
 
 log = structlog.get_logger(__name__)
+# A job's error message is stored and returned cut to this many characters.
+MAX_ERROR_CHARS = 2000
 
 
 class JobRunner:
@@ -72,7 +74,10 @@ class JobRunner:
         poll_seconds: float = 1.0,
         clock: Callable[[], datetime] | None = None,
         file_roots: FileRoots | None = None,
+        redactions: Mapping[str, str] | None = None,
     ) -> None:
+        # Server paths a job's error message names instead of showing (shared.errors.redact).
+        self._redactions = dict(redactions or {})
         # None: FILE source paths are read as stored (unit tests of the runner's logic).
         self._file_roots = file_roots
         self.runner_id = uuid.uuid4().hex[:12]
@@ -132,15 +137,26 @@ class JobRunner:
         try:
             state, error = self._execute(job)
         except DomainError as exc:
-            state, error = JobState.FAILED, exc.message
-        except Exception as exc:  # a job must end FAILED, whatever broke
-            log.exception("job_failed")
-            state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+            state, error = JobState.FAILED, self._message(exc.message)
+        except Exception:  # a job must end FAILED, whatever broke
+            # The job's error is for its API callers: no exception text (it may quote server
+            # paths or values), only a reference to the log line with the traceback.
+            reference = uuid.uuid4().hex[:12]
+            log.exception("job_failed", reference=reference)
+            state, error = (
+                JobState.FAILED,
+                f"internal error in the materialization service (reference {reference}); "
+                "its log has the details",
+            )
         with self._unit_of_work() as uow:
             finish(uow, job, state, self._clock(), error)
         log.info("job_ended", state=state.value, rows_read=job.progress.rows_read, error=error)
         structlog.contextvars.unbind_contextvars("job")
         return True
+
+    def _message(self, message: str) -> str:
+        message = redact(message, self._redactions)
+        return message if len(message) <= MAX_ERROR_CHARS else f"{message[:MAX_ERROR_CHARS]}…"
 
     def _execute(self, job: Job) -> tuple[JobState, str]:
         view = self._definitions.view_schema(
@@ -362,7 +378,7 @@ def _source_spec(
             project if file_roots is not None else "",
         )
     raise FailedPrecondition(
-        f"data source {name!r} is a {kind} source: its rows arrive through PushFeatures, "
+        f"data source {quoted(name)} is a {kind} source: its rows arrive through PushFeatures, "
         "there is nothing to materialize"
     )
 

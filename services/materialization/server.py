@@ -86,6 +86,7 @@ def create_server(
         lease_seconds=settings.job_lease_seconds,
         poll_seconds=settings.job_poll_seconds,
         file_roots=deps.file_roots,
+        redactions=settings.server_paths(),
     )
     materializer = Materializer(
         unit_of_work=unit_of_work,

@@ -45,6 +45,7 @@ from shared.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    quoted,
 )
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
@@ -403,7 +404,8 @@ def _check_declarations(declared: Sequence[Declared]) -> None:
         key = (item.kind.key, item.resource_id)
         if key in seen:
             raise InvalidArgument(
-                f"definitions[{index}].id", f"{item.kind.key} {item.resource_id!r} declared twice"
+                f"definitions[{index}].id",
+                f"{item.kind.key} {quoted(item.resource_id)} declared twice",
             )
         seen.add(key)
 
@@ -442,8 +444,8 @@ def _changed_fields(current: Message, desired: Message) -> tuple[str, ...]:
 def check_etag(current: StoredResource, etag: str, field_name: str) -> None:
     if etag and etag != current.etag:
         raise Aborted(
-            f"{field_name}.etag {etag!r} is stale (current {current.etag!r}): read it again "
-            "and retry",
+            f"{field_name}.etag {quoted(etag)} is stale (current {quoted(current.etag)}): read it "
+            "again and retry",
             reason="ETAG_MISMATCH",
         )
 
@@ -455,9 +457,9 @@ def _update_paths(kind: Kind, resource: Message, mask_paths: list[str]) -> list[
     for path in paths:
         top = path.split(".")[0]
         if top not in fields:
-            raise InvalidArgument("update_mask", f"{kind.key} has no field {path!r}")
+            raise InvalidArgument("update_mask", f"{kind.key} has no field {quoted(path)}")
         if top in output_only:
-            raise InvalidArgument("update_mask", f"{path!r} is output only")
+            raise InvalidArgument("update_mask", f"{quoted(path)} is output only")
     return paths
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from recstack.registry.v1 import data_source_pb2, feature_view_pb2
 
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, quoted
 from shared.values import TYPES, VT
 
 Aggregation = feature_view_pb2.Aggregation
@@ -144,7 +144,9 @@ def _validate_aggregations(view: feature_view_pb2.FeatureView) -> None:
                 f"{path}.column", "COUNT_BY_VALUE counts the values of one column, not `*`"
             )
         if aggregation.output in outputs:
-            raise InvalidArgument(f"{path}.output", f"duplicate output {aggregation.output!r}")
+            raise InvalidArgument(
+                f"{path}.output", f"duplicate output {quoted(aggregation.output)}"
+            )
         outputs.add(aggregation.output)
     features = _declared_outputs(view)
     undeclared = sorted(outputs - features)
