@@ -36,6 +36,7 @@ from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
 from infra.local.ports import free_port
+from shared.channels import open_channel
 from shared.db import create_database, drop_database
 
 VT = value_pb2.ValueType
@@ -262,7 +263,7 @@ def _start_service(database_url, registry_address, offline_dir, port, file_roots
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)
     return process, channel
 
