@@ -57,12 +57,12 @@ def _server_url() -> Iterator[str]:
 # --- processes -------------------------------------------------------------------------------
 
 
-def file_roots_env(scratch: Path) -> dict[str, str]:
+def file_roots_env(scratch: Path, *more: Path) -> dict[str, str]:
     """Services of a benchmark: their offline store under `scratch`, which is also every
-    project's file root (the registry needs both to check FILE sources)."""
+    project's file root, with `more` (the registry needs both to check FILE sources)."""
     return {
         "RECSTACK_OFFLINE_STORE_URI": str(scratch / "offline"),
-        "RECSTACK_FILES__ROOTS": json.dumps({"*": [str(scratch)]}),
+        "RECSTACK_FILES__ROOTS": json.dumps({"*": [str(scratch), *map(str, more)]}),
     }
 
 

@@ -2,10 +2,11 @@
 
     .venv-runtime/bin/python infra/docker/check_runtime_set.py
 
-Fails unless (1) no package that another set names (requirements/dev.in: test tools, linters,
-the embedded PostgreSQL server, code generation; training.in: torch, LightGBM, ...) is installed, (2) `pip check` passes, and (3) each
-service's `server` module imports, without pulling in any of the checkout's development
-packages (`cli`, `infra`, `tests`, `bench`). Run from the repository root, after `make proto`.
+Fails unless (1) no package that another set names (requirements/dev.in: test tools,
+linters, the embedded PostgreSQL server, code generation; training.in: torch, LightGBM) is
+installed, (2) `pip check` passes, and (3) each service's `server` module imports, without
+pulling in any of the checkout's development packages (`cli`, `infra`, `tests`, `bench`,
+`training`). Run from the repository root, after `make proto`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "requirements"
 RUNTIME_IN = REQUIREMENTS / "runtime.in"
 SERVICES = ("registry", "materialization", "serving", "recommend")
-DEV_PACKAGES = ("cli", "infra", "tests", "bench")
+DEV_PACKAGES = ("cli", "infra", "tests", "bench", "training")
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
