@@ -104,9 +104,7 @@ def offline(
     exported: pa.Table,
     lookup: SnapshotLookup | None,
 ) -> dict[str, np.ndarray]:
-    return generator.generate_rows(
-        columns.inputs(exported), exported.num_rows, item_lookup=lookup
-    )
+    return generator.generate_rows(columns.inputs(exported), exported.num_rows, item_lookup=lookup)
 
 
 def online(pairs: Sequence[Pair], score: Score) -> list[dict[str, np.ndarray]]:
