@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,6 +50,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 
 from bench.harness import (
     RESULTS_DIR,
+    file_roots_env,
     print_table,
     scratch_database,
     service_process,
@@ -61,6 +61,7 @@ from examples.feature_repo.data import reviews as example_reviews
 from infra.local.ports import free_port
 from infra.local.text_encoder import MINILM_VERSION_DIR, encoder_module
 from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY, TritonServer
+from shared.channels import open_channel
 from shared.db import to_libpq
 
 NAME = "embeddings"
@@ -208,7 +209,11 @@ def stack(url: str, scratch: Path) -> Iterator[tuple[Any, Any]]:
     try:
         triton.wait_ready(120)
         registry_port, materialization_port = free_port(), free_port()
-        base = {"RECSTACK_DATABASE_URL": url, "RECSTACK_LOG_LEVEL": "WARNING"}
+        base = {
+            "RECSTACK_DATABASE_URL": url,
+            "RECSTACK_LOG_LEVEL": "WARNING",
+            **file_roots_env(scratch),
+        }
         registry_address = f"127.0.0.1:{registry_port}"
         materialization_address = f"127.0.0.1:{materialization_port}"
         with (
@@ -224,12 +229,11 @@ def stack(url: str, scratch: Path) -> Iterator[tuple[Any, Any]]:
                     "RECSTACK_GRPC_PORT": str(materialization_port),
                     "RECSTACK_REGISTRY_ADDR": registry_address,
                     "RECSTACK_TRITON_ADDR": triton.grpc_address,
-                    "RECSTACK_OFFLINE_STORE_URI": str(scratch / "offline"),
                 },
                 LOG_DIR / "embeddings-materialization.log",
             ) as materialization_process,
-            grpc.insecure_channel(registry_address) as registry_channel,
-            grpc.insecure_channel(materialization_address) as materialization_channel,
+            open_channel(registry_address) as registry_channel,
+            open_channel(materialization_address) as materialization_channel,
         ):
             wait_serving(registry_address, registry_process)
             wait_serving(materialization_address, materialization_process)

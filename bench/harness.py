@@ -57,6 +57,15 @@ def _server_url() -> Iterator[str]:
 # --- processes -------------------------------------------------------------------------------
 
 
+def file_roots_env(scratch: Path, *more: Path) -> dict[str, str]:
+    """Services of a benchmark: their offline store under `scratch`, which is also every
+    project's file root, with `more` (the registry needs both to check FILE sources)."""
+    return {
+        "RECSTACK_OFFLINE_STORE_URI": str(scratch / "offline"),
+        "RECSTACK_FILES__ROOTS": json.dumps({"*": [str(scratch), *map(str, more)]}),
+    }
+
+
 @contextmanager
 def service_process(
     module: str, env: Mapping[str, str], log_path: Path, *, args: Sequence[str] = ()

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -43,6 +42,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from bench import materialization_export
 from bench.harness import (
     RESULTS_DIR,
+    file_roots_env,
     print_table,
     scratch_database,
     service_process,
@@ -51,6 +51,7 @@ from bench.harness import (
 )
 from infra.local.ports import free_port
 from services.materialization.export import ExportOptions
+from shared.channels import open_channel
 from shared.db import to_libpq
 from shared.online_store.binary_copy import BinaryCopyEncoder
 
@@ -173,7 +174,8 @@ def measure_materialization(
     source = scratch / "events.parquet"
     write_source(source, rows, keys)
     registry_port, materialization_port = free_port(), free_port()
-    base = {"RECSTACK_DATABASE_URL": url}
+    # Both services: the database, and the scratch directory as every project's file root.
+    base = {"RECSTACK_DATABASE_URL": url, **file_roots_env(scratch)}
     registry_address = f"127.0.0.1:{registry_port}"
     materialization_address = f"127.0.0.1:{materialization_port}"
     with (
@@ -188,13 +190,12 @@ def measure_materialization(
                 **base,
                 "RECSTACK_GRPC_PORT": str(materialization_port),
                 "RECSTACK_REGISTRY_ADDR": registry_address,
-                "RECSTACK_OFFLINE_STORE_URI": str(scratch / "offline"),
                 "RECSTACK_LOG_LEVEL": "WARNING",
             },
             LOG_DIR / "materialization-materialization.log",
         ) as materialization_process,
-        grpc.insecure_channel(registry_address) as registry_channel,
-        grpc.insecure_channel(materialization_address) as materialization_channel,
+        open_channel(registry_address) as registry_channel,
+        open_channel(materialization_address) as materialization_channel,
     ):
         wait_serving(registry_address, registry_process)
         wait_serving(materialization_address, materialization_process)

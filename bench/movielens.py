@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 
 import duckdb
-import grpc
 from recstack.common.v1 import time_window_pb2
 from recstack.materialization.v1 import job_pb2, materialization_service_pb2_grpc
 from recstack.materialization.v1 import materialization_service_pb2 as mpb
@@ -35,6 +34,7 @@ from recstack.materialization.v1 import materialization_service_pb2 as mpb
 from bench.harness import (
     REPO_ROOT,
     RESULTS_DIR,
+    file_roots_env,
     scratch_database,
     service_process,
     wait_serving,
@@ -42,6 +42,7 @@ from bench.harness import (
 )
 from cli import main as recstack
 from infra.local.ports import free_port
+from shared.channels import open_channel
 from training.samples import write_samples
 
 NAME = "movielens"
@@ -152,7 +153,11 @@ def measure(scratch: Path, repeats: int) -> dict[str, dict[str, float]]:
     offline = scratch / "offline"
     project = f"movielens_{uuid.uuid4().hex[:8]}"
     with scratch_database("bench_movielens") as url:
-        base = {"RECSTACK_DATABASE_URL": url, "RECSTACK_LOG_LEVEL": "WARNING"}
+        base = {
+            "RECSTACK_DATABASE_URL": url,
+            "RECSTACK_LOG_LEVEL": "WARNING",
+            **file_roots_env(scratch, EXAMPLE),
+        }
         with (
             service_process(
                 "services.registry.server",
@@ -165,11 +170,10 @@ def measure(scratch: Path, repeats: int) -> dict[str, dict[str, float]]:
                     **base,
                     "RECSTACK_GRPC_PORT": str(materialization_port),
                     "RECSTACK_REGISTRY_ADDR": registry_address,
-                    "RECSTACK_OFFLINE_STORE_URI": str(offline),
                 },
                 LOG_DIR / "movielens-materialization.log",
             ) as materialization_process,
-            grpc.insecure_channel(materialization_address) as channel,
+            open_channel(materialization_address) as channel,
         ):
             wait_serving(registry_address, registry_process)
             wait_serving(materialization_address, materialization_process)

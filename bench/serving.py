@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -61,6 +60,7 @@ from bench.harness import (
 )
 from bench.serving_load import Spec
 from infra.local.ports import free_port
+from shared.channels import open_channel
 from shared.db import to_libpq
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store.binary_copy import TIMESTAMP_US, BinaryCopyEncoder
@@ -96,7 +96,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
 
 
 def define_views(registry_address: str) -> None:
-    with grpc.insecure_channel(registry_address) as channel:
+    with open_channel(registry_address) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         stub.CreateProject(
             rpb.CreateProjectRequest(project_id=PROJECT, project=project_pb2.Project())

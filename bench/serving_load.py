@@ -19,17 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 from recstack.common.v1 import value_pb2
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
 from bench.echo_server import ECHO, LOOKUP, lookup_statements
+from shared.channels import ClientSettings, open_channel
 
 Call = Callable[[Any], object]
 # Separate subchannel pools give each client its own TCP connection, like separate clients.
 CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+# Calls state their deadlines: no interceptor sits between the load and the measured servers.
+BARE = ClientSettings(timeout_seconds=None)
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ class Clients:
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        self._serving = grpc.insecure_channel(spec.serving, options=CLIENT_OPTIONS)
-        self._echo = grpc.insecure_channel(spec.echo, options=CLIENT_OPTIONS)
+        self._serving = open_channel(spec.serving, BARE, options=CLIENT_OPTIONS)
+        self._echo = open_channel(spec.echo, BARE, options=CLIENT_OPTIONS)
         self.stub = serving_service_pb2_grpc.FeatureServingServiceStub(self._serving)
         self.echo = self._echo.unary_unary(ECHO)
         self.lookup = self._echo.unary_unary(LOOKUP)
@@ -175,7 +177,7 @@ def _concurrent_block(spec: Spec, name: str) -> tuple[int, float]:
         target = spec.serving if name == "get_1_c8" else spec.echo
         rng = random.Random(spec.seed + index)
         keys = [rng.randrange(spec.entities) for _ in range(256)]
-        with grpc.insecure_channel(target, options=CLIENT_OPTIONS) as channel:
+        with open_channel(target, BARE, options=CLIENT_OPTIONS) as channel:
             if name == "echo_c8":
                 payload = _request(spec, spec.wide_refs, [1]).SerializeToString()
                 echo = channel.unary_unary(ECHO)

@@ -30,8 +30,10 @@ examples:
 
 environment:
   RECSTACK_REGISTRY_ADDR    registry address (default 127.0.0.1:50051); --registry overrides it
-  RECSTACK_AUTH_TOKEN       bearer token for a registry that requires authentication
+  RECSTACK_AUTH_TOKEN       bearer token for services that require authentication
+  RECSTACK_AUTH_TOKEN_FILE  or a file whose first non-empty line is that token
   RECSTACK_TLS_CA_FILE      CA bundle: connect with TLS and verify the server against it
+  RECSTACK_TLS_SERVER_NAME  the name the server's certificate must carry (default: its host)
   RECSTACK_TIMEOUT_SECONDS  deadline of each call (default 30); --timeout overrides it
   RECSTACK_DEBUG            1 shows the traceback of an unexpected error
 

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from recstack.registry.v1 import registry_service_pb2_grpc
 
 from cli.errors import Locator, RpcFailed, UsageError
+from shared.channels import ClientSettings, open_channel
+from shared.errors import ConfigurationError
 
 
 class CliSettings(BaseSettings):
@@ -26,8 +28,12 @@ class CliSettings(BaseSettings):
     # Sent as `authorization: Bearer …`; an environment variable only, so it stays out of
     # shell history and process listings.
     auth_token: SecretStr | None = None
+    # Or a file whose first non-empty line is the token (the services' token file works).
+    auth_token_file: Path | None = None
     # A CA bundle switches the channel to TLS and verifies the server against it.
     tls_ca_file: Path | None = None
+    # The name the server's certificate is checked against; default: the address's host.
+    tls_server_name: str = ""
     timeout_seconds: float = Field(default=30.0, gt=0)
     # Show Python tracebacks of unexpected errors (for bug reports).
     debug: bool = False
@@ -68,22 +74,18 @@ class Connection:
         self._long_timeout = settings.timeout_seconds if explicit else None
         self._channel = _channel(address, settings, tls)
         self._stub = service.stub(self._channel)
-        token = settings.auth_token.get_secret_value() if settings.auth_token else ""
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def call(
         self, rpc: str, request: Message, *, locate: Locator | None = None, long: bool = False
     ) -> Message:
         timeout = self._long_timeout if long else self._timeout
         try:
-            return getattr(self._stub, rpc)(request, timeout=timeout, metadata=self._metadata)
+            return getattr(self._stub, rpc)(request, timeout=timeout)
         except grpc.RpcError as error:
             raise RpcFailed(error, self.address, locate, self.service) from None
 
     def stream(self, rpc: str, request: Message) -> Iterator[Message]:
-        responses = getattr(self._stub, rpc)(
-            request, timeout=self._long_timeout, metadata=self._metadata
-        )
+        responses = getattr(self._stub, rpc)(request, timeout=self._long_timeout)
         try:
             yield from responses
         except grpc.RpcError as error:
@@ -107,16 +109,18 @@ class Connection:
 
 
 def _channel(address: str, settings: CliSettings, tls: bool) -> grpc.Channel:
-    if settings.tls_ca_file is None and not tls:
-        return grpc.insecure_channel(address)
-    roots = None
-    if settings.tls_ca_file is not None:
-        try:
-            roots = settings.tls_ca_file.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read the TLS CA file: {exc}") from None
-    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-    return grpc.secure_channel(address, credentials)
+    # Every call states its deadline here (a long one may have none), so no channel default.
+    client = ClientSettings(
+        tls_ca_file=settings.tls_ca_file,
+        tls=tls,
+        tls_server_name=settings.tls_server_name,
+        token_file=settings.auth_token_file,
+        timeout_seconds=None,
+    )
+    try:
+        return open_channel(address, client, token=settings.auth_token)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ def _check(args: argparse.Namespace, context: Context) -> int:
     name = resources.parse_reference(resources.MODEL, args.model, None)
     project = name.split("/")[1]
     model_id = name.rsplit("/", 1)[-1]
-    work_dir = args.work_dir or Path(".run") / "fg-check" / project / model_id
+    # Inside the project's file root of the local stack, where exports may write.
+    work_dir = args.work_dir or Path(".run") / "projects" / project / "fg-check" / model_id
     work_dir.mkdir(parents=True, exist_ok=True)
     address = args.recommend or RecommendAddress().recommend_addr
     with (

@@ -142,7 +142,10 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     )
     parser.add_argument("config", type=Path, help="training config (YAML)")
     parser.add_argument(
-        "--work-dir", type=Path, help="where exports and samples go (default .run/training/...)"
+        "--work-dir",
+        type=Path,
+        help="where exports and samples go, inside the project's file roots "
+        "(default .run/projects/PROJECT/training/MODEL, the local stack's root)",
     )
     parser.add_argument("--project", help="train in this project instead of the config's")
     parser.add_argument(
@@ -177,7 +180,10 @@ def _train(args: argparse.Namespace, context: Context) -> int:
         raise CliError(str(exc)) from None
     if args.project:
         config = config.model_copy(update={"project": args.project})
-    work_dir = args.work_dir or Path(".run") / "training" / config.project / config.model
+    # The exports land here: inside the project's file roots, which the local stack puts at
+    # .run/projects/<project>.
+    default = Path(".run") / "projects" / config.project / "training" / config.model
+    work_dir = args.work_dir or default
     with context.connect() as registry, materialize.connect(args, context) as materialization:
         services = GrpcTrainingServices(registry, materialization)
         try:

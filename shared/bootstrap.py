@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 import structlog
 
 from shared.db import create_engine, resolve_database_url
+from shared.errors import ConfigurationError
 from shared.grpc_server import RunningServer, serve_forever
 from shared.logging import configure_logging
 from shared.migrations import upgrade
@@ -26,7 +28,15 @@ def open_database(settings: ServiceSettings, schema: str, migrations: Path) -> s
 
 
 def run(settings: ServiceSettings, build: Callable[[], RunningServer]) -> None:
-    """Configure logging, build the server, serve until SIGTERM."""
+    """Configure logging, build the server, serve until SIGTERM; exit 2 on bad settings."""
     configure_logging(settings.log_level, service=settings.service_name)
-    structlog.get_logger(__name__).info("starting", settings=settings.model_dump(mode="json"))
-    serve_forever(settings, build())
+    log = structlog.get_logger(__name__)
+    log.info("starting", settings=settings.model_dump(mode="json"))
+    try:
+        running = build()
+    except ConfigurationError as exc:
+        log.error("configuration_error", error=str(exc))
+        # Also plainly on stderr: a person starting the service reads this line, not JSON.
+        print(f"{settings.service_name}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve_forever(settings, running)

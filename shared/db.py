@@ -17,8 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import NullPool
 
-from infra.local.postgres import EmbeddedPostgres
-from shared.errors import ResourceExhausted, Unavailable
+from shared.errors import ConfigurationError, ResourceExhausted, Unavailable
 from shared.settings import ServiceSettings
 
 DRIVER = "postgresql+psycopg"
@@ -49,10 +48,14 @@ def database_url(server_url: str, name: str) -> str:
 
 
 def resolve_database_url(settings: ServiceSettings) -> str:
-    """`settings.database_url`, checked to answer; if unset, the embedded server (started now or
-    reused)."""
+    """`settings.database_url`, checked to answer. A service never starts a database of its own:
+    unset is a configuration error, so a production service cannot silently run on a throwaway
+    server (the local stack, tests and benchmarks pass the URL of the server they start)."""
     if settings.database_url is None:
-        return EmbeddedPostgres(settings.run_dir).start()
+        raise ConfigurationError(
+            "RECSTACK_DATABASE_URL is not set: point it at the PostgreSQL server this service "
+            "stores its data in (for a local stack, `make up` starts one and sets it)"
+        )
     url = normalize_url(settings.database_url.get_secret_value())
     engine = create_engine(url, pool_size=1, application_name="recstack-startup")
     try:
@@ -124,7 +127,7 @@ def unavailable(url: str, exc: BaseException) -> Unavailable:
     masked = mask_url(url)
     return Unavailable(
         f"PostgreSQL at {masked} is unreachable ({detail}). Start that server or fix "
-        "RECSTACK_DATABASE_URL; for local runs, unset it to use the embedded PostgreSQL.",
+        "RECSTACK_DATABASE_URL.",
         reason="DATABASE_UNAVAILABLE",
         metadata={"database": masked},
     )

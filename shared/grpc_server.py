@@ -30,7 +30,8 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram, start_http_server
 
-from shared.errors import DomainError, InvalidArgument
+from shared.channels import SERVER_KEEPALIVE_OPTIONS
+from shared.errors import DomainError, InvalidArgument, redact
 from shared.request_context import set_deadline
 from shared.settings import ServiceSettings
 
@@ -49,6 +50,8 @@ RPC_ERRORS = Counter(
 )
 
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+# An error's message and details reach clients cut to this many characters.
+MAX_MESSAGE_CHARS = 2000
 REQUEST_ID_HEADER = "x-request-id"
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
@@ -86,17 +89,29 @@ def _wrap_handler(
     )
 
 
-def domain_error_status(error: DomainError, domain: str) -> status_pb2.Status:
-    """The rich `google.rpc.Status` for a domain error (ErrorInfo, plus BadRequest for fields)."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+def domain_error_status(
+    error: DomainError, domain: str, redactions: Mapping[str, str] | None = None
+) -> status_pb2.Status:
+    """The rich `google.rpc.Status` for a domain error (ErrorInfo, plus BadRequest for fields).
+
+    Every text is bounded and has the service's own paths (`redactions`) named, not shown: a
+    message built from a library's error may still quote one.
+    """
+
+    def clean(text: str) -> str:
+        text = redact(text, dict(redactions or {}))
+        return text if len(text) <= MAX_MESSAGE_CHARS else f"{text[:MAX_MESSAGE_CHARS]}…"
+
+    metadata = {key: clean(value) for key, value in error.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata)
     details = [_pack(info)]
     if isinstance(error, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.description
+            field=error.field, description=clean(error.description)
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     return status_pb2.Status(
-        code=getattr(code_pb2, error.code), message=error.message, details=details
+        code=getattr(code_pb2, error.code), message=clean(error.message), details=details
     )
 
 
@@ -109,7 +124,13 @@ def _pack(message: Any) -> any_pb2.Any:
 class ObservabilityInterceptor(grpc.ServerInterceptor):
     """Request id, logs, metrics, deadline cap and error mapping around every RPC."""
 
-    def __init__(self, service: str, max_request_seconds: float) -> None:
+    def __init__(
+        self,
+        service: str,
+        max_request_seconds: float,
+        redactions: Mapping[str, str] | None = None,
+    ) -> None:
+        self._redactions = dict(redactions or {})
         self._service = service
         self._domain = f"recstack.{service}"
         self._max_request_seconds = max_request_seconds
@@ -181,7 +202,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     ) -> None:
         if isinstance(exc, DomainError):
             self._record(method, exc.code, started)
-            context.abort_with_status(rpc_status.to_status(domain_error_status(exc, self._domain)))
+            status = domain_error_status(exc, self._domain, self._redactions)
+            context.abort_with_status(rpc_status.to_status(status))
         code = context.code()
         if code is not None and code != grpc.StatusCode.OK:
             # The servicer or gRPC already chose a status (e.g. a cancelled stream).
@@ -347,7 +369,9 @@ def create_grpc_server(
     if settings.auth_token_file is not None:
         interceptors.append(BearerTokenInterceptor(settings.auth_token_file))
     interceptors.append(
-        ObservabilityInterceptor(settings.service_name, settings.max_request_seconds)
+        ObservabilityInterceptor(
+            settings.service_name, settings.max_request_seconds, settings.server_paths()
+        )
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
@@ -356,6 +380,7 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *SERVER_KEEPALIVE_OPTIONS,
         ],
     )
     for registration in registrations:

@@ -18,8 +18,14 @@ import threading
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 MAX_BATCH = 512
+# Tracebacks as structured frames, without local variables: `dict_tracebacks` would log every
+# frame's locals, and those hold tokens, passwords and users' payloads.
+TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 
 class BackgroundWriter:
@@ -91,7 +97,7 @@ def configure_logging(level: str = "INFO", *, service: str = "recstack") -> None
     logger = QueueLogger(BackgroundWriter(sys.stderr))
     structlog.configure(
         # The last processor returns the event dict itself: QueueLogger renders it later.
-        processors=[*shared_processors, structlog.processors.dict_tracebacks],
+        processors=[*shared_processors, TRACEBACKS],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=lambda *_args: logger,
         cache_logger_on_first_use=True,

@@ -39,7 +39,7 @@ from shared.db import (
     resolve_database_url,
     unavailable,
 )
-from shared.errors import DomainError, Unavailable
+from shared.errors import ConfigurationError, DomainError, Unavailable
 from shared.settings import ServiceSettings
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "migrations_template"
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("upgrade", help="upgrade a schema to head (what services do at start)")
     up.add_argument("script_location", type=Path)
     up.add_argument("--schema", required=True)
-    up.add_argument("--url", help="default: RECSTACK_DATABASE_URL, else the embedded server")
+    up.add_argument("--url", help="default: RECSTACK_DATABASE_URL")
     rev = sub.add_parser("revision", help="write a new empty revision file")
     rev.add_argument("script_location", type=Path)
     rev.add_argument("-m", "--message", required=True)
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except DomainError as exc:
         print(exc.message, file=sys.stderr)
         return 1
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return 0
 
 

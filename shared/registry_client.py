@@ -28,18 +28,13 @@ from recstack.registry.v1 import (
     registry_service_pb2_grpc,
 )
 
-from shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.channels import ClientSettings, open_channel
+from shared.errors import FailedPrecondition, InvalidArgument, upstream_error
 from shared.feature_views import ViewSchema, view_schema
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-_ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-}
 CHANGES_PAGE = 1000
 
 
@@ -48,11 +43,12 @@ class RegistryClient:
         self,
         address: str,
         *,
+        client: ClientSettings | None = None,
         refresh_seconds: float = 5.0,
         timeout_seconds: float = 5.0,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(address)
+        self._channel = channel or open_channel(address, client)
         self._stub = registry_service_pb2_grpc.RegistryServiceStub(self._channel)
         self._address = address
         self._refresh_seconds = refresh_seconds
@@ -181,9 +177,11 @@ class RegistryClient:
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(_violated_field(exc), exc.details() or "") from exc
-            error = _ERRORS.get(code, Unavailable)
-            raise error(f"registry at {self._address}: {exc.details()}") from exc
+                raise InvalidArgument(_violated_field(exc), exc.details() or "") from None
+            # Upstream statuses keep their meaning (shared.errors.upstream_error).
+            raise upstream_error(
+                f"the registry at {self._address}", code.name, exc.details() or ""
+            ) from None
 
 
 def _violated_field(error: grpc.RpcError) -> str:

@@ -19,6 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 API_KEY = "sk-test-5f3b9c1e-never-show-me"
+# Secrets of credentials bound elsewhere: no request to this server may ever carry them.
+OTHER_SECRETS = ("sk-elsewhere-0c7d1a-never-here", "sk-stale-93be44-never-here")
+EMBEDDINGS_PATH = "/v1/embeddings"
 
 
 def vector_of(text: str, dimension: int) -> list[float]:
@@ -43,6 +46,8 @@ class FakeAPI:
     script: list[Reply] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     wrong_dimension: bool = False
+    # False: answer without a key too (a local server without authentication).
+    require_key: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, times: int, reply: Reply) -> None:
@@ -59,16 +64,22 @@ def make_handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(length))
             with api.lock:
                 api.requests.append(
-                    {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+                    {
+                        "path": self.path,
+                        "auth": self.headers.get("Authorization", ""),
+                        "headers": dict(self.headers.items()),
+                        "body": body,
+                    }
                 )
                 scripted = api.script.pop(0) if api.script else None
             if scripted is not None:
                 time.sleep(scripted.delay_s)
                 if scripted.status != 200 or scripted.body:
                     return self.answer(scripted.status, scripted.body, scripted.headers)
-            if self.path != "/v1/embeddings":
+            # Any prefix: one server stands for endpoints bound to different credentials.
+            if not self.path.endswith(EMBEDDINGS_PATH):
                 return self.answer(404, {"error": {"message": f"no route {self.path}"}})
-            if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+            if api.require_key and self.headers.get("Authorization") != f"Bearer {API_KEY}":
                 return self.answer(
                     401, {"error": {"message": "Incorrect API key provided", "type": "auth"}}
                 )

@@ -24,12 +24,17 @@ RUN python -m venv /opt/venv
 
 WORKDIR /src
 
-# Dependencies first, so code changes reuse this layer. requirements.txt is the full freeze,
-# dev tools included: installing exactly the set CI tests keeps one source of truth, at the cost
-# of about 160 MB of the 640 MB venv (hadolint, ruff, onnx + ml_dtypes, pygments, grpcio-tools,
-# check-jsonschema, pytest). A runtime-only lock file would remove them.
-COPY requirements.txt ./
-RUN pip install --require-virtualenv -r requirements.txt
+# Dependencies first, so code changes reuse this layer. Only the runtime set goes into the
+# venv the image ships: requirements/runtime.txt, the packages shared/ and services/ import
+# (`make lint` checks that it holds no test tool, linter or embedded server).
+COPY requirements/runtime.txt requirements/dev.txt ./requirements/
+RUN pip install --require-virtualenv -r requirements/runtime.txt
+
+# grpcio-tools generates code at build time only: it gets a venv of its own, at dev.txt's pin,
+# that the runtime stage never copies.
+RUN grep -E '^grpcio-tools==' requirements/dev.txt > /tmp/protoc.txt \
+    && python -m venv /opt/protoc \
+    && /opt/protoc/bin/pip install -r /tmp/protoc.txt -c requirements/dev.txt
 
 COPY pyproject.toml ./
 COPY protos ./protos
@@ -41,7 +46,7 @@ COPY services ./services
 # /opt/venv. pip compiles the bytecode now, which a read-only root filesystem could not store.
 RUN rm -rf shared/gen \
     && mkdir -p shared/gen/recstack \
-    && find protos -name '*.proto' -exec python -m grpc_tools.protoc -Iprotos \
+    && find protos -name '*.proto' -exec /opt/protoc/bin/python -m grpc_tools.protoc -Iprotos \
         --python_out=shared/gen --grpc_python_out=shared/gen --pyi_out=shared/gen {} + \
     && pip install --require-virtualenv --no-deps . \
     && python -c 'import recstack.registry.v1.registry_service_pb2, shared.healthcheck'
@@ -61,8 +66,8 @@ RUN groupadd --system --gid "${GID}" recstack \
 COPY --from=build /opt/venv /opt/venv
 
 # PYTHONSAFEPATH keeps the working directory off sys.path: the code runs from site-packages only.
-# RECSTACK_RUN_DIR only matters without RECSTACK_DATABASE_URL (embedded PostgreSQL); it points
-# at /tmp, the one place a read-only root filesystem leaves writable (an emptyDir in Kubernetes).
+# RECSTACK_RUN_DIR points at /tmp, the one place a read-only root filesystem leaves writable
+# (an emptyDir in Kubernetes). RECSTACK_DATABASE_URL has no default: a service without it stops.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,6 +40,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
+from shared.channels import ClientSettings, open_channel
 from shared.settings import ServiceSettings
 
 VT = value_pb2.ValueType
@@ -65,14 +65,21 @@ class Stubs:
     recommend: recommend_service_pb2_grpc.RecommendServiceStub
 
     @classmethod
-    def connect(cls, registry: str, materialization: str, serving: str, recommend: str) -> Stubs:
+    def connect(
+        cls,
+        registry: str,
+        materialization: str,
+        serving: str,
+        recommend: str,
+        client: ClientSettings | None = None,
+    ) -> Stubs:
         return cls(
-            registry_service_pb2_grpc.RegistryServiceStub(grpc.insecure_channel(registry)),
+            registry_service_pb2_grpc.RegistryServiceStub(open_channel(registry, client)),
             materialization_service_pb2_grpc.MaterializationServiceStub(
-                grpc.insecure_channel(materialization)
+                open_channel(materialization, client)
             ),
-            serving_service_pb2_grpc.FeatureServingServiceStub(grpc.insecure_channel(serving)),
-            recommend_service_pb2_grpc.RecommendServiceStub(grpc.insecure_channel(recommend)),
+            serving_service_pb2_grpc.FeatureServingServiceStub(open_channel(serving, client)),
+            recommend_service_pb2_grpc.RecommendServiceStub(open_channel(recommend, client)),
         )
 
 
@@ -316,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         settings.materialization_addr,
         settings.serving_addr,
         settings.recommend_addr,
+        settings.client_settings(),
     )
     project = f"demo_{int(time.time())}"
-    data = write_sample_data(settings.run_dir.resolve() / "demo" / project)
+    # The project's own file root under the stack's run dir (RECSTACK_FILES__ROOT_TEMPLATE).
+    data = write_sample_data(settings.run_dir.resolve() / "projects" / project)
     print(f"project {project}: sample data in {data['users'].parent}")
     register(stubs, project, data)
     print("registered entities user/item, sources users/items, views user_profile/item_stats")

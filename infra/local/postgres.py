@@ -9,6 +9,7 @@ data directory and binaries, and it only listens on a Unix socket. Running its b
 `initdb`/`pg_ctl` directly gives a TCP port and leaves the rest of the disk alone.
 
     python -m infra.local.postgres start|stop|status|url [--run-dir DIR] [--port N]
+    python -m infra.local.postgres grant-project PROJECT [--schema S] [--url URL]
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from infra.local.ports import free_port
+from shared.db import to_libpq
 from shared.errors import Unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -228,6 +231,44 @@ def any_server(url: str = "", *, embedded: bool = False) -> Iterator[str]:
             yield server.start()
 
 
+def create_source_role(database_url: str, role: str, schema: str | None = None) -> None:
+    """The login role a project's POSTGRES sources run as (README, "Running it securely"):
+    no superuser, no BYPASSRLS, CONNECT on the database, and read access to `schema` (created
+    if missing) when given; nothing else, so the platform's schemas and other projects' tables
+    stay out of its reach. Run as the database's owner; idempotent."""
+    role_id = sql.Identifier(role)
+    with psycopg.connect(to_libpq(database_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+        if exists is None:
+            conn.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+                ).format(role_id)
+            )
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role_id)
+        )
+        if schema is None:
+            return
+        schema_id = sql.Identifier(schema)
+        for statement in (
+            "CREATE SCHEMA IF NOT EXISTS {schema}",
+            "GRANT USAGE ON SCHEMA {schema} TO {role}",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role}",
+        ):
+            conn.execute(sql.SQL(statement).format(schema=schema_id, role=role_id))
+
+
+def drop_source_role(database_url: str, role: str) -> None:
+    """Revoke what `create_source_role` granted in this database and drop the role."""
+    with psycopg.connect(to_libpq(database_url), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -289,11 +330,23 @@ def _untraversable_parent(path: Path, user: pwd.struct_passwd) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local.postgres", description=__doc__)
-    parser.add_argument("action", choices=["start", "stop", "status", "url"])
+    parser.add_argument("action", choices=["start", "stop", "status", "url", "grant-project"])
+    parser.add_argument("project", nargs="?", help="grant-project: the project id")
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--schema", help="grant-project: schema to read (default PROJECT_data)")
+    parser.add_argument("--url", help="grant-project: database (default: the embedded server)")
     args = parser.parse_args(argv)
     server = EmbeddedPostgres(args.run_dir, port=args.port)
+    if args.action == "grant-project":
+        if not args.project:
+            parser.error("grant-project needs PROJECT")
+        server.port = server.running_port() or server.port
+        role = f"recstack_src_{args.project}"
+        schema = args.schema or f"{args.project}_data"
+        create_source_role(args.url or server.url, role, schema)
+        print(f"role {role} reads schema {schema}")
+        return 0
     running_port = server.running_port()
     if args.action == "start":
         try:

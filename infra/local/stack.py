@@ -31,7 +31,7 @@ import psycopg
 from pydantic import ValidationError
 from sqlalchemy import make_url
 
-from infra.local.postgres import EmbeddedPostgres, resolve_run_dir
+from infra.local.postgres import EmbeddedPostgres, create_source_role, resolve_run_dir
 from infra.local.tritonserver import (
     DEFAULT_MODEL_REPOSITORY,
     DEFAULT_TRAINED_REPOSITORY,
@@ -39,6 +39,7 @@ from infra.local.tritonserver import (
     TritonServerError,
     built_models,
 )
+from shared.channels import ClientSettings
 from shared.errors import Unavailable
 from shared.healthcheck import check
 from shared.model_server import TritonModelServer
@@ -56,6 +57,8 @@ TRITON_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
 POLL_S = 0.25
+# The project of examples/feature_repo.
+EXAMPLE_PROJECT = "shop"
 LOG_TAIL_LINES = 20
 
 
@@ -318,8 +321,8 @@ def triton_ready(address: str) -> bool:
         server.close()
 
 
-def service_serving(address: str) -> bool:
-    return check(address) == "SERVING"
+def service_serving(address: str, client: ClientSettings | None = None) -> bool:
+    return check(address, client=client) == "SERVING"
 
 
 # --- up ------------------------------------------------------------------------------------
@@ -330,11 +333,17 @@ class Context:
     run_dir: Path
     # RECSTACK_DATABASE_URL; None means the embedded server under `run_dir`.
     database_url: str | None
+    # RECSTACK_CLIENT__*: how health checks reach services started with TLS.
+    client: ClientSettings = field(default_factory=ClientSettings)
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> Context:
         url = settings.database_url
-        return cls(resolve_run_dir(settings.run_dir), url.get_secret_value() if url else None)
+        return cls(
+            resolve_run_dir(settings.run_dir),
+            url.get_secret_value() if url else None,
+            settings.client_settings(),
+        )
 
     @property
     def state_file(self) -> Path:
@@ -405,6 +414,10 @@ def spawn_triton(log_path: Path) -> ProcessRecord:
 
 def service_env(ctx: Context, spec: ServiceSpec, database_url: str) -> dict[str, str]:
     env = dict(os.environ)
+    # File roots, unless the shell sets its own: each project its folder under the run dir,
+    # and every project the example feature repository.
+    env.setdefault("RECSTACK_FILES__ROOT_TEMPLATE", str(ctx.run_dir / "projects" / "{project}"))
+    env.setdefault("RECSTACK_FILES__ROOTS", json.dumps({"*": [str(REPO_ROOT / "examples")]}))
     env.update({f"RECSTACK_{s.name.upper()}_ADDR": s.address for s in SERVICES})
     env.update(
         PYTHONUNBUFFERED="1",
@@ -441,7 +454,7 @@ def service_launch(ctx: Context, spec: ServiceSpec, database_url: str) -> Launch
         name=spec.name,
         address=spec.address,
         ready_label="SERVING",
-        probe=partial(service_serving, spec.address),
+        probe=partial(service_serving, spec.address, ctx.client),
         spawn=spawn,
         timeout_s=SERVICE_TIMEOUT_S,
         log_path=log_path,
@@ -560,8 +573,23 @@ def ports_to_claim(ctx: Context, state: StackState) -> dict[str, dict[str, int]]
     return wanted
 
 
+def ensure_source_role(database_url: str) -> None:
+    """The example project's POSTGRES-source role (materialization's default template), with
+    read access to schema `shop_data` only; other projects get theirs with
+    `python -m infra.local.postgres grant-project PROJECT`."""
+    role = f"recstack_src_{EXAMPLE_PROJECT}"
+    try:
+        create_source_role(database_url, role, f"{EXAMPLE_PROJECT}_data")
+    except psycopg.Error as exc:
+        problem = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        print(f"{POSTGRES}: could not create source role {role} ({problem}); skipped")
+        return
+    print(f"{POSTGRES}: source role {role} reads schema {EXAMPLE_PROJECT}_data")
+
+
 def bring_up(ctx: Context, state: StackState, started: list[ProcessRecord]) -> None:
     database_url = ensure_postgres(ctx, state, started)
+    ensure_source_role(database_url)
     (ctx.run_dir / "offline").mkdir(parents=True, exist_ok=True)
     ensure_running(ctx, state, triton_launch(ctx), started)
     for spec in SERVICES:
@@ -678,8 +706,8 @@ def triton_row(state: StackState) -> StatusRow:
     return StatusRow(TRITON, pid_label(state, TRITON), address, health, ready)
 
 
-def service_row(state: StackState, spec: ServiceSpec) -> StatusRow:
-    health = check(spec.address)
+def service_row(ctx: Context, state: StackState, spec: ServiceSpec) -> StatusRow:
+    health = check(spec.address, client=ctx.client)
     serving = health == "SERVING"
     return StatusRow(spec.name, pid_label(state, spec.name), spec.address, health, serving)
 
@@ -687,7 +715,7 @@ def service_row(state: StackState, spec: ServiceSpec) -> StatusRow:
 def cmd_status(ctx: Context) -> int:
     state = load_state(ctx.state_file)
     rows = [postgres_row(ctx, state), triton_row(state)]
-    rows += [service_row(state, spec) for spec in SERVICES]
+    rows += [service_row(ctx, state, spec) for spec in SERVICES]
     print(StatusRow("component", "pid", "address", "health", True).line())
     for row in rows:
         print(row.line())

@@ -42,7 +42,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,8 +52,9 @@ import pyarrow.fs as pafs
 
 from services.materialization.adapters.offline_store import ParquetOfflineStore
 from services.materialization.jobs import Window
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.errors import FailedPrecondition, InvalidArgument, quoted
 from shared.feature_views import ViewSchema
+from shared.paths import FileRoots
 
 DEFAULT_TIMESTAMP_COLUMN = "event_ts"
 OFFLINE_TS = "event_ts"
@@ -82,7 +83,7 @@ class ExportDefinitions(Protocol):
 class EntityTables(Protocol):
     """Stages a database table of labelled entity rows as one Parquet file."""
 
-    def to_parquet(self, table: str, path: str) -> int: ...
+    def to_parquet(self, project: str, table: str, path: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,11 @@ class TrainingSetExporter:
         *,
         entity_tables: EntityTables | None = None,
         options: ExportOptions | None = None,
+        file_roots: FileRoots | None = None,
     ) -> None:
+        # Where each project's entity files and outputs may be; None leaves paths unconfined
+        # (unit tests of the join itself).
+        self._file_roots = file_roots
         self._definitions = definitions
         self._uri = _as_uri(offline_store_uri)
         self._fs, _ = pafs.FileSystem.from_uri(self._uri)
@@ -162,6 +167,7 @@ class TrainingSetExporter:
         """Validate the request and run the one mode it sets."""
         _require_output(request.output_path)
         mode = _mode(request)
+        request = self._confined(request)
         name, output = request.model_feature_set, request.output_path
         timestamp_column = request.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if mode == "entity_parquet_path":
@@ -186,6 +192,10 @@ class TrainingSetExporter:
         of files or a glob, read in path order then row order."""
         _require_output(output_path)
         files = _entity_files(entity_parquet_path)
+        if self._file_roots is not None:
+            project = _project_of(model_feature_set)
+            for file in files:
+                self._file_roots.check_file(file, project, "entity_parquet_path")
         return self._export_rows(
             model_feature_set, files, output_path, timestamp_column, "entity_parquet_path"
         )
@@ -204,9 +214,10 @@ class TrainingSetExporter:
         if self._entity_tables is None:
             raise FailedPrecondition("this service has no database to read entity_table from")
         self._plan(model_feature_set)  # fail on the feature set before copying the table
+        project = model_feature_set.split("/")[1]
         with tempfile.TemporaryDirectory(dir=self._spill_parent()) as tmp:
             staged = str(Path(tmp) / "entity_rows.parquet")
-            self._entity_tables.to_parquet(entity_table, staged)
+            self._entity_tables.to_parquet(project, entity_table, staged)
             return self._export_rows(
                 model_feature_set, (staged,), output_path, timestamp_column, "entity_table"
             )
@@ -231,6 +242,19 @@ class TrainingSetExporter:
         _, plans = self._plan(model_feature_set)
         with self._session(output_path, plans, ()) as session:
             return self._write(session, _changes_sql(plans, start, end), output_path)
+
+    def _confined(self, request: ExportRequest) -> ExportRequest:
+        """The request with its paths checked against (and resolved in) the project's roots:
+        entity rows may be read there or in the project's offline store, output written only
+        in its roots."""
+        if self._file_roots is None:
+            return request
+        project = _project_of(request.model_feature_set)
+        output = self._file_roots.writable(request.output_path, project, "output_path")
+        entity = request.entity_parquet_path
+        if entity:
+            entity = self._file_roots.readable(entity, project, "entity_parquet_path")
+        return replace(request, output_path=output, entity_parquet_path=entity)
 
     # --- planning ---------------------------------------------------------------------
 
@@ -384,6 +408,17 @@ def _mode(request: ExportRequest) -> str:
     if len(modes) > 1:
         raise InvalidArgument(modes[1], f"set only one of {', '.join(modes)}")
     return modes[0]
+
+
+def _project_of(model_feature_set: str) -> str:
+    match = FEATURE_SET_NAME.match(model_feature_set)
+    if not match:
+        raise InvalidArgument(
+            "model_feature_set",
+            f"{quoted(model_feature_set)} is not "
+            "`projects/{project}/modelFeatureSets/{model_feature_set}`",
+        )
+    return match.group(1)
 
 
 def _require_output(output_path: str) -> None:

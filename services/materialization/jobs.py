@@ -162,19 +162,24 @@ class FileSourceSpec:
     event_timestamp_column: str
     partition_column: str = ""
     partition_format: str = ""
+    # Set for a project's FILE source: every file it lists must lie in that project's roots.
+    # Empty for the platform's own reads of the offline store.
+    project: str = ""
 
 
 @dataclass(frozen=True)
 class PostgresSourceSpec:
     """Rows of a PostgreSQL table (optionally `schema.table`) or of a SELECT query.
 
-    An empty `url` means the platform's own database, which the compute engine is given.
+    An empty `url` means the platform's database, read under the project's own role; a `url`
+    is read as its user, with the password of the declared `credential`.
     """
 
     event_timestamp_column: str
     table: str = ""
     query: str = ""
     url: str = ""
+    credential: str = ""
 
 
 SourceSpec = FileSourceSpec | PostgresSourceSpec

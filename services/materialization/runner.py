@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,11 +51,14 @@ from services.materialization.materializer import (
 )
 from services.materialization.schedules import due_triggers, run_window
 from shared.embeddings import ModelSettings
-from shared.errors import DomainError, FailedPrecondition
+from shared.errors import DomainError, FailedPrecondition, InvalidArgument, quoted, redact
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
+from shared.paths import FileRoots
 
 log = structlog.get_logger(__name__)
+# A job's error message is stored and returned cut to this many characters.
+MAX_ERROR_CHARS = 2000
 
 
 class JobRunner:
@@ -70,7 +73,13 @@ class JobRunner:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         clock: Callable[[], datetime] | None = None,
+        file_roots: FileRoots | None = None,
+        redactions: Mapping[str, str] | None = None,
     ) -> None:
+        # Server paths a job's error message names instead of showing (shared.errors.redact).
+        self._redactions = dict(redactions or {})
+        # None: FILE source paths are read as stored (unit tests of the runner's logic).
+        self._file_roots = file_roots
         self.runner_id = uuid.uuid4().hex[:12]
         self._unit_of_work = unit_of_work
         self._definitions = definitions
@@ -128,15 +137,26 @@ class JobRunner:
         try:
             state, error = self._execute(job)
         except DomainError as exc:
-            state, error = JobState.FAILED, exc.message
-        except Exception as exc:  # a job must end FAILED, whatever broke
-            log.exception("job_failed")
-            state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+            state, error = JobState.FAILED, self._message(exc.message)
+        except Exception:  # a job must end FAILED, whatever broke
+            # The job's error is for its API callers: no exception text (it may quote server
+            # paths or values), only a reference to the log line with the traceback.
+            reference = uuid.uuid4().hex[:12]
+            log.exception("job_failed", reference=reference)
+            state, error = (
+                JobState.FAILED,
+                f"internal error in the materialization service (reference {reference}); "
+                "its log has the details",
+            )
         with self._unit_of_work() as uow:
             finish(uow, job, state, self._clock(), error)
         log.info("job_ended", state=state.value, rows_read=job.progress.rows_read, error=error)
         structlog.contextvars.unbind_contextvars("job")
         return True
+
+    def _message(self, message: str) -> str:
+        message = redact(message, self._redactions)
+        return message if len(message) <= MAX_ERROR_CHARS else f"{message[:MAX_ERROR_CHARS]}…"
 
     def _execute(self, job: Job) -> tuple[JobState, str]:
         view = self._definitions.view_schema(
@@ -247,7 +267,7 @@ class JobRunner:
         )
         source = self._definitions.data_source(job.project, view.source)
         # `getattr`: registry stand-ins in the unit tests predate transformations.
-        return _source_spec(view.source, source), _transformation(
+        return _source_spec(view.source, source, job.project, self._file_roots), _transformation(
             getattr(view, "transformation", None)
         )
 
@@ -321,26 +341,44 @@ class _Read:
     precomputed: bool = False
 
 
-def _source_spec(name: str, source: Any) -> SourceSpec:
-    """The registry's DataSource message as what the compute engine reads."""
+def _source_spec(
+    name: str, source: Any, project: str = "", file_roots: FileRoots | None = None
+) -> SourceSpec:
+    """The registry's DataSource message as what the compute engine reads; a FILE path is
+    checked against the project's file roots again (they may have changed since create)."""
     kind = source.WhichOneof("kind")
     if kind == "postgres":
         postgres = source.postgres
         return PostgresSourceSpec(
-            source.event_timestamp_column, postgres.table, postgres.query, postgres.url
+            source.event_timestamp_column,
+            postgres.table,
+            postgres.query,
+            postgres.url,
+            # `getattr`: registry stand-ins in the unit tests predate credentials.
+            getattr(postgres, "credential", ""),
         )
     if kind == "file":
         file = source.file
+        path = file.path
+        if file_roots is not None:
+            try:
+                path = file_roots.readable(file.path, project, "data_source.file.path")
+            except InvalidArgument as exc:
+                raise FailedPrecondition(
+                    f"data source {quoted(name)}: {exc.description}; nothing was read",
+                    reason=exc.reason,
+                ) from None
         return FileSourceSpec(
-            file.path,
+            path,
             "PARQUET" if file.format == file.FORMAT_PARQUET else "CSV",
             source.event_timestamp_column,
             file.partition_column,
             # `getattr`: registry stand-ins in the unit tests predate partition formats.
             getattr(file, "partition_format", ""),
+            project if file_roots is not None else "",
         )
     raise FailedPrecondition(
-        f"data source {name!r} is a {kind} source: its rows arrive through PushFeatures, "
+        f"data source {quoted(name)} is a {kind} source: its rows arrive through PushFeatures, "
         "there is nothing to materialize"
     )
 

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
+from pydantic import Field
 from recstack.materialization.v1 import (
     materialization_service_pb2,
     materialization_service_pb2_grpc,
@@ -16,6 +17,10 @@ from services.materialization.adapters.entity_rows import PostgresEntityTables
 from services.materialization.adapters.local_engine import LocalEngine
 from services.materialization.adapters.offline_store import ParquetOfflineStore
 from services.materialization.adapters.repository import postgres_unit_of_work
+from services.materialization.adapters.source_databases import (
+    DEFAULT_ROLE_TEMPLATE,
+    SourceDatabases,
+)
 from services.materialization.export import TrainingSetExporter
 from services.materialization.materializer import Materializer
 from services.materialization.runner import JobRunner
@@ -25,6 +30,7 @@ from shared.db import ping, to_libpq
 from shared.embeddings import Embedder, PostgresEmbeddingCache, migrate_cache
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
 from shared.online_store.postgres import PostgresOnlineStore
+from shared.paths import FileRoots
 from shared.registry_client import RegistryClient
 from shared.settings import ServiceSettings
 
@@ -35,8 +41,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 class MaterializationSettings(ServiceSettings):
     service_name: str = "materialization"
     grpc_port: int = 50052
-    # Local directory or object-store URI of the Parquet offline store; default <run_dir>/offline.
-    offline_store_uri: str = ""
     # Jobs that run at once in this replica.
     job_workers: int = 2
     # A running job whose runner sent no heartbeat for this long is ended FAILED.
@@ -45,6 +49,11 @@ class MaterializationSettings(ServiceSettings):
     job_poll_seconds: float = 1.0
     # Rows per chunk: progress, cancellation and heartbeats happen between chunks.
     job_chunk_rows: int = 500_000
+    # The login role POSTGRES sources without a url run as, per project (never the platform's).
+    source_role_template: str = DEFAULT_ROLE_TEMPLATE
+    # Bounds on a POSTGRES source: each statement's run time, and the rows one job may read.
+    source_statement_timeout_seconds: float = Field(default=300.0, gt=0)
+    source_max_rows: int = Field(default=50_000_000, ge=1)
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class MaterializationDeps:
     offline_store: ParquetOfflineStore
     exporter: TrainingSetExporter
     embedder: Embedder
+    source_databases: SourceDatabases
+    file_roots: FileRoots
 
 
 def create_server(
@@ -66,14 +77,16 @@ def create_server(
         definitions=deps.registry,
         engine=LocalEngine(
             chunk_rows=settings.job_chunk_rows,
-            # POSTGRES sources without a url read the platform's own database.
-            database_url=deps.engine.url.render_as_string(hide_password=False),
+            source_databases=deps.source_databases,
+            file_roots=deps.file_roots,
             embedder=deps.embedder,
         ),
         offline_store=deps.offline_store,
         online_store=deps.online_store,
         lease_seconds=settings.job_lease_seconds,
         poll_seconds=settings.job_poll_seconds,
+        file_roots=deps.file_roots,
+        redactions=settings.server_paths(),
     )
     materializer = Materializer(
         unit_of_work=unit_of_work,
@@ -101,17 +114,36 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
     url = engine.url.render_as_string(False)
     conninfo = to_libpq(url)
     migrate_cache(url)
-    offline_uri = settings.offline_store_uri or str((settings.run_dir / "offline").resolve())
-    registry = RegistryClient(settings.registry_addr)
+    offline_uri = settings.offline_store()
+    file_roots = settings.file_roots()
+    registry = RegistryClient(settings.registry_addr, client=settings.client_settings())
+    credentials = settings.credentials()
+    source_databases = SourceDatabases(
+        url,
+        role_template=settings.source_role_template,
+        credentials=credentials,
+        statement_timeout_s=settings.source_statement_timeout_seconds,
+        max_rows=settings.source_max_rows,
+    )
     return MaterializationDeps(
         engine=engine,
         online_store=PostgresOnlineStore(conninfo),
         registry=registry,
         offline_store=ParquetOfflineStore(offline_uri),
         exporter=TrainingSetExporter(
-            registry, offline_uri, entity_tables=PostgresEntityTables(conninfo)
+            registry,
+            offline_uri,
+            entity_tables=PostgresEntityTables(source_databases),
+            file_roots=file_roots,
         ),
-        embedder=Embedder(PostgresEmbeddingCache(conninfo), triton_address=settings.triton_addr),
+        embedder=Embedder(
+            PostgresEmbeddingCache(conninfo),
+            triton_address=settings.triton_addr,
+            credentials=credentials,
+            allowed_endpoints=settings.embedding_endpoints,
+        ),
+        source_databases=source_databases,
+        file_roots=file_roots,
     )
 
 

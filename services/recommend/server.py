@@ -100,12 +100,15 @@ def open_deps(settings: RecommendSettings) -> RecommendDeps:
         to_libpq(engine.url.render_as_string(hide_password=False)),
         max_size=settings.db_pool_size,
     )
+    client = settings.client_settings()
     registry = RegistryDefinitions(
-        RegistryClient(settings.registry_addr, refresh_seconds=settings.registry_cache_seconds)
+        RegistryClient(
+            settings.registry_addr, client=client, refresh_seconds=settings.registry_cache_seconds
+        )
     )
     model_server = TritonModelServer(settings.triton_addr, settings.triton_timeout_seconds)
     user_features = ServingUserFeatures(
-        settings.serving_addr, timeout_seconds=settings.serving_timeout_seconds
+        settings.serving_addr, client=client, timeout_seconds=settings.serving_timeout_seconds
     )
     return RecommendDeps(
         engine,

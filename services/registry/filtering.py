@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, quoted
 
 TERM = re.compile(
     r'^\s*([a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_-]+)?)\s*(!=|=|:)\s*("(?:[^"\\]|\\.)*"|\S+)\s*$'
@@ -41,7 +41,7 @@ def _condition(term: str, descriptor: Descriptor) -> Condition:
     match = TERM.match(term)
     if match is None:
         raise InvalidArgument(
-            "filter", f"{term!r} is not `field=value`, `field!=value` or `field:text`"
+            "filter", f"{quoted(term)} is not `field=value`, `field!=value` or `field:text`"
         )
     path_text, operator, value = match.groups()
     path = tuple(path_text.split("."))
@@ -54,9 +54,11 @@ def _condition(term: str, descriptor: Descriptor) -> Condition:
 def _check_path(path: tuple[str, ...], descriptor: Descriptor) -> None:
     field = descriptor.fields_by_name.get(path[0])
     if field is None:
-        raise InvalidArgument("filter", f"{descriptor.name} has no field {path[0]!r}")
+        raise InvalidArgument("filter", f"{descriptor.name} has no field {quoted(path[0])}")
     is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
     if len(path) == 2 and not is_map:
-        raise InvalidArgument("filter", f"{path[0]!r} is not a map field; use {path[0]}=value")
+        raise InvalidArgument(
+            "filter", f"{quoted(path[0])} is not a map field; use {path[0]}=value"
+        )
     if len(path) == 1 and (field.is_repeated or field.type == FieldDescriptor.TYPE_MESSAGE):
-        raise InvalidArgument("filter", f"{path[0]!r} is not a scalar field")
+        raise InvalidArgument("filter", f"{quoted(path[0])} is not a scalar field")

@@ -16,7 +16,7 @@ from recstack.registry.v1 import (
     project_pb2,
 )
 
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, quoted
 
 ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 VERSION_NAME = re.compile(r"projects/([^/]+)/models/([^/]+)/versions/([1-9][0-9]{0,17})")
@@ -61,7 +61,9 @@ class Kind:
         ):
             return parts[1], parts[3]
         expected = self.name("{project}", "{id}")
-        raise InvalidArgument(field, f"{name!r} is not a {self.key} name; expected {expected!r}")
+        raise InvalidArgument(
+            field, f"{quoted(name)} is not a {self.key} name; expected {quoted(expected)}"
+        )
 
 
 PROJECT = Kind("project", "projects", project_pb2.Project)
@@ -116,6 +118,6 @@ def check_id(resource_id: str, field: str) -> None:
     if not ID_PATTERN.match(resource_id):
         raise InvalidArgument(
             field,
-            f"{resource_id!r} is not a valid id: use 1-63 characters of a-z, 0-9 and _, "
+            f"{quoted(resource_id)} is not a valid id: use 1-63 characters of a-z, 0-9 and _, "
             "starting with a letter",
         )

@@ -23,7 +23,8 @@ from services.registry.kinds import (
     PROJECT,
     Kind,
 )
-from shared.errors import InvalidArgument, NotFound
+from services.registry.policy import DefinitionPolicy
+from shared.errors import InvalidArgument, NotFound, quoted
 from shared.values import VT
 
 Preparer = Callable[[ResourceRepository, str, Message], list[str]]
@@ -33,11 +34,20 @@ def ref(kind: Kind, project: str, resource_id: str) -> str:
     return f"{kind.key}:{project}/{resource_id}"
 
 
-def prepare(repo: ResourceRepository, kind: Kind, project: str, spec: Message) -> tuple[str, ...]:
-    """Validate `spec` (filling defaults) and return the resources it references."""
+def prepare(
+    repo: ResourceRepository,
+    kind: Kind,
+    project: str,
+    spec: Message,
+    policy: DefinitionPolicy | None = None,
+) -> tuple[str, ...]:
+    """Validate `spec` (filling defaults), check it against the operator's policy, and return
+    the resources it references."""
     if kind.top_level:
         return ()
-    return (ref(PROJECT, project, project), *PREPARERS[kind.key](repo, project, spec))
+    refs = PREPARERS[kind.key](repo, project, spec)
+    (policy or DefinitionPolicy()).check(kind.key, project, spec)
+    return (ref(PROJECT, project, project), *refs)
 
 
 def require_ref(
@@ -105,7 +115,7 @@ def _productions(
         if production.input_field not in names or production.input_field == field.name:
             raise InvalidArgument(
                 f"{path}.input_field",
-                f"{production.input_field!r} is not another field of the view",
+                f"{quoted(production.input_field)} is not another field of the view",
             )
         refs.append(ref(EMBEDDING_MODEL, project, production.embedding_model))
     return refs
@@ -120,11 +130,13 @@ def _model_feature_set(repo: ResourceRepository, project: str, spec: Message) ->
         path = f"model_feature_set.features[{index}]"
         view_id, _, feature = text.partition(":")
         if not view_id or not feature:
-            raise InvalidArgument(path, f"{text!r} is not `view:feature` or `view:*`")
+            raise InvalidArgument(path, f"{quoted(text)} is not `view:feature` or `view:*`")
         view = require_ref(repo, FEATURE_VIEW, project, view_id, path)
         fields = [field.name for field in view.spec.fields]
         if feature != "*" and feature not in fields:
-            raise InvalidArgument(path, f"feature view {view_id!r} has no field {feature!r}")
+            raise InvalidArgument(
+                path, f"feature view {quoted(view_id)} has no field {quoted(feature)}"
+            )
         for name in fields if feature == "*" else [feature]:
             spec.resolved_features.add(feature_view=view_id, version=view.version, feature=name)
         refs.append(ref(FEATURE_VIEW, project, view_id))

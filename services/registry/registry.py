@@ -36,6 +36,7 @@ from services.registry.kinds import (
     check_id,
     parse_project,
 )
+from services.registry.policy import DefinitionPolicy, present
 from services.registry.preparation import prepare, ref
 from shared.errors import (
     Aborted,
@@ -44,6 +45,7 @@ from shared.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    quoted,
 )
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
@@ -117,8 +119,10 @@ class Registry:
         clock: Callable[[], datetime] | None = None,
         on_version_created: VersionListener | None = None,
         on_version_deleted: VersionListener | None = None,
+        policy: DefinitionPolicy | None = None,
     ) -> None:
         self._unit_of_work = unit_of_work
+        self._policy = policy or DefinitionPolicy()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._on_created = on_version_created
         self._on_deleted = on_version_deleted
@@ -134,7 +138,7 @@ class Registry:
         with self._unit_of_work() as repo:
             if not kind.top_level:
                 _require(repo, PROJECT, project, project)
-            writer = _Writer(repo, self._clock(), events)
+            writer = _Writer(repo, self._clock(), events, self._policy)
             record = writer.create(kind, project, resource_id, resource, write=not validate_only)
         self._publish(events)
         return record.spec
@@ -144,7 +148,7 @@ class Registry:
         if version < 0:
             raise InvalidArgument("version", "must not be negative")
         with self._unit_of_work() as repo:
-            return _require(repo, kind, project, resource_id, version).spec
+            return present(kind, _require(repo, kind, project, resource_id, version).spec)
 
     def list(
         self, kind: Kind, parent: str, page_size: int, page_token: str, filter_text: str
@@ -163,7 +167,7 @@ class Registry:
         more = len(records) > size
         records = records[:size]
         token = encode_page_token(records[-1].resource_id) if more else ""
-        return Page([record.spec for record in records], token)
+        return Page([present(kind, record.spec) for record in records], token)
 
     def update(self, kind: Kind, resource: Message, mask_paths: list[str]) -> Message:
         name = getattr(resource, "name", "")
@@ -178,7 +182,9 @@ class Registry:
             desired = _copy(current.spec)
             for path in paths:
                 _copy_field(resource, desired, path)
-            record, _, _ = _Writer(repo, self._clock(), events).update(kind, current, desired)
+            record, _, _ = _Writer(repo, self._clock(), events, self._policy).update(
+                kind, current, desired
+            )
         self._publish(events)
         return record.spec
 
@@ -190,7 +196,9 @@ class Registry:
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id, version)
             check_etag(current, etag, kind.key)
-            _Writer(repo, self._clock(), events).delete(kind, project, resource_id, version)
+            _Writer(repo, self._clock(), events, self._policy).delete(
+                kind, project, resource_id, version
+            )
         self._publish(events)
 
     # --- declarative apply ------------------------------------------------------------
@@ -205,7 +213,7 @@ class Registry:
         events = _Events()
         try:
             with self._unit_of_work() as repo:
-                writer = _Writer(repo, self._clock(), events)
+                writer = _Writer(repo, self._clock(), events, self._policy)
                 steps = self._apply_in(writer, repo, project, declared, prune)
                 if validate_only:
                     raise _DryRun(steps)
@@ -270,8 +278,11 @@ class Registry:
 class _Writer:
     """Writes within one unit of work, recording version events for after the commit."""
 
-    def __init__(self, repo: ResourceRepository, now: datetime, events: _Events) -> None:
+    def __init__(
+        self, repo: ResourceRepository, now: datetime, events: _Events, policy: DefinitionPolicy
+    ) -> None:
         self._repo = repo
+        self._policy = policy
         self._now = now
         self._events = events
 
@@ -281,7 +292,7 @@ class _Writer:
         spec = _copy(resource)
         for name in kind.state_fields:
             spec.ClearField(name)
-        refs = prepare(self._repo, kind, project, spec)
+        refs = prepare(self._repo, kind, project, spec, self._policy)
         record = StoredResource(
             kind.key, project, resource_id, 1, spec, refs, "", self._now, self._now
         )
@@ -299,7 +310,7 @@ class _Writer:
         spec = _copy(desired)
         for name in kind.state_fields:
             _copy_field(current.spec, spec, name)
-        refs = prepare(self._repo, kind, current.project, spec)
+        refs = prepare(self._repo, kind, current.project, spec, self._policy)
         changed = _changed_fields(current.spec, spec)
         if not changed:
             return current, Action.UNCHANGED, ()
@@ -393,7 +404,8 @@ def _check_declarations(declared: Sequence[Declared]) -> None:
         key = (item.kind.key, item.resource_id)
         if key in seen:
             raise InvalidArgument(
-                f"definitions[{index}].id", f"{item.kind.key} {item.resource_id!r} declared twice"
+                f"definitions[{index}].id",
+                f"{item.kind.key} {quoted(item.resource_id)} declared twice",
             )
         seen.add(key)
 
@@ -432,8 +444,8 @@ def _changed_fields(current: Message, desired: Message) -> tuple[str, ...]:
 def check_etag(current: StoredResource, etag: str, field_name: str) -> None:
     if etag and etag != current.etag:
         raise Aborted(
-            f"{field_name}.etag {etag!r} is stale (current {current.etag!r}): read it again "
-            "and retry",
+            f"{field_name}.etag {quoted(etag)} is stale (current {quoted(current.etag)}): read it "
+            "again and retry",
             reason="ETAG_MISMATCH",
         )
 
@@ -445,9 +457,9 @@ def _update_paths(kind: Kind, resource: Message, mask_paths: list[str]) -> list[
     for path in paths:
         top = path.split(".")[0]
         if top not in fields:
-            raise InvalidArgument("update_mask", f"{kind.key} has no field {path!r}")
+            raise InvalidArgument("update_mask", f"{kind.key} has no field {quoted(path)}")
         if top in output_only:
-            raise InvalidArgument("update_mask", f"{path!r} is output only")
+            raise InvalidArgument("update_mask", f"{quoted(path)} is output only")
     return paths
 
 

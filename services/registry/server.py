@@ -16,6 +16,7 @@ from services.registry.adapters.triton_deployer import TritonDeployer
 from services.registry.fg_check import FgConfigCheck, check_fg_config
 from services.registry.models import DeploymentSettings, ModelRegistry
 from services.registry.online_tables import OnlineTables
+from services.registry.policy import DefinitionPolicy
 from services.registry.registry import Registry
 from services.registry.servicer import RegistryServicer
 from shared.bootstrap import open_database, run
@@ -59,6 +60,9 @@ def create_server(settings: RegistrySettings, deps: RegistryDeps) -> tuple[Runni
         partial(postgres_unit_of_work, deps.engine),
         on_version_created=tables.version_created if tables else None,
         on_version_deleted=tables.version_deleted if tables else None,
+        policy=DefinitionPolicy(
+            settings.credentials(), tuple(settings.embedding_endpoints), settings.file_roots()
+        ),
     )
     if tables is not None:
         tables.bind(registry)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from recstack.registry.v1 import data_source_pb2, feature_view_pb2
 
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, quoted
 from shared.values import TYPES, VT
 
 Aggregation = feature_view_pb2.Aggregation
@@ -96,14 +96,30 @@ def _source_schema(source: data_source_pb2.DataSource | None) -> pa.Schema | Non
     if source.WhichOneof("kind") == "file" and _is_local(source.file.path):
         file_format = "csv" if source.file.format == source.file.FORMAT_CSV else "parquet"
         try:
-            return ds.dataset(source.file.path, format=file_format).schema
+            dataset = ds.dataset(source.file.path, format=file_format)
+            # The path was checked against the project's roots when the source was written;
+            # a file reached through a symbolic link may lie anywhere: none is opened here.
+            if any(_through_link(file) for file in dataset.files):
+                return None
+            return dataset.schema
         except (OSError, pa.ArrowException):
             return None
     return None
 
 
 def _is_local(path: str) -> bool:
-    return "://" not in path and not any(char in path for char in "*?[") and Path(path).exists()
+    # Only absolute paths: a relative one is relative to the project's first file root, which
+    # materialization resolves, not this process's working directory.
+    return (
+        Path(path).is_absolute()
+        and not any(char in path for char in "*?[")
+        and not _through_link(path)
+        and Path(path).exists()
+    )
+
+
+def _through_link(path: str) -> bool:
+    return Path(path).resolve() != Path(path).absolute()
 
 
 def _validate_aggregations(view: feature_view_pb2.FeatureView) -> None:
@@ -128,7 +144,9 @@ def _validate_aggregations(view: feature_view_pb2.FeatureView) -> None:
                 f"{path}.column", "COUNT_BY_VALUE counts the values of one column, not `*`"
             )
         if aggregation.output in outputs:
-            raise InvalidArgument(f"{path}.output", f"duplicate output {aggregation.output!r}")
+            raise InvalidArgument(
+                f"{path}.output", f"duplicate output {quoted(aggregation.output)}"
+            )
         outputs.add(aggregation.output)
     features = _declared_outputs(view)
     undeclared = sorted(outputs - features)

@@ -14,7 +14,7 @@ from recstack.registry.v1 import (
 )
 
 from services.registry.kinds import ID_PATTERN
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, quoted
 from shared.values import KEY_TYPES, TYPES, VT
 
 FeatureView = feature_view_pb2.FeatureView
@@ -61,7 +61,7 @@ def validate_feature_view(view: FeatureView, join_key: str, key_type: int) -> No
     keys = [field for field in view.fields if field.name == join_key]
     if not keys:
         raise InvalidArgument(
-            "feature_view.fields", f"must include the entity's join key {join_key!r}"
+            "feature_view.fields", f"must include the entity's join key {quoted(join_key)}"
         )
     if keys[0].value_type != key_type:
         raise InvalidArgument(
@@ -163,7 +163,9 @@ def _validate_fields(fields: list[feature_view_pb2.FeatureField], path: str) -> 
     for index, field in enumerate(fields):
         _require_identifier(field.name, f"{path}[{index}].name")
         if field.name in seen:
-            raise InvalidArgument(f"{path}[{index}].name", f"duplicate field name {field.name!r}")
+            raise InvalidArgument(
+                f"{path}[{index}].name", f"duplicate field name {quoted(field.name)}"
+            )
         seen.add(field.name)
         if field.value_type not in TYPES:
             raise InvalidArgument(f"{path}[{index}].value_type", "must be a VALUE_TYPE_* value")
@@ -173,7 +175,7 @@ def _require_identifier(value: str, field: str) -> None:
     if not value:
         raise InvalidArgument(field, "is required")
     if not ID_PATTERN.match(value):
-        raise InvalidArgument(field, f"{value!r} must match {ID_PATTERN.pattern}")
+        raise InvalidArgument(field, f"{quoted(value)} must match {ID_PATTERN.pattern}")
 
 
 def _check_duration(value: Duration, low: float, high: float, field: str) -> None:

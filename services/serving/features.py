@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from services.serving.produced import ProducedFields
 from shared.embeddings import TextEmbedder
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, quoted
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore, ViewColumns, WriteResult
 from shared.values import proto_kind, type_name
@@ -55,7 +55,9 @@ class FeatureRef:
         view_part, separator, feature = text.partition(":")
         view, _, version = view_part.partition("@")
         if not separator or not view or not feature or (version and not version.isdigit()):
-            raise InvalidArgument(field, f"{text!r} is not `view:feature`, `view:*` or `view@N:f`")
+            raise InvalidArgument(
+                field, f"{quoted(text)} is not `view:feature`, `view:*` or `view@N:f`"
+            )
         return cls(view, int(version or 0), feature)
 
     @property
@@ -269,7 +271,9 @@ def _expand(view: ViewSchema, features: list[str]) -> list[str]:
     for feature in features:
         if view.feature(feature) is None:
             raise InvalidArgument(
-                "features", f"feature view {view.name!r} v{view.version} has no feature {feature!r}"
+                "features",
+                f"feature view {quoted(view.name)} v{view.version} has no feature "
+                f"{quoted(feature)}",
             )
     return list(dict.fromkeys(features))
 
@@ -312,7 +316,7 @@ def _row_tuple(view: ViewSchema, row: RowInput, path: str) -> tuple[Any, ...]:
     unknown = sorted(set(row.values) - known)
     if unknown:
         raise InvalidArgument(
-            f"{path}.values.{unknown[0]}", f"feature view {view.name!r} has no such field"
+            f"{path}.values.{unknown[0]}", f"feature view {quoted(view.name)} has no such field"
         )
     values = []
     for feature in view.features:

@@ -57,9 +57,16 @@ def open_deps(settings: ServingSettings) -> ServingDeps:
     migrate_cache(url)
     store = PostgresOnlineStore(to_libpq(url), max_size=settings.db_pool_size)
     registry = RegistryClient(
-        settings.registry_addr, refresh_seconds=settings.registry_cache_seconds
+        settings.registry_addr,
+        client=settings.client_settings(),
+        refresh_seconds=settings.registry_cache_seconds,
     )
-    embedder = Embedder(PostgresEmbeddingCache(to_libpq(url)), triton_address=settings.triton_addr)
+    embedder = Embedder(
+        PostgresEmbeddingCache(to_libpq(url)),
+        triton_address=settings.triton_addr,
+        credentials=settings.credentials(),
+        allowed_endpoints=settings.embedding_endpoints,
+    )
     return ServingDeps(store, registry, embedder)
 
 

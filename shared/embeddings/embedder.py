@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import structlog
 
+from shared.credentials import Credentials, endpoint_within
 from shared.embeddings.cache import EmbeddingCache
 from shared.embeddings.metrics import DEFAULT_METRICS, EmbeddingMetrics, ModelSeries
 from shared.embeddings.model_settings import ModelSettings, Provider
@@ -35,7 +36,14 @@ from shared.embeddings.providers import (
     wrong_dimension,
 )
 from shared.embeddings.text import normalize, text_hash
-from shared.errors import DeadlineExceeded, DomainError, InvalidArgument, Unavailable
+from shared.errors import (
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    quoted,
+)
 from shared.request_context import seconds_remaining
 
 log = structlog.get_logger(__name__)
@@ -109,14 +117,17 @@ class Embedder:
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         providers: Mapping[Provider, EmbeddingProvider] | None = None,
+        credentials: Credentials | None = None,
+        allowed_endpoints: Sequence[str] = (),
     ) -> None:
         self._cache = cache
+        self._allowed_endpoints = tuple(allowed_endpoints)
         self._metrics = metrics or DEFAULT_METRICS
         self._sleep = sleep
         self._jitter = jitter
         self._providers: dict[Provider, EmbeddingProvider] = {
             Provider.TRITON: TritonProvider(triton_address),
-            Provider.OPENAI_COMPATIBLE: OpenAICompatibleProvider(),
+            Provider.OPENAI_COMPATIBLE: OpenAICompatibleProvider(credentials=credentials),
             **(providers or {}),
         }
         self._pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
@@ -128,6 +139,7 @@ class Embedder:
         """Vectors of `texts` in order. Raises Unavailable (provider down after retries),
         FailedPrecondition (the model or its settings are wrong), DeadlineExceeded (the
         request's deadline passed) or InvalidArgument (a text is neither str nor None)."""
+        self._check_endpoint(model)
         count = len(texts)
         valid = np.zeros(count, dtype=bool)
         unique: dict[bytes, str] = {}  # insertion order: first appearance
@@ -178,6 +190,26 @@ class Embedder:
             close_cache()
 
     # --- steps of embed ------------------------------------------------------------------
+
+    def _check_endpoint(self, model: ModelSettings) -> None:
+        """The operator's allow-list of embedding endpoints, at call time (the registry checked
+        it at create time, possibly under another list)."""
+        if not self._allowed_endpoints or not model.endpoint:
+            return
+        url = model.endpoint
+        if model.provider is Provider.TRITON and "://" not in url:
+            url = f"grpc://{url}"
+        try:
+            allowed = endpoint_within(url, self._allowed_endpoints, "endpoint")
+        except InvalidArgument:
+            allowed = False
+        if not allowed:
+            raise FailedPrecondition(
+                f"embedding model {model.name}: endpoint {quoted(model.endpoint)} is not among "
+                "the embedding endpoints this service allows; nothing was sent",
+                reason="EMBEDDING_ENDPOINT_NOT_ALLOWED",
+                metadata={"model": model.name},
+            )
 
     @staticmethod
     def _hash(row: int, text: object, unique: dict[bytes, str]) -> bytes:

@@ -48,7 +48,8 @@ class ModelSettings:
     batch_size: int
     concurrency: int
     endpoint: str
-    api_key_env: str
+    # A credential declared to the services, sent as the API key; empty sends none.
+    credential: str
     max_retries: int
     initial_backoff_s: float
     call_timeout_s: float
@@ -74,6 +75,13 @@ class ModelSettings:
                 reason="EMBEDDING_MODEL_INVALID",
                 metadata={"model": message.name},
             )
+        if getattr(message, "api_key_env", ""):
+            raise FailedPrecondition(
+                f"embedding model {message.name} names an API key environment variable, which "
+                "recstack no longer reads: update the model to reference a declared credential",
+                reason="API_KEY_ENV_UNSUPPORTED",
+                metadata={"model": message.name},
+            )
         if not message.model_name:
             raise FailedPrecondition(
                 f"embedding model {message.name} has no model_name: set the model's name at "
@@ -90,7 +98,7 @@ class ModelSettings:
             batch_size=message.batch_size or DEFAULT_BATCH_SIZE,
             concurrency=message.concurrency or DEFAULT_CONCURRENCY,
             endpoint=message.endpoint,
-            api_key_env=message.api_key_env,
+            credential=message.credential,
             max_retries=(
                 message.max_retries if message.HasField("max_retries") else DEFAULT_MAX_RETRIES
             ),
@@ -101,6 +109,12 @@ class ModelSettings:
                 message.call_timeout.ToTimedelta().total_seconds() or DEFAULT_CALL_TIMEOUT_S
             ),
         )
+
+    @property
+    def project(self) -> str:
+        """The project of the model's resource name (`projects/{project}/embeddingModels/…`)."""
+        parts = self.name.split("/")
+        return parts[1] if len(parts) > 1 and parts[0] == "projects" else ""
 
     @property
     def cache_key(self) -> str:

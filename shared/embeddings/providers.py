@@ -19,15 +19,15 @@ surfaces as FailedPrecondition quoting the provider's message).
 from __future__ import annotations
 
 import base64
-import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 import numpy as np
 
+from shared.credentials import Credentials
 from shared.embeddings.model_settings import ModelSettings, Provider, normalize_endpoint
 from shared.errors import (
     DeadlineExceeded,
@@ -174,20 +174,21 @@ class TritonProvider:
 class OpenAICompatibleProvider:
     """`POST {endpoint}/v1/embeddings`, one pooled, thread-safe httpx.Client per endpoint.
 
-    The API key is read from the environment variable `api_key_env` names at each call (so a
-    rotated key is picked up) and never kept, logged or quoted: provider messages are scrubbed
-    of it before they are used.
+    The API key is the secret of the model's `credential`, sent only when the operator declared
+    that credential to this service and bound it to an endpoint the call URL lies within
+    (checked at each call). It is never kept, logged or quoted: provider messages are scrubbed
+    of it. Redirects are not followed, so a bound endpoint cannot forward the key elsewhere.
     """
 
     def __init__(
         self,
         *,
         transport: httpx.BaseTransport | None = None,
-        environ: Mapping[str, str] | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
-        # `transport` and `environ` let tests substitute httpx.MockTransport and a fake env.
+        # `transport` lets tests substitute httpx.MockTransport.
         self._transport = transport
-        self._environ = environ
+        self._credentials = credentials or Credentials()
         self._clients: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
 
@@ -207,7 +208,7 @@ class OpenAICompatibleProvider:
                 reason="EMBEDDING_ENDPOINT_MISSING",
                 metadata={"model": model.name},
             )
-        key = self._api_key(model)
+        key = self._api_key(model, url)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         body = {
             "model": model.model_name,
@@ -241,20 +242,12 @@ class OpenAICompatibleProvider:
         for client in clients:
             client.close()
 
-    def _api_key(self, model: ModelSettings) -> str:
-        if not model.api_key_env:
+    def _api_key(self, model: ModelSettings, url: str) -> str:
+        if not model.credential:
             return ""  # a local server without authentication
-        environ = os.environ if self._environ is None else self._environ
-        key = environ.get(model.api_key_env, "").strip()
-        if not key:
-            raise FailedPrecondition(
-                f"embedding model {model.name} reads its API key from environment variable "
-                f"{model.api_key_env}, which is not set (or empty) in this process: set it in "
-                "the service's environment",
-                reason="EMBEDDING_API_KEY_MISSING",
-                metadata={"model": model.name, "api_key_env": model.api_key_env},
-            )
-        return key
+        return self._credentials.secret_for(
+            model.credential, url, model.project, f"embedding model {model.name}"
+        )
 
     def _client(self, url: str) -> httpx.Client:
         client = self._clients.get(url)
@@ -266,7 +259,7 @@ class OpenAICompatibleProvider:
                     # not queue them a second time.
                     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
                     client = self._clients[url] = httpx.Client(
-                        limits=limits, transport=self._transport
+                        limits=limits, transport=self._transport, follow_redirects=False
                     )
         return client
 
@@ -308,8 +301,8 @@ class OpenAICompatibleProvider:
         where = f"{self.describe(model)} answered HTTP {status} for embedding model {model.name}"
         if status in (401, 403):
             return FailedPrecondition(
-                f"{where}: {message}. Check the API key in environment variable "
-                f"{model.api_key_env or '(none configured: set api_key_env)'}",
+                f"{where}: {message}. Check the secret of credential "
+                f"{model.credential or '(none referenced: set the model credential)'}",
                 reason="EMBEDDING_PROVIDER_AUTH_FAILED",
                 metadata={"model": model.name},
             )

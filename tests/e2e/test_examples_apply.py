@@ -11,7 +11,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -40,10 +39,10 @@ DECLARED = {
 
 
 @pytest.fixture(scope="module")
-def recstack(registry_address):
+def recstack(registry_address, stack_security):
     script = Path(sys.executable).with_name("recstack")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
-    env = {**os.environ, "RECSTACK_REGISTRY_ADDR": registry_address}
+    env = {**os.environ, "RECSTACK_REGISTRY_ADDR": registry_address, **stack_security.cli_env()}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -123,7 +122,7 @@ def test_committed_data_is_what_make_data_writes(tmp_path):
 
 
 def test_review_text_view_embeds_real_reviews_through_triton(
-    project, materialization_address, serving_address
+    project, materialization_address, serving_address, connect
 ):
     """Six hours of the product reviews (197 of them): materialized, embedded, served."""
     reviews = pq.read_table(EXAMPLE / "data" / "reviews.parquet")
@@ -133,30 +132,27 @@ def test_review_text_view_embeds_real_reviews_through_triton(
     window.start_time.FromDatetime(start)
     window.end_time.FromDatetime(end)
     view = f"projects/{project}/featureViews/item_review_text"
-    with (
-        grpc.insecure_channel(materialization_address) as m,
-        grpc.insecure_channel(serving_address) as s,
-    ):
-        materialization = materialization_service_pb2_grpc.MaterializationServiceStub(m)
-        [job] = materialization.Backfill(mpb.BackfillRequest(feature_view=view, window=window)).jobs
-        for update in materialization.WatchJob(mpb.WatchJobRequest(name=job.name), timeout=300):
-            job = update.job
-        assert job.state == job_pb2.Job.STATE_SUCCEEDED, job.error_message
-        in_window = reviews.filter(
-            (pc.field("event_ts") >= start) & (pc.field("event_ts") < end)
-        ).to_pylist()
-        assert job.progress.rows_read == len(in_window) == 197
-        with_text = {row["Review Text"] for row in in_window if row["Review Text"]}
-        assert job.progress.texts_embedded == len(with_text)
-        latest = {row["Clothing ID"]: row for row in in_window}
-        item, row = next((k, r) for k, r in latest.items() if r["Review Text"])
-        response = serving_service_pb2_grpc.FeatureServingServiceStub(s).GetOnlineFeatures(
-            spb.GetOnlineFeaturesRequest(
-                project=project,
-                features=["item_review_text:review_text", "item_review_text:review_text_embedding"],
-                entity_keys=[value_pb2.Value(int64_value=item)],
-            )
+    m, s = connect(materialization_address), connect(serving_address)
+    materialization = materialization_service_pb2_grpc.MaterializationServiceStub(m)
+    [job] = materialization.Backfill(mpb.BackfillRequest(feature_view=view, window=window)).jobs
+    for update in materialization.WatchJob(mpb.WatchJobRequest(name=job.name), timeout=300):
+        job = update.job
+    assert job.state == job_pb2.Job.STATE_SUCCEEDED, job.error_message
+    in_window = reviews.filter(
+        (pc.field("event_ts") >= start) & (pc.field("event_ts") < end)
+    ).to_pylist()
+    assert job.progress.rows_read == len(in_window) == 197
+    with_text = {row["Review Text"] for row in in_window if row["Review Text"]}
+    assert job.progress.texts_embedded == len(with_text)
+    latest = {row["Clothing ID"]: row for row in in_window}
+    item, row = next((k, r) for k, r in latest.items() if r["Review Text"])
+    response = serving_service_pb2_grpc.FeatureServingServiceStub(s).GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=project,
+            features=["item_review_text:review_text", "item_review_text:review_text_embedding"],
+            entity_keys=[value_pb2.Value(int64_value=item)],
         )
+    )
     text, vector = (column.values[0] for column in response.columns)
     assert text.string_value == row["Review Text"]
     assert len(vector.float_list_value.values) == 384

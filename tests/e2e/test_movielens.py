@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,7 +67,9 @@ def chosen(table: pa.Table) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, registry_address, materialization_address) -> Run:
+def run(
+    tmp_path_factory, registry_address, materialization_address, connect, cli_environment
+) -> Run:
     base = tmp_path_factory.mktemp("movielens")
     shutil.copytree(EXAMPLE / "feature_repo", base / "feature_repo")
     (base / "data").mkdir()
@@ -109,7 +110,7 @@ def run(tmp_path_factory, registry_address, materialization_address) -> Run:
 
     samples = build_samples(tables["ratings"], SampleConfig(negatives=4, seed=1))
     pq.write_table(samples.train, base / "train.parquet")
-    with grpc.insecure_channel(materialization_address) as channel:
+    with connect(materialization_address) as channel:
         exported = materialization_service_pb2_grpc.MaterializationServiceStub(
             channel
         ).ExportTrainingSet(
@@ -236,10 +237,10 @@ def test_history_and_popularity_are_as_of_strictly_before_each_rating(run):
     assert empty_histories < CHECKED_ROWS // 10
 
 
-def test_the_online_store_holds_each_users_newest_history(run, serving_address):
+def test_the_online_store_holds_each_users_newest_history(run, serving_address, connect):
     per_user = by(run.ratings, "user_id")
     users = sorted(per_user)
-    with grpc.insecure_channel(serving_address) as channel:
+    with connect(serving_address) as channel:
         response = serving_service_pb2_grpc.FeatureServingServiceStub(channel).GetOnlineFeatures(
             spb.GetOnlineFeaturesRequest(
                 project=run.project,

@@ -60,7 +60,7 @@ def base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(base, registry_address, materialization_address) -> str:
+def project(base, registry_address, materialization_address, cli_environment) -> str:
     project = f"movielens_{uuid.uuid4().hex[:6]}"
     connection = ("--registry", registry_address, "--materialization", materialization_address)
     applied = run_cli("apply", str(base / "feature_repo"), "--project", project, *connection[:2])
@@ -117,14 +117,14 @@ def first(base, project, registry_address, materialization_address, trained_mode
 
 
 @pytest.fixture(scope="module")
-def registry(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def registry(registry_address, connect):
+    with connect(registry_address) as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def recommend(recommend_address):
-    with grpc.insecure_channel(recommend_address) as channel:
+def recommend(recommend_address, connect):
+    with connect(recommend_address) as channel:
         yield recommend_service_pb2_grpc.RecommendServiceStub(channel)
 
 

@@ -8,7 +8,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnxruntime as ort
 import pyarrow.csv as pcsv
@@ -38,7 +37,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(quickstart, registry_address, materialization_address) -> str:
+def project(quickstart, registry_address, materialization_address, cli_environment) -> str:
     project_id = f"quickstart_{uuid.uuid4().hex[:6]}"
     connect = ("--registry", registry_address)
     applied = run_cli("apply", str(quickstart / "feature_repo"), "--project", project_id, *connect)
@@ -108,10 +107,10 @@ def oracle_auc(data: Path) -> float:
 
 
 def test_the_trained_version_is_active_and_serves_through_triton_like_onnxruntime(
-    trained, project, registry_address, recommend_address, trained_model_repository
+    trained, project, registry_address, recommend_address, trained_model_repository, connect
 ):
     assert trained.code == 0, trained.out + trained.err
-    with grpc.insecure_channel(registry_address) as channel:
+    with connect(registry_address) as channel:
         registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
         model = registry.GetModel(rpb.GetModelRequest(name=f"projects/{project}/models/click_gbdt"))
         version = registry.GetModelVersion(
@@ -127,7 +126,7 @@ def test_the_trained_version_is_active_and_serves_through_triton_like_onnxruntim
         "recency_score",
     ]
 
-    with grpc.insecure_channel(recommend_address) as channel:
+    with connect(recommend_address) as channel:
         recommend = recommend_service_pb2_grpc.RecommendServiceStub(channel)
         recommend.CreateScene(
             cpb.CreateSceneRequest(

@@ -16,9 +16,15 @@ PROJECT = "skeleton"
 
 
 @pytest.fixture(scope="module")
-def stubs(registry_address, materialization_address, serving_address, recommend_address):
+def stubs(
+    registry_address, materialization_address, serving_address, recommend_address, client_settings
+):
     return demo.Stubs.connect(
-        registry_address, materialization_address, serving_address, recommend_address
+        registry_address,
+        materialization_address,
+        serving_address,
+        recommend_address,
+        client_settings,
     )
 
 

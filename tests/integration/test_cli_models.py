@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from recstack.registry.v1 import registry_service_pb2_grpc
 
@@ -20,8 +19,8 @@ tags: {{team: ranking}}
 
 
 @pytest.fixture(scope="module")
-def stub(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def stub(registry_address, connect):
+    with connect(registry_address) as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 

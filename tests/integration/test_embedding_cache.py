@@ -71,7 +71,7 @@ def model(**overrides) -> ModelSettings:
         "batch_size": 5,
         "concurrency": 1,
         "endpoint": "http://embeddings.test",
-        "api_key_env": "",
+        "credential": "",
         "max_retries": 1,
         "initial_backoff_s": 0.01,
         "call_timeout_s": 5.0,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,14 +30,13 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
-from tests.openai_api import API_KEY, Reply, serve, vector_of
+from tests.openai_api import API_KEY, Reply, vector_of
 
 VT = value_pb2.ValueType
 DI = data_interval_pb2.DataInterval
 EM = embedding_model_pb2.EmbeddingModel
 FV = feature_view_pb2.FeatureView
 DAY = datetime(2026, 5, 1, tzinfo=UTC)
-KEY_ENV = "RECSTACK_TEST_REVIEWS_API_KEY"
 DOG_REVIEW = "This dog food is great, my puppy loves it and finishes every bowl."
 PROBE_DOG = "great food for my dog"
 PROBE_CHARGER = "the phone charger broke"
@@ -48,20 +46,20 @@ EMBEDDING_FEATURE = "reviews:review_text_embedding"
 
 
 @pytest.fixture(scope="module")
-def registry(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def registry(registry_address, connect):
+    with connect(registry_address) as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def materialization(materialization_address):
-    with grpc.insecure_channel(materialization_address) as channel:
+def materialization(materialization_address, connect):
+    with connect(materialization_address) as channel:
         yield materialization_service_pb2_grpc.MaterializationServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def serving(serving_address):
-    with grpc.insecure_channel(serving_address) as channel:
+def serving(serving_address, connect):
+    with connect(serving_address) as channel:
         yield serving_service_pb2_grpc.FeatureServingServiceStub(channel)
 
 
@@ -296,47 +294,45 @@ def test_pushed_raw_text_becomes_a_readable_vector_and_a_repush_is_free(
 
 
 def test_a_provider_failure_leaves_intervals_incomplete_and_the_retry_reuses_paid_texts(
-    registry, materialization, serving, tmp_path, monkeypatch
+    registry, materialization, serving, tmp_path, embedding_api
 ):
-    monkeypatch.setenv(KEY_ENV, API_KEY)
     texts = {key: f"review number {key} of ten" for key in range(1, 11)}
     source = tmp_path / "reviews.parquet"
     _write_reviews(source, texts)
-    with serve() as api:
-        model = EM(
-            model_type=EM.MODEL_TYPE_TEXT_EMBEDDING,
-            provider=EM.PROVIDER_OPENAI_COMPATIBLE,
-            model_name="text-embedding-v4",
-            dimension=8,
-            batch_size=2,
-            concurrency=1,
-            endpoint=api.url,
-            api_key_env=KEY_ENV,
-            max_retries=1,
-            initial_backoff=Duration(nanos=10_000_000),
-            call_timeout=Duration(seconds=5),
-        )
-        project = f"fail_{uuid.uuid4().hex[:8]}"
-        view = _register(registry, project, model, source)
-        # Two batches go through, then the provider is down for good.
-        api.script = [Reply(200), Reply(200)] + [Reply(503, {"error": {"message": "down"}})] * 50
-        failed = _backfill(materialization, view)
-        assert failed.state == job_pb2.Job.STATE_FAILED
-        assert f"projects/{project}/embeddingModels/reviewer" in failed.error_message
-        assert "503" in failed.error_message
-        assert API_KEY not in failed.error_message
-        assert _statuses(materialization, view) == {"STATUS_INCOMPLETE"}
+    api = embedding_api
+    model = EM(
+        model_type=EM.MODEL_TYPE_TEXT_EMBEDDING,
+        provider=EM.PROVIDER_OPENAI_COMPATIBLE,
+        model_name="text-embedding-v4",
+        dimension=8,
+        batch_size=2,
+        concurrency=1,
+        endpoint=f"{api.url}/bound",
+        credential="test_api_key",
+        max_retries=1,
+        initial_backoff=Duration(nanos=10_000_000),
+        call_timeout=Duration(seconds=5),
+    )
+    project = f"fail_{uuid.uuid4().hex[:8]}"
+    view = _register(registry, project, model, source)
+    # Two batches go through, then the provider is down for good.
+    api.script = [Reply(200), Reply(200)] + [Reply(503, {"error": {"message": "down"}})] * 50
+    failed = _backfill(materialization, view)
+    assert failed.state == job_pb2.Job.STATE_FAILED
+    assert f"projects/{project}/embeddingModels/reviewer" in failed.error_message
+    assert "503" in failed.error_message
+    assert API_KEY not in failed.error_message
+    assert _statuses(materialization, view) == {"STATUS_INCOMPLETE"}
 
-        api.script = []
-        requests_before = len(api.requests)
-        retry = materialization.RetryJob(mpb.RetryJobRequest(name=failed.name)).job
-        finished = _finished(materialization, retry)
-        assert finished.state == job_pb2.Job.STATE_SUCCEEDED, finished.error_message
-        assert (finished.progress.embedding_cache_hits, finished.progress.texts_embedded) == (4, 6)
-        sent = [
-            text for request in api.requests[requests_before:] for text in request["body"]["input"]
-        ]
-        assert sorted(sent) == sorted(texts[key] for key in range(5, 11))
+    api.script = []
+    requests_before = len(api.requests)
+    retry = materialization.RetryJob(mpb.RetryJobRequest(name=failed.name)).job
+    finished = _finished(materialization, retry)
+    assert finished.state == job_pb2.Job.STATE_SUCCEEDED, finished.error_message
+    assert (finished.progress.embedding_cache_hits, finished.progress.texts_embedded) == (4, 6)
+    sent = [text for request in api.requests[requests_before:] for text in request["body"]["input"]]
+    assert sorted(sent) == sorted(texts[key] for key in range(5, 11))
+    assert {request["auth"] for request in api.requests[requests_before:]} == {f"Bearer {API_KEY}"}
     assert _statuses(materialization, view) == {"STATUS_COMPLETE"}
     vectors = _vectors(serving, project, [1, 10])
     assert vectors[0] == pytest.approx(vector_of(texts[1], 8), abs=1e-6)

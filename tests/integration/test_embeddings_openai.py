@@ -11,8 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from shared.credentials import Credential, Credentials
 from shared.embeddings import (
     Embedder,
     EmbeddingMetrics,
@@ -23,7 +25,7 @@ from shared.embeddings import (
 from shared.errors import DomainError, FailedPrecondition, Unavailable
 from tests.openai_api import API_KEY, FakeAPI, Reply, serve, vector_of
 
-KEY_ENV = "RECSTACK_TEST_EMBEDDING_API_KEY"
+CREDENTIAL = "reviews_key"
 NAME = "projects/shop/embeddingModels/reviews"
 
 
@@ -34,9 +36,30 @@ def api() -> Iterator[FakeAPI]:
 
 
 @pytest.fixture
-def key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(KEY_ENV, API_KEY)
+def key() -> str:
     return API_KEY
+
+
+def declared(api: FakeAPI, secret: str | None = API_KEY, **overrides) -> Credentials:
+    """`reviews_key`, bound to the fake API's URL, as the operator would declare it."""
+    values = {
+        "secret": SecretStr(secret) if secret else None,
+        "endpoints": (api.url,),
+        "projects": frozenset(),
+    }
+    values.update(overrides)
+    return Credentials({CREDENTIAL: Credential(CREDENTIAL, **values)})
+
+
+def make_embedder(credentials: Credentials, sleeps: Sleeps) -> Embedder:
+    return Embedder(
+        InMemoryEmbeddingCache(),
+        triton_address="127.0.0.1:1",
+        metrics=EmbeddingMetrics(CollectorRegistry()),
+        sleep=sleeps,
+        jitter=lambda: 0.5,
+        credentials=credentials,
+    )
 
 
 class Sleeps(list):
@@ -50,14 +73,8 @@ def sleeps() -> Sleeps:
 
 
 @pytest.fixture
-def embedder(sleeps: Sleeps) -> Iterator[Embedder]:
-    instance = Embedder(
-        InMemoryEmbeddingCache(),
-        triton_address="127.0.0.1:1",
-        metrics=EmbeddingMetrics(CollectorRegistry()),
-        sleep=sleeps,
-        jitter=lambda: 0.5,
-    )
+def embedder(api: FakeAPI, sleeps: Sleeps) -> Iterator[Embedder]:
+    instance = make_embedder(declared(api), sleeps)
     try:
         yield instance
     finally:
@@ -74,7 +91,7 @@ def model(api: FakeAPI, **overrides) -> ModelSettings:
         "batch_size": 3,
         "concurrency": 2,
         "endpoint": api.url,
-        "api_key_env": KEY_ENV,
+        "credential": CREDENTIAL,
         "max_retries": 3,
         "initial_backoff_s": 0.01,
         "call_timeout_s": 5.0,
@@ -190,32 +207,46 @@ def test_400_fails_at_once_quoting_the_provider(api, key, embedder, sleeps):
     assert sleeps == []
 
 
-def test_a_wrong_key_is_an_auth_failure_naming_the_variable_not_the_key(api, embedder, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "sk-wrong-key-1234")
+def test_a_wrong_key_is_an_auth_failure_naming_the_credential_not_the_key(api, sleeps):
+    embedder = make_embedder(declared(api, "sk-wrong-key-1234"), sleeps)
     with pytest.raises(FailedPrecondition) as excinfo:
         embedder.embed(model(api), ["a"])
+    embedder.close()
     assert excinfo.value.reason == "EMBEDDING_PROVIDER_AUTH_FAILED"
-    assert KEY_ENV in excinfo.value.message
+    assert CREDENTIAL in excinfo.value.message
     assert "Incorrect API key provided" in excinfo.value.message
     assert "sk-wrong-key-1234" not in excinfo.value.message
     assert len(api.requests) == 1
 
 
-def test_a_missing_key_variable_fails_before_any_request(api, embedder, monkeypatch):
-    monkeypatch.delenv(KEY_ENV, raising=False)
+@pytest.mark.parametrize(
+    ("credentials", "reason"),
+    [
+        (lambda api: Credentials(), "CREDENTIAL_NOT_DECLARED"),
+        (
+            lambda api: declared(api, endpoints=("http://127.0.0.1:9/v1",)),
+            "CREDENTIAL_ENDPOINT_NOT_BOUND",
+        ),
+        (lambda api: declared(api, projects=frozenset({"other"})), "CREDENTIAL_NOT_FOR_PROJECT"),
+        (lambda api: declared(api, secret=None), "CREDENTIAL_SECRET_MISSING"),
+    ],
+)
+def test_a_reference_that_does_not_hold_at_call_time_sends_nothing(
+    api, sleeps, credentials, reason
+):
+    embedder = make_embedder(credentials(api), sleeps)
     with pytest.raises(FailedPrecondition) as excinfo:
         embedder.embed(model(api), ["a"])
-    assert excinfo.value.reason == "EMBEDDING_API_KEY_MISSING"
-    assert KEY_ENV in excinfo.value.message
+    embedder.close()
+    assert excinfo.value.reason == reason
+    assert "nothing was sent" in excinfo.value.message
     assert api.requests == []
 
 
-def test_the_key_is_read_at_call_time(api, embedder, monkeypatch):
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    with pytest.raises(FailedPrecondition):
-        embedder.embed(model(api), ["a"])
-    monkeypatch.setenv(KEY_ENV, API_KEY)
-    assert embedder.embed(model(api), ["a"]).stats.model_calls == 1
+def test_a_model_without_a_credential_sends_no_authorization(api, embedder):
+    api.require_key = False
+    embedder.embed(model(api, credential=""), ["a"])
+    assert [request["auth"] for request in api.requests] == [""]
 
 
 def test_wrong_dimension_reply(api, key, embedder):
@@ -243,7 +274,7 @@ def test_a_slow_answer_times_out_and_is_retried(api, key, embedder, sleeps):
 
 
 def test_connection_refused_is_retried_then_unavailable(key, embedder, sleeps):
-    refused = ModelSettings(**{**model(FakeAPI(url="http://127.0.0.1:9")).__dict__})
+    refused = model(FakeAPI(url="http://127.0.0.1:9"), credential="")
     with pytest.raises(Unavailable) as excinfo:
         embedder.embed(refused, ["a"])
     assert "connection to http://127.0.0.1:9/v1/embeddings failed" in excinfo.value.message
@@ -255,7 +286,7 @@ def test_no_endpoint_or_a_bad_url_is_a_failed_precondition(key, embedder):
     with pytest.raises(FailedPrecondition, match="has no endpoint"):
         embedder.embed(model(FakeAPI(url="")), ["a"])
     with pytest.raises(FailedPrecondition) as excinfo:
-        embedder.embed(model(FakeAPI(url="ftp://example.com")), ["a"])
+        embedder.embed(model(FakeAPI(url="ftp://example.com"), credential=""), ["a"])
     assert excinfo.value.reason == "EMBEDDING_ENDPOINT_INVALID"
 
 

@@ -52,7 +52,7 @@ def minilm(**overrides) -> ModelSettings:
         "batch_size": 8,
         "concurrency": 2,
         "endpoint": "",
-        "api_key_env": "",
+        "credential": "",
         "max_retries": 2,
         "initial_backoff_s": 0.05,
         "call_timeout_s": 30.0,

@@ -27,6 +27,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 
 from infra.local import demo
 from services.materialization.adapters.entity_rows import PostgresEntityTables
+from services.materialization.adapters.source_databases import SourceDatabases
 from services.materialization.export import ExportRequest, TrainingSetExporter
 from services.materialization.jobs import Window
 from shared.db import to_libpq
@@ -78,11 +79,19 @@ def materialized(stubs: demo.Stubs, data: dict[str, Path]) -> None:
 
 @pytest.fixture(scope="module")
 def exporter(
-    registry_address: str, offline_dir: Path, database_url: str, materialized: None
+    registry_address: str,
+    offline_dir: Path,
+    database_url: str,
+    materialized: None,
+    source_roles,
+    client_settings,
 ) -> Iterator[TrainingSetExporter]:
-    client = RegistryClient(registry_address, refresh_seconds=0)
+    client = RegistryClient(registry_address, client=client_settings, refresh_seconds=0)
+    # Entity tables are read as POSTGRES sources are: as the project's role, granted `labels`.
+    source_roles.grant(PROJECT, schema="labels")
+    databases = SourceDatabases(database_url, role_template=source_roles.template)
     yield TrainingSetExporter(
-        client, str(offline_dir), entity_tables=PostgresEntityTables(to_libpq(database_url))
+        client, str(offline_dir), entity_tables=PostgresEntityTables(databases)
     )
     client.close()
 
@@ -205,18 +214,18 @@ def test_a_postgres_table_exports_like_the_same_rows_in_parquet(
 ):
     rows = _entity_rows(150)
     with psycopg.connect(to_libpq(database_url), autocommit=True) as connection:
-        connection.execute("DROP TABLE IF EXISTS public.export_rows")
+        connection.execute("DROP TABLE IF EXISTS labels.export_rows")
         connection.execute(
-            "CREATE TABLE public.export_rows (user_id bigint, item_id bigint, "
+            "CREATE TABLE labels.export_rows (user_id bigint, item_id bigint, "
             "event_ts timestamptz, clicked integer)"
         )
         with connection.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO public.export_rows VALUES (%s, %s, %s, %s)",
+                "INSERT INTO labels.export_rows VALUES (%s, %s, %s, %s)",
                 [(r["user_id"], r["item_id"], r["event_ts"], r["clicked"]) for r in rows],
             )
     output = tmp_path / "from_table.parquet"
-    result = exporter.export(ExportRequest(SET, str(output), entity_table="public.export_rows"))
+    result = exporter.export(ExportRequest(SET, str(output), entity_table="labels.export_rows"))
     assert result.row_count == len(rows)
     table = pq.read_table(output)
     assert table.schema.field("clicked").type == pa.int32()
@@ -307,3 +316,14 @@ def test_a_missing_or_malformed_entity_table_is_invalid(exporter, tmp_path, tabl
     with pytest.raises(InvalidArgument) as caught:
         exporter.export(ExportRequest(SET, str(tmp_path / "o"), entity_table=table))
     assert caught.value.field == "entity_table"
+
+
+def test_an_entity_table_outside_the_projects_grants_is_refused(exporter, database_url, tmp_path):
+    with psycopg.connect(to_libpq(database_url), autocommit=True) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS public.not_granted (user_id bigint)")
+    with pytest.raises(InvalidArgument) as caught:
+        exporter.export(
+            ExportRequest(SET, str(tmp_path / "x.parquet"), entity_table="public.not_granted")
+        )
+    assert caught.value.reason == "ENTITY_TABLE_NOT_GRANTED"
+    assert "permission denied" in caught.value.message

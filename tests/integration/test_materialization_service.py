@@ -3,6 +3,7 @@ retry, settings, publish, and a service killed mid-job."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
 from infra.local.ports import free_port
+from shared.channels import open_channel
 from shared.db import create_database, drop_database
 
 VT = value_pb2.ValueType
@@ -134,11 +136,11 @@ def _intervals(materialization, view, store=job_pb2.STORE_OFFLINE, window=None):
 
 
 @pytest.fixture(scope="module")
-def stubs(registry_address, materialization_address, serving_address):
+def stubs(registry_address, materialization_address, serving_address, connect):
     with (
-        grpc.insecure_channel(registry_address) as r,
-        grpc.insecure_channel(materialization_address) as m,
-        grpc.insecure_channel(serving_address) as s,
+        connect(registry_address) as r,
+        connect(materialization_address) as m,
+        connect(serving_address) as s,
     ):
         yield (
             registry_service_pb2_grpc.RegistryServiceStub(r),
@@ -242,8 +244,9 @@ def test_enabling_online_bootstraps_from_offline_and_serves(stubs, view):
     assert list(response.columns[0].statuses).count(spb.FEATURE_STATUS_PRESENT) == 20
 
 
-def _start_service(database_url, registry_address, offline_dir, port):
+def _start_service(database_url, registry_address, offline_dir, port, file_roots):
     env = os.environ | {
+        "RECSTACK_FILES__ROOTS": json.dumps(file_roots),
         "RECSTACK_DATABASE_URL": database_url,
         "RECSTACK_GRPC_PORT": str(port),
         "RECSTACK_REGISTRY_ADDR": registry_address,
@@ -260,22 +263,22 @@ def _start_service(database_url, registry_address, offline_dir, port):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)
     return process, channel
 
 
 def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishes(
-    registry_address, postgres_server_url, tmp_path
+    registry_address, postgres_server_url, tmp_path, connect, file_roots
 ):
     database = f"crash_{uuid.uuid4().hex[:8]}"
     url = create_database(postgres_server_url, database)
     source = tmp_path / "big.parquet"
     _write_source(source, users=500, events_per_day=20_000)
-    with grpc.insecure_channel(registry_address) as channel:
+    with connect(registry_address) as channel:
         view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
     port = free_port()
-    process, channel = _start_service(url, registry_address, tmp_path / "offline", port)
+    process, channel = _start_service(url, registry_address, tmp_path / "offline", port, file_roots)
     try:
         materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
         [job] = materialization.Backfill(
@@ -287,7 +290,9 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         channel.close()
-        process, channel = _start_service(url, registry_address, tmp_path / "offline", port)
+        process, channel = _start_service(
+            url, registry_address, tmp_path / "offline", port, file_roots
+        )
         materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
         failed = _wait(materialization, job.name)
         assert failed.state == job_pb2.Job.STATE_FAILED

@@ -27,6 +27,7 @@ from recstack.registry.v1 import registry_service_pb2 as pb
 from infra.local.ports import free_port
 from services.registry.server import RegistryDeps, RegistrySettings
 from services.registry.server import create_server as create_registry
+from shared.channels import open_channel
 from shared.errors import FailedPrecondition, NotFound
 from shared.model_server import TritonModelServer
 from shared.registry_client import RegistryClient
@@ -39,8 +40,8 @@ pytestmark = pytest.mark.usefixtures("unload_trained_models")
 
 
 @pytest.fixture(scope="module")
-def stub(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def stub(registry_address, connect):
+    with connect(registry_address) as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
@@ -174,7 +175,7 @@ def unreachable_triton_registry(registry_engine, database_url) -> Iterator[str]:
         grpc_port=0, database_url=database_url, triton_addr=f"127.0.0.1:{free_port()}"
     )
     running, port = create_registry(settings, RegistryDeps(registry_engine))
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with open_channel(f"127.0.0.1:{port}") as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
     running.stop(0)
 
@@ -235,7 +236,7 @@ def eager_retiring_registry(registry_engine, database_url, triton_server) -> Ite
         model_retire_grace_seconds=0,
     )
     running, port = create_registry(settings, RegistryDeps(registry_engine))
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with open_channel(f"127.0.0.1:{port}") as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
     running.stop(0)
 

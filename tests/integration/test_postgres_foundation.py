@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
-from functools import partial
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 from sqlalchemy import text
 
-import shared.db
 from infra.local.postgres import EmbeddedPostgres, free_port, temporary_embedded_server
 from shared.db import (
     create_database,
@@ -24,7 +24,7 @@ from shared.db import (
     resolve_database_url,
     transaction,
 )
-from shared.errors import Unavailable
+from shared.errors import ConfigurationError, Unavailable
 from shared.migrations import advisory_lock_key, upgrade
 from shared.settings import ServiceSettings
 
@@ -210,15 +210,24 @@ def test_resolve_database_url_names_the_unreachable_host():
     assert caught.value.reason == "DATABASE_UNAVAILABLE"
 
 
-def test_resolve_database_url_without_url_starts_the_embedded_server(monkeypatch):
-    # A free port instead of the default one, which a developer's own server may hold.
-    port = free_port()
-    monkeypatch.setattr(shared.db, "EmbeddedPostgres", partial(EmbeddedPostgres, port=port))
-    with temporary_embedded_server() as server:
-        url = resolve_database_url(ServiceSettings(run_dir=server.base_dir.parent))
-        assert url == f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-        assert server.running_port() == port
-        assert scalar(url, "SELECT current_setting('server_version_num')::int") >= 180000
+def test_resolve_database_url_without_url_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="RECSTACK_DATABASE_URL is not set"):
+        resolve_database_url(ServiceSettings())
+
+
+def test_a_service_without_a_database_url_stops_at_start_up_and_says_why():
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RECSTACK_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.registry.server"],
+        env={**env, "RECSTACK_GRPC_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "registry: cannot start: RECSTACK_DATABASE_URL is not set" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data to a system user")

@@ -25,6 +25,7 @@ from services.recommend.server import (
     RecommendSettings,
     create_server,
 )
+from shared.channels import open_channel
 from shared.db import create_engine
 from shared.errors import NotFound, Unavailable
 from shared.feature_views import Feature, ViewSchema
@@ -115,7 +116,7 @@ def channel(engine, database_url, model_server):
     settings = RecommendSettings(grpc_port=0, database_url=database_url)
     deps = RecommendDeps(engine, OnlineStore(), Definitions(), model_server, UserFeatures())
     running, port = create_server(settings, deps)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with open_channel(f"127.0.0.1:{port}") as channel:
         yield channel
     running.stop(0)
 

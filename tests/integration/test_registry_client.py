@@ -31,9 +31,9 @@ class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):
 
 
 @pytest.fixture
-def project(registry_address):
+def project(registry_address, connect):
     project_id = f"c_{uuid.uuid4().hex[:8]}"
-    with grpc.insecure_channel(registry_address) as channel:
+    with connect(registry_address) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         stub.CreateProject(
             pb.CreateProjectRequest(project_id=project_id, project=project_pb2.Project())
@@ -64,9 +64,9 @@ def project(registry_address):
         yield project_id, stub
 
 
-def _client(address, refresh_seconds):
+def _client(connect, address, refresh_seconds):
     counter = CountingInterceptor()
-    channel = grpc.intercept_channel(grpc.insecure_channel(address), counter)
+    channel = grpc.intercept_channel(connect(address), counter)
     return RegistryClient(address, refresh_seconds=refresh_seconds, channel=channel), counter
 
 
@@ -81,9 +81,9 @@ def _add_field(stub, project_id):
     )
 
 
-def test_repeated_reads_make_no_registry_call(registry_address, project):
+def test_repeated_reads_make_no_registry_call(registry_address, project, connect):
     project_id, _ = project
-    client, counter = _client(registry_address, refresh_seconds=3600)
+    client, counter = _client(connect, registry_address, refresh_seconds=3600)
     first = client.view_schema(project_id, "profile")
     calls = len(counter.calls)
     for _ in range(50):
@@ -92,10 +92,10 @@ def test_repeated_reads_make_no_registry_call(registry_address, project):
     client.close()
 
 
-def test_a_change_is_seen_at_the_next_refresh_and_only_then(registry_address, project):
+def test_a_change_is_seen_at_the_next_refresh_and_only_then(registry_address, project, connect):
     project_id, stub = project
-    stale, _ = _client(registry_address, refresh_seconds=3600)
-    fresh, counter = _client(registry_address, refresh_seconds=0)
+    stale, _ = _client(connect, registry_address, refresh_seconds=3600)
+    fresh, counter = _client(connect, registry_address, refresh_seconds=0)
     assert stale.view_schema(project_id, "profile").version == 1
     assert fresh.view_schema(project_id, "profile").version == 1
     _add_field(stub, project_id)
@@ -108,9 +108,9 @@ def test_a_change_is_seen_at_the_next_refresh_and_only_then(registry_address, pr
     fresh.close()
 
 
-def test_pinned_versions_stay_readable(registry_address, project):
+def test_pinned_versions_stay_readable(registry_address, project, connect):
     project_id, stub = project
-    client, _ = _client(registry_address, refresh_seconds=0)
+    client, _ = _client(connect, registry_address, refresh_seconds=0)
     _add_field(stub, project_id)
     assert client.view_schema(project_id, "profile", version=1).version == 1
     assert client.view_schema(project_id, "profile").version == 2

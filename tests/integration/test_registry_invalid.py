@@ -36,8 +36,8 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")
-def stub(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def stub(registry_address, connect):
+    with connect(registry_address) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         stub.Apply(
             pb.ApplyRequest(
@@ -50,7 +50,7 @@ def stub(registry_address):
                     pb.Definition(
                         id="events",
                         data_source=DS(
-                            file=FILE(path="/data/e.parquet", format=FILE.FORMAT_PARQUET),
+                            file=FILE(path="data/e.parquet", format=FILE.FORMAT_PARQUET),
                             event_timestamp_column="ts",
                         ),
                     ),
@@ -325,7 +325,7 @@ CASES = {
         "data_source.file.path",
     ),
     "file source without format": (
-        _source(DS(file=FILE(path="/x"), event_timestamp_column="ts")),
+        _source(DS(file=FILE(path="x"), event_timestamp_column="ts")),
         INVALID,
         "data_source.file.format",
     ),
@@ -340,7 +340,7 @@ CASES = {
         "data_source.postgres",
     ),
     "source without timestamp column": (
-        _source(DS(file=FILE(path="/x", format=FILE.FORMAT_CSV))),
+        _source(DS(file=FILE(path="x", format=FILE.FORMAT_CSV))),
         INVALID,
         "data_source.event_timestamp_column",
     ),
@@ -617,10 +617,10 @@ def test_invalid_request_is_rejected_and_writes_nothing(stub, case):
     assert _head(stub) == before
 
 
-def test_concurrent_creates_of_one_name_give_one_already_exists(registry_address):
+def test_concurrent_creates_of_one_name_give_one_already_exists(registry_address, connect):
     project = f"race_{uuid.uuid4().hex[:8]}"
     results: list[grpc.StatusCode] = []
-    with grpc.insecure_channel(registry_address) as channel:
+    with connect(registry_address) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         barrier = threading.Barrier(4)
 

@@ -25,8 +25,8 @@ VT = value_pb2.ValueType
 
 
 @pytest.fixture(scope="module")
-def stub(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def stub(registry_address, connect):
+    with connect(registry_address) as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 

@@ -33,14 +33,14 @@ PRESENT, NOT_FOUND, OUTSIDE_TTL = (
 
 
 @pytest.fixture(scope="module")
-def registry(registry_address):
-    with grpc.insecure_channel(registry_address) as channel:
+def registry(registry_address, connect):
+    with connect(registry_address) as channel:
         yield registry_service_pb2_grpc.RegistryServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def serving(serving_address):
-    with grpc.insecure_channel(serving_address) as channel:
+def serving(serving_address, connect):
+    with connect(serving_address) as channel:
         yield serving_service_pb2_grpc.FeatureServingServiceStub(channel)
 
 
@@ -257,12 +257,14 @@ def test_out_of_order_events_in_one_batch_and_across_batches(serving, project):
     assert _doubles(_read(serving, project, [3], ["profile:age"]).columns[0]) == [1.0]
 
 
-def test_concurrent_writers_converge_on_the_newest_event(serving, serving_address, project):
+def test_concurrent_writers_converge_on_the_newest_event(
+    serving, serving_address, project, connect
+):
     base = datetime.now(UTC) - timedelta(minutes=10)
     keys, writers, rounds = 10, 4, 10
 
     def write(writer):
-        with grpc.insecure_channel(serving_address) as channel:
+        with connect(serving_address) as channel:
             stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
             steps = list(range(rounds))
             random.Random(writer).shuffle(steps)

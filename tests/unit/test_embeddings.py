@@ -51,7 +51,7 @@ def settings(**overrides) -> ModelSettings:
         "batch_size": 10,
         "concurrency": 4,
         "endpoint": "http://embeddings.test",
-        "api_key_env": "",
+        "credential": "",
         "max_retries": 5,
         "initial_backoff_s": 0.5,
         "call_timeout_s": 30.0,
@@ -178,7 +178,7 @@ def test_from_proto_fills_documented_defaults():
         batch_size=10,
         concurrency=30,
         endpoint="",
-        api_key_env="",
+        credential="",
         max_retries=5,
         initial_backoff_s=0.5,
         call_timeout_s=30.0,
@@ -195,7 +195,7 @@ def test_from_proto_keeps_set_values_including_zero_retries():
         batch_size=25,
         concurrency=3,
         endpoint="https://api.example.com/v1",
-        api_key_env="DASHSCOPE_API_KEY",
+        credential="dashscope",
         max_retries=0,
     )
     message.initial_backoff.FromTimedelta(timedelta(milliseconds=20))
@@ -208,10 +208,19 @@ def test_from_proto_keeps_set_values_including_zero_retries():
     )
     assert (model.batch_size, model.concurrency, model.max_retries) == (25, 3, 0)
     assert (model.initial_backoff_s, model.call_timeout_s) == (0.02, 7.0)
-    assert (model.endpoint, model.api_key_env) == (
+    assert (model.endpoint, model.credential, model.project) == (
         "https://api.example.com/v1",
-        "DASHSCOPE_API_KEY",
+        "dashscope",
+        "shop",
     )
+
+
+def test_from_proto_refuses_a_stored_api_key_env():
+    message = PB(name=NAME, provider=PB.PROVIDER_OPENAI_COMPATIBLE, model_name="m")
+    message.api_key_env = "RECSTACK_DATABASE_URL"
+    with pytest.raises(FailedPrecondition, match="no longer reads") as excinfo:
+        ModelSettings.from_proto(message)
+    assert excinfo.value.reason == "API_KEY_ENV_UNSUPPORTED"
 
 
 def test_from_proto_without_provider_is_a_failed_precondition():
@@ -230,7 +239,7 @@ def test_cache_key_changes_only_with_what_changes_vectors():
         settings(max_retries=0),
         settings(initial_backoff_s=2.0),
         settings(call_timeout_s=1.0),
-        settings(api_key_env="OTHER"),
+        settings(credential="other"),
         settings(name="projects/other/embeddingModels/copy"),
         settings(endpoint="http://embeddings.test/v1/"),
     ]

@@ -32,9 +32,12 @@ structlog.contextvars.bind_contextvars(request_id="r1")
 log = get_logger("x")
 log.info("hello", n=1)
 log.debug("hidden")
+def divide(token):
+    return token / 0
 try:
-    1 / 0
+    divide(1 + len("secret-token-in-a-local"))
 except ZeroDivisionError:
+    password = "s3cret-local-password"
     log.exception("boom")
 """
     result = subprocess.run(
@@ -45,3 +48,6 @@ except ZeroDivisionError:
     assert (first["service"], first["request_id"], first["level"]) == ("serving", "r1", "info")
     assert second["level"] == "error"
     assert second["exception"][0]["exc_type"] == "ZeroDivisionError"
+    # Frames without their local variables: no secret a frame held reaches the log.
+    assert all("locals" not in frame for frame in second["exception"][0]["frames"])
+    assert "s3cret-local-password" not in result.stderr

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from structlog.testing import capture_logs
 
 from services.materialization.intervals import Status, Timeline
 from services.materialization.jobs import (
@@ -214,10 +215,16 @@ def test_the_issue_example_end_to_end(world):
 
 def test_a_failed_job_leaves_its_window_incomplete_and_retry_finishes_it(world):
     [job] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
-    world.fail_with = OSError("disk full")
-    world.runner.run_pending()
+    world.fail_with = OSError("disk full at /srv/recstack/offline/p/clicks")
+    with capture_logs() as logs:
+        world.runner.run_pending()
     failed = world.materializer.get_job(job.name)
-    assert (failed.state, failed.error_message) == (JobState.FAILED, "OSError: disk full")
+    # The job says where to look, never what broke inside the service (paths, values).
+    assert failed.state == JobState.FAILED
+    assert failed.error_message.startswith("internal error in the materialization service")
+    assert "/srv" not in failed.error_message and "OSError" not in failed.error_message
+    [logged] = [entry for entry in logs if entry["event"] == "job_failed"]
+    assert logged["reference"] in failed.error_message
     assert world.timeline(Store.OFFLINE) == [(day(1), day(2), INC)]
     world.fail_with = None
     retry = world.materializer.retry(job.name)

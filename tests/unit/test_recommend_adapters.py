@@ -8,7 +8,7 @@ from recstack.common.v1 import value_pb2
 from recstack.serving.v1 import serving_service_pb2 as spb
 
 from services.recommend.adapters.serving_client import ServingUserFeatures
-from shared.errors import FailedPrecondition, Unavailable
+from shared.errors import FailedPrecondition, Internal, Unavailable
 
 VT = value_pb2.ValueType
 
@@ -78,7 +78,10 @@ def test_reads_one_key_and_maps_absent_values_to_none():
         (grpc.StatusCode.DEADLINE_EXCEEDED, Unavailable),
         (grpc.StatusCode.NOT_FOUND, FailedPrecondition),
         (grpc.StatusCode.INVALID_ARGUMENT, FailedPrecondition),
-        (grpc.StatusCode.INTERNAL, Unavailable),
+        # Not retryable: serving failing, or refusing recommend's credentials, is INTERNAL.
+        (grpc.StatusCode.INTERNAL, Internal),
+        (grpc.StatusCode.UNAUTHENTICATED, Internal),
+        (grpc.StatusCode.PERMISSION_DENIED, Internal),
     ],
 )
 def test_grpc_errors_become_domain_errors(code, error):

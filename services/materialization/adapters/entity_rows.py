@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from shared.errors import InvalidArgument, Unavailable
+from services.materialization.adapters.source_databases import SourceDatabases
+from services.materialization.jobs import PostgresSourceSpec
+from shared.errors import InvalidArgument, quoted
 
 DEFAULT_BATCH_ROWS = 50_000
 
@@ -41,23 +43,32 @@ _ARROW_TYPES: dict[int, pa.DataType] = {
 
 
 class PostgresEntityTables:
-    def __init__(self, conninfo: str, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> None:
-        self._conninfo = conninfo
+    """Reads entity tables as POSTGRES sources are read: under the project's own role."""
+
+    def __init__(self, databases: SourceDatabases, *, batch_rows: int = DEFAULT_BATCH_ROWS) -> None:
+        self._databases = databases
         self._batch_rows = batch_rows
 
-    def to_parquet(self, table: str, path: str) -> int:
+    def to_parquet(self, project: str, table: str, path: str) -> int:
         """Copy every row of `table` (`name` or `schema.name`) to a Parquet file at `path`."""
         query = sql.SQL("SELECT * FROM {}").format(_identifier(table))
+        source = PostgresSourceSpec("", table=table)
         try:
-            with psycopg.connect(self._conninfo) as connection:
-                connection.read_only = True
-                with connection.cursor(name="recstack_entity_rows") as cursor:
-                    cursor.execute(query)
-                    return _copy(cursor, path, self._batch_rows)
-        except psycopg.errors.UndefinedTable as exc:
-            raise InvalidArgument("entity_table", f"there is no table {table!r}") from exc
-        except psycopg.OperationalError as exc:
-            raise Unavailable(f"cannot read entity_table {table!r}: {exc}") from exc
+            with (
+                self._databases.connect(project, source) as guarded,
+                guarded.connection.cursor(name="recstack_entity_rows") as cursor,
+                guarded.watched(),
+            ):
+                cursor.execute(query)
+                return _copy(cursor, path, self._batch_rows)
+        except psycopg.errors.UndefinedTable:
+            raise InvalidArgument("entity_table", f"there is no table {quoted(table)}") from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise InvalidArgument(
+                "entity_table",
+                f"{quoted(table)} is not readable by the project's role: {str(exc).strip()[:200]}",
+                reason="ENTITY_TABLE_NOT_GRANTED",
+            ) from None
 
 
 def _identifier(table: str) -> sql.Identifier:

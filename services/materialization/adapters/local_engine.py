@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from services.materialization.adapters import transform
+from services.materialization.adapters.source_databases import SourceDatabases
 from services.materialization.adapters.sources import (
     ReadOptions,
     SourceRows,
@@ -39,9 +40,10 @@ from services.materialization.jobs import (
     Window,
 )
 from shared.embeddings import TextEmbedder
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, summary
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
+from shared.paths import FileRoots
 
 CHUNK_ROWS = 100_000
 # Views with embedded fields go in smaller chunks: each chunk waits for the model, and
@@ -50,7 +52,8 @@ EMBEDDING_CHUNK_ROWS = 4_096
 
 
 class LocalEngine:
-    """`database_url` is the platform's database (POSTGRES sources without a url read it);
+    """`source_databases` says how POSTGRES sources connect (never as the platform's role),
+    `file_roots` where a project's FILE sources may read;
     `memory_limit` (DuckDB syntax, e.g. "4GB") and `threads` default to DuckDB's own;
     `embedder` computes produced (LLM_EMBEDDING) fields."""
 
@@ -58,14 +61,16 @@ class LocalEngine:
         self,
         chunk_rows: int = CHUNK_ROWS,
         *,
-        database_url: str = "",
+        source_databases: SourceDatabases | None = None,
+        file_roots: FileRoots | None = None,
         memory_limit: str = "",
         threads: int = 0,
         embedder: TextEmbedder | None = None,
     ) -> None:
         self._chunk_rows = chunk_rows
         self._embedder = embedder
-        self._database_url = database_url
+        self._source_databases = source_databases
+        self._file_roots = file_roots
         self._duckdb_config: dict[str, str | int | bool] = {
             # User SQL runs in this process: it may read the registered sources, no file.
             "enable_external_access": False,
@@ -124,8 +129,15 @@ class LocalEngine:
         chunk_rows = (
             min(self._chunk_rows, EMBEDDING_CHUNK_ROWS) if task.embeddings else self._chunk_rows
         )
-        options = ReadOptions(span, plan.columns, chunk_rows, self._database_url)
-        with _engine_errors(task.source), open_source(task.source, options) as rows:
+        options = ReadOptions(
+            span,
+            plan.columns,
+            chunk_rows,
+            task.view.project,
+            self._source_databases,
+            self._file_roots,
+        )
+        with _engine_errors(task.source, options), open_source(task.source, options) as rows:
             if rows is None:
                 return
             with self._session() as connection:
@@ -219,12 +231,19 @@ def _describe(source: SourceSpec) -> str:
 
 
 @contextmanager
-def _engine_errors(source: SourceSpec) -> Iterator[None]:
-    """Bad SQL, unparseable times or unreadable files as job failures that say so."""
+def _engine_errors(source: SourceSpec, options: ReadOptions) -> Iterator[None]:
+    """Bad SQL, unparseable times or unreadable files as job failures that say so; a source's
+    own failure during the scan as itself."""
     try:
         yield
-    except (duckdb.Error, pa.ArrowInvalid) as exc:
-        raise FailedPrecondition(f"materializing from {_describe(source)} failed: {exc}") from exc
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        if options.failures:
+            raise options.failures[0] from None
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
+            raise
+        raise FailedPrecondition(
+            f"materializing from {_describe(source)} failed: {summary(exc)}"
+        ) from exc
 
 
 class LatestPerKey:

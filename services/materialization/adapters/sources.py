@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,19 @@ from psycopg import sql
 from psycopg.types.numeric import FloatLoader
 from psycopg.types.string import TextLoader
 
+from services.materialization.adapters.source_databases import (
+    APPLICATION_NAME,
+    Guarded,
+    SourceDatabases,
+)
 from services.materialization.jobs import (
     FileSourceSpec,
     PostgresSourceSpec,
     SourceSpec,
     Window,
 )
-from shared.db import mask_url, to_libpq
-from shared.errors import FailedPrecondition, Unavailable
+from shared.errors import DomainError, FailedPrecondition, quoted
+from shared.paths import FileRoots
 
 DEFAULT_PARTITION_FORMAT = "%Y-%m-%d"
 # Partition values may be dates in any time zone (UTC offsets lie within -12 h..+14 h), so a
@@ -57,8 +62,7 @@ _PARTITION_LENGTHS = (
     ("%y", timedelta(days=366)),
 )
 _GLOB_CHARS = frozenset("*?[")
-# How source reads show in pg_stat_activity.
-APPLICATION_NAME = "recstack-materialization-source"
+__all__ = ["APPLICATION_NAME", "ReadOptions", "SourceRows", "file_dataset", "open_source"]
 # Hive and Spark write bookkeeping files (`_SUCCESS`, `.crc`, temporary files) beside the data.
 _IGNORED_PREFIXES = (".", "_")
 
@@ -74,12 +78,19 @@ class SourceRows:
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How to open a source: the event-time span, the columns (None: all), batch size."""
+    """How to open a source: the event-time span, the columns (None: all), batch size, the
+    project it is read for and how its POSTGRES sources connect (None: they cannot)."""
 
     span: Window
     columns: Sequence[str] | None
     chunk_rows: int
-    database_url: str
+    project: str = ""
+    databases: SourceDatabases | None = None
+    # Where a project's FILE sources may read (None: unconfined, for the platform's reads).
+    file_roots: FileRoots | None = None
+    # Errors raised while a scan pulls batches: the scanner (DuckDB) re-raises them as its
+    # own, so whoever runs it looks here to report the original.
+    failures: list[DomainError] = field(default_factory=list)
 
 
 def open_source(
@@ -95,26 +106,40 @@ def open_source(
 def _open_file(
     source: FileSourceSpec, options: ReadOptions
 ) -> AbstractContextManager[SourceRows | None]:
-    dataset = file_dataset(source, options.span)
+    check = None
+    if source.project and options.file_roots is not None:
+        roots = options.file_roots
+
+        def check(path: str) -> None:
+            roots.check_file(path, source.project, f"data source path {quoted(source.path)}")
+
+    dataset = file_dataset(source, options.span, check=check)
     if dataset is None:
         return nullcontext(None)
     return nullcontext(SourceRows(dataset, dataset.schema, rescannable=True))
 
 
 def file_dataset(
-    source: FileSourceSpec, span: Window | None = None, *, missing_ok: bool = False
+    source: FileSourceSpec,
+    span: Window | None = None,
+    *,
+    missing_ok: bool = False,
+    check: Callable[[str], None] | None = None,
 ) -> ds.Dataset | None:
     """The files of `source` that may hold events of `span` (all files when None) as one
-    dataset; None when none may. A path that matches nothing fails unless `missing_ok`."""
+    dataset; None when none may. A path that matches nothing fails unless `missing_ok`;
+    `check` sees every file before any is read."""
     filesystem, path = _filesystem(source.path)
     listing = _Listing(filesystem, path, _partition_filter(source, span))
     if not listing.exists():
         if missing_ok:
             return None
         raise FailedPrecondition(
-            f"data source path {source.path!r} matches no file", reason="SOURCE_NOT_FOUND"
+            f"data source path {quoted(source.path)} matches no file", reason="SOURCE_NOT_FOUND"
         )
     files = listing.files()
+    for path in files if check is not None else ():
+        check(path)
     if not files:
         return None
     return ds.dataset(
@@ -269,36 +294,18 @@ _LIST_ELEMENTS = frozenset({"bool", "int2", "int4", "int8", "float4", "float8", 
 
 @contextmanager
 def _open_postgres(source: PostgresSourceSpec, options: ReadOptions) -> Iterator[SourceRows]:
-    url = source.url or options.database_url
-    if not url:
-        raise FailedPrecondition(
-            "the POSTGRES source has no url and this engine was given no platform database url"
-        )
+    if options.databases is None:
+        raise FailedPrecondition("this engine was given no way to reach POSTGRES sources")
     query = _select(source, options)
-    with _connect(url) as connection:
-        schema = _describe(connection, query)
-        with connection.cursor(name="recstack_materialization") as cursor:
-            cursor.execute(query)
-            batches = _batches(cursor, schema, options.chunk_rows)
+    with options.databases.connect(options.project, source) as guarded:
+        schema = _describe(guarded, query)
+        with guarded.connection.cursor(name="recstack_materialization") as cursor:
+            with guarded.watched():
+                cursor.execute(query)
+            batches = _batches(guarded, cursor, schema, options)
             yield SourceRows(
                 pa.RecordBatchReader.from_batches(schema, batches), schema, rescannable=False
             )
-
-
-@contextmanager
-def _connect(url: str) -> Iterator[psycopg.Connection[Any]]:
-    conninfo = to_libpq(url) if "://" in url else url
-    try:
-        connection = psycopg.connect(conninfo, application_name=APPLICATION_NAME)
-    except psycopg.OperationalError as exc:
-        where = mask_url(url) if "://" in url else "the configured server"
-        raise Unavailable(f"cannot read the POSTGRES source at {where}: {exc}") from exc
-    with connection:
-        # A source query must never write, whatever it says.
-        connection.read_only = True
-        # Naive `timestamp` columns then read as UTC, as naive times in files do.
-        connection.execute("SET TIME ZONE 'UTC'")
-        yield connection
 
 
 def _select(source: PostgresSourceSpec, options: ReadOptions) -> sql.Composed:
@@ -322,12 +329,17 @@ def _select(source: PostgresSourceSpec, options: ReadOptions) -> sql.Composed:
     )
 
 
-def _describe(connection: psycopg.Connection[Any], query: sql.Composed) -> pa.Schema:
+def _describe(guarded: Guarded, query: sql.Composed) -> pa.Schema:
     """The result's Arrow schema; types without an Arrow counterpart are loaded as text."""
+    connection = guarded.connection
     try:
-        cursor = connection.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(query))
+        with guarded.watched():
+            cursor = connection.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(query))
     except psycopg.Error as exc:
-        raise FailedPrecondition(f"the POSTGRES source query fails: {exc}") from exc
+        raise FailedPrecondition(
+            f"the POSTGRES source query fails: {_first_line(exc)}",
+            reason="SOURCE_QUERY_FAILED",
+        ) from None
     connection.adapters.register_loader("numeric", FloatLoader)
     fields = []
     for column in cursor.description or ():
@@ -349,12 +361,47 @@ def _arrow_type(oid: int) -> pa.DataType | None:
 
 
 def _batches(
-    cursor: psycopg.ServerCursor[Any], schema: pa.Schema, chunk_rows: int
+    guarded: Guarded, cursor: psycopg.ServerCursor[Any], schema: pa.Schema, options: ReadOptions
 ) -> Iterator[pa.RecordBatch]:
-    while rows := cursor.fetchmany(chunk_rows):
+    try:
+        yield from _fetch(guarded, cursor, schema, options)
+    except DomainError as exc:
+        options.failures.append(exc)
+        raise
+
+
+def _fetch(
+    guarded: Guarded, cursor: psycopg.ServerCursor[Any], schema: pa.Schema, options: ReadOptions
+) -> Iterator[pa.RecordBatch]:
+    assert options.databases is not None
+    limit, read = options.databases.max_rows, 0
+    while True:
+        try:
+            with guarded.watched():
+                rows = cursor.fetchmany(options.chunk_rows)
+        except psycopg.Error as exc:
+            raise FailedPrecondition(
+                f"the POSTGRES source query fails: {_first_line(exc)}",
+                reason="SOURCE_QUERY_FAILED",
+            ) from None
+        if not rows:
+            return
+        read += len(rows)
+        if read > limit:
+            raise FailedPrecondition(
+                f"the POSTGRES source returned more than {limit} rows for one job: narrow its "
+                "query or the job's window",
+                reason="SOURCE_ROW_LIMIT",
+            )
         columns = zip(*rows, strict=True)
         arrays = [pa.array(values, type=f.type) for values, f in zip(columns, schema, strict=True)]
         yield pa.record_batch(arrays, schema=schema)
+
+
+def _first_line(exc: BaseException) -> str:
+    """PostgreSQL's own message (e.g. "permission denied for schema registry"), one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 _OPENERS: dict[type, Callable[[Any, ReadOptions], AbstractContextManager[SourceRows | None]]] = {

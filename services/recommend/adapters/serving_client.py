@@ -12,7 +12,8 @@ import grpc
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
-from shared.errors import DomainError, FailedPrecondition, Unavailable
+from shared.channels import ClientSettings, open_channel
+from shared.errors import DomainError, FailedPrecondition, Unavailable, upstream_error
 from shared.request_context import seconds_remaining
 from shared.values import from_proto, to_proto
 
@@ -34,11 +35,12 @@ class ServingUserFeatures:
         self,
         address: str,
         *,
+        client: ClientSettings | None = None,
         timeout_seconds: float = 2.0,
         channel: grpc.Channel | None = None,
     ) -> None:
         self._address = address
-        self._channel = channel or grpc.insecure_channel(address)
+        self._channel = channel or open_channel(address, client)
         self._stub = serving_service_pb2_grpc.FeatureServingServiceStub(self._channel)
         self._timeout = timeout_seconds
 
@@ -67,6 +69,9 @@ class ServingUserFeatures:
     def _translate(self, exc: grpc.RpcError) -> DomainError:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code is not None and code not in _ERRORS:
+            # Serving refused recommend's credentials, or failed itself: not retryable.
+            return upstream_error(f"serving at {self._address}", code.name, details or "")
         error = _ERRORS.get(code, Unavailable) if code is not None else Unavailable
         return error(
             f"serving at {self._address} answered {code.name if code else 'UNKNOWN'} for user "
