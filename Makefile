@@ -183,7 +183,7 @@ triton: $(VENV_STAMP) $(TRITON_STAMP) models ## Run tritonserver in the foregrou
 	$(PY) -m infra.local.tritonserver
 
 .PHONY: demo
-demo: up ## Bring the stack up and run the walking-skeleton scenario.
+demo: up $(MOVIELENS_DATA) ## Bring the stack up; show the feature store, a trained MovieLens ranker (trained on first run, ~3 min) and embeddings.
 	$(PY) -m infra.local.demo
 
 .PHONY: train
@@ -191,7 +191,7 @@ train: up $(MOVIELENS_DATA) ## Train the MovieLens ranker (dnn) on the running s
 	$(PY) -m infra.local.movielens train
 
 .PHONY: bench
-bench: bench-serving bench-materialization bench-embeddings bench-movielens ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-materialization bench-embeddings bench-movielens bench-fg ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
@@ -204,6 +204,10 @@ bench-materialization: $(VENV_STAMP) $(PROTO_STAMP) ## Materialization and expor
 .PHONY: bench-movielens
 bench-movielens: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## MovieLens-100k: every view materialized, the train set exported vs a bare ASOF join (~1 min).
 	$(PY) -m bench.movielens
+
+.PHONY: bench-fg
+bench-fg: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## The feature generator on 500 MovieLens items vs the bare column gathers (~30 s).
+	$(PY) -m bench.fg
 
 .PHONY: bench-embeddings
 bench-embeddings: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## 5,000 reviews embedded through materialization + Triton vs in-process (~3 min).

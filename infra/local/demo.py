@@ -1,24 +1,30 @@
-"""The walking-skeleton scenario, through the public gRPC APIs only.
+"""The demo, through the public APIs only: the feature store, a trained ranker, embeddings.
 
-`make demo` runs it against the stack `make up` started; the e2e test runs the same steps
-against in-process services and checks every intermediate result.
+`make demo` runs it against the stack `make up` started; the e2e tests run the same steps
+against in-process services and check every intermediate result.
 
-Steps: register a project, user and item entities, two FILE sources over generated Parquet
-and two batch feature views; backfill both into the stores; read user features back; create
-a scene (popularity recall → Triton ranker → top-N) and ask it for recommendations; push raw
-review texts to a real-time view whose embedding field the platform computes with the
-`minilm` model on Triton, and compare the stored vectors.
+1. Feature store: register a project, user and item entities, two FILE sources over
+   generated Parquet and two batch feature views; backfill both into the stores; read a
+   user's features back.
+2. MovieLens-100k: apply its feature repository and materialize its views
+   (`infra.local.movielens`); train the `dnn` ranker when no version is active (`make train`
+   does it alone); create the home-feed scene (popularity recall, the ranker on Triton,
+   top 10) and print recommendations for a few users with their recall sources, both model
+   outputs and the variant that served them.
+3. Embeddings: push raw review texts to a real-time view whose embedding field the platform
+   computes with the `minilm` model on Triton, and compare the stored vectors.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +39,7 @@ from recstack.registry.v1 import (
     embedding_model_pb2,
     entity_pb2,
     feature_view_pb2,
+    model_pb2,
     project_pb2,
     registry_service_pb2_grpc,
 )
@@ -40,6 +47,7 @@ from recstack.registry.v1 import registry_service_pb2 as rpb
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
+from infra.local import movielens
 from shared.channels import ClientSettings, open_channel
 from shared.settings import ServiceSettings
 
@@ -50,6 +58,9 @@ ITEM_FEATURES = ("popularity", "price_norm", "rating", "ctr")
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 7
 WINDOW = (DAY0, DAY0 + timedelta(days=DAYS))
+State = model_pb2.ModelVersion.State
+MOVIELENS_SCENE = "movielens_home"
+MOVIELENS_USERS = (1, 42, 500)
 REVIEWS = {
     1: "This dog food is great, my puppy loves it and finishes every bowl.",
     2: "Healthy kibble that my dog really enjoys.",
@@ -206,24 +217,57 @@ def read_user_features(
     )
 
 
-def create_scene(stubs: Stubs, project: str, scene_id: str = "home_feed") -> scene_pb2.Scene:
+def movielens_scene(stubs: Stubs, project: str, model: str, scene_id: str) -> scene_pb2.Scene:
+    """MovieLens' home feed: the 300 most rated movies of the last year, ranked by the
+    trained `model` (its active version), top 10. Created once; a rerun keeps it."""
     params = struct_pb2.Struct()
-    params.update({"feature_view": "item_stats", "feature": "popularity"})
+    params.update({"feature_view": "item_popularity", "feature": "item_ratings_365d"})
     scene = scene_pb2.Scene(
         project=project,
         user_entity="user",
         item_entity="item",
-        recalls=[scene_pb2.StageConfig(type="popularity", quota=100, params=params)],
-        rank=scene_pb2.RankConfig(
-            model_name="ranker",
-            features=[f"user_profile:{name}" for name in USER_FEATURES]
-            + [f"item_stats:{name}" for name in ITEM_FEATURES],
-            score_output="probs_ctr",
-        ),
+        recalls=[scene_pb2.StageConfig(type="popularity", quota=300, params=params)],
+        filters=[scene_pb2.StageConfig(type="exclude_items")],
+        rank=scene_pb2.RankConfig(model=model),
         reranks=[scene_pb2.StageConfig(type="top_n")],
         top_n=10,
+        description="MovieLens home feed ranked by the trained ranker",
     )
-    return stubs.recommend.CreateScene(cpb.CreateSceneRequest(scene_id=scene_id, scene=scene)).scene
+    try:
+        return stubs.recommend.CreateScene(
+            cpb.CreateSceneRequest(scene_id=scene_id, scene=scene)
+        ).scene
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    return stubs.recommend.GetScene(cpb.GetSceneRequest(name=f"scenes/{scene_id}")).scene
+
+
+def active_version(stubs: Stubs, project: str, model: str) -> model_pb2.ModelVersion | None:
+    """The model's ACTIVE version, None when the model or an active version is missing."""
+    name = f"projects/{project}/models/{model}"
+    try:
+        found = stubs.registry.GetModel(rpb.GetModelRequest(name=name)).model
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
+    if not found.active_version:
+        return None
+    request = rpb.GetModelVersionRequest(name=f"{name}/versions/{found.active_version}")
+    return stubs.registry.GetModelVersion(request).model_version
+
+
+def titles(stubs: Stubs, project: str, item_ids: Sequence[str]) -> dict[str, str]:
+    response = stubs.serving.GetOnlineFeatures(
+        spb.GetOnlineFeaturesRequest(
+            project=project,
+            features=["movie_attributes:title"],
+            entity_keys=[value_pb2.Value(int64_value=int(i)) for i in item_ids],
+        )
+    )
+    values = response.columns[0].values
+    return {item: value.string_value for item, value in zip(item_ids, values, strict=True)}
 
 
 def recommend(stubs: Stubs, scene: str, user_id: int, size: int = 10) -> cpb.RecommendResponse:
@@ -313,6 +357,42 @@ def embed_reviews(stubs: Stubs, project: str) -> dict[int, np.ndarray]:
 # --- entry point -------------------------------------------------------------------------------
 
 
+def show_movielens(stubs: Stubs) -> int:
+    """MovieLens-100k through the platform; the ranker is trained when none is active."""
+    try:
+        movielens.prepare()
+        version = active_version(stubs, movielens.PROJECT, movielens.MODEL)
+        if version is None:
+            print("no active MovieLens ranker yet: training one (`make train`, ~3 min)")
+            movielens.train()
+            version = active_version(stubs, movielens.PROJECT, movielens.MODEL)
+    except movielens.StepFailed as exc:
+        print(f"error: {exc}")
+        return 1
+    assert version is not None
+    metrics = version.metrics
+    print(
+        f"{version.name} ({version.trainer}, {State.Name(version.state)}): test AUC "
+        f"probs_ctr {metrics['probs_ctr_auc']:.3f} (popularity "
+        f"{metrics['baseline_popularity_probs_ctr_auc']:.3f}), probs_cvr "
+        f"{metrics['probs_cvr_auc']:.3f} (popularity "
+        f"{metrics['baseline_popularity_probs_cvr_auc']:.3f})"
+    )
+    scene = movielens_scene(stubs, movielens.PROJECT, movielens.MODEL, MOVIELENS_SCENE)
+    for user in MOVIELENS_USERS:
+        response = recommend(stubs, MOVIELENS_SCENE, user)
+        served = ", ".join(response.variants) or "no experiment (the scene as stored)"
+        print(f"\nuser {user} in {scene.name}, served by {served}, request {response.request_id}:")
+        names = titles(stubs, movielens.PROJECT, [item.item_id for item in response.items])
+        for rank, item in enumerate(response.items, start=1):
+            scores = item.model_scores
+            print(
+                f"  {rank:2d}. {names[item.item_id][:40]:<40} ctr {scores['probs_ctr']:.3f}  "
+                f"cvr {scores['probs_cvr']:.3f}  via {','.join(item.recall_sources)}"
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local.demo")
     parser.add_argument("--user", type=int, default=7)
@@ -346,12 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, column in zip(features.feature_names, features.columns, strict=True)
     )
     print(f"user {args.user} online features: {shown}")
-    scene = create_scene(stubs, project, scene_id=project)
-    response = recommend(stubs, scene.name.rsplit("/", 1)[-1], args.user)
-    print(f"recommendations for user {args.user} in {scene.name}, request {response.request_id}:")
-    for rank, item in enumerate(response.items, start=1):
-        sources = ",".join(item.recall_sources)
-        print(f"  {rank:2d}. item {item.item_id:>4}  score {item.score:.4f}  via {sources}")
+    if show_movielens(stubs) != 0:
+        return 1
     vectors = embed_reviews(stubs, project)
     print("pushed 3 raw reviews; serving embedded them with minilm on Triton:")
     first = vectors[1]

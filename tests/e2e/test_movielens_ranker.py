@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
-from recstack.recommend.v1 import recommend_service_pb2_grpc, scene_pb2
+from recstack.recommend.v1 import recommend_service_pb2_grpc
 from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
 from recstack.registry.v1 import registry_service_pb2 as rpb
 
+from infra.local import demo
 from tests.cli import run_cli
-from tests.scenes import params
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "movielens"
@@ -129,28 +129,22 @@ def recommend(recommend_address, connect):
 
 
 @pytest.fixture(scope="module")
-def scene(project, first, recommend) -> str:
-    recommend.CreateScene(
-        cpb.CreateSceneRequest(
-            scene_id=project,
-            scene=scene_pb2.Scene(
-                project=project,
-                user_entity="user",
-                item_entity="item",
-                recalls=[
-                    scene_pb2.StageConfig(
-                        type="popularity",
-                        quota=200,
-                        params=params(feature_view="item_popularity", feature="item_ratings_365d"),
-                    )
-                ],
-                rank=scene_pb2.RankConfig(model="ranker"),
-                reranks=[scene_pb2.StageConfig(type="top_n")],
-                top_n=10,
-            ),
-        )
+def stubs(
+    registry_address, materialization_address, serving_address, recommend_address, client_settings
+):
+    return demo.Stubs.connect(
+        registry_address,
+        materialization_address,
+        serving_address,
+        recommend_address,
+        client_settings,
     )
-    return project
+
+
+@pytest.fixture(scope="module")
+def scene(project, first, stubs) -> str:
+    """The demo's MovieLens scene (popularity recall, the ranker, top 10)."""
+    return demo.movielens_scene(stubs, project, "ranker", project).name.rsplit("/", 1)[-1]
 
 
 def metrics_of(output: str) -> dict[str, tuple[float, ...]]:
@@ -180,8 +174,8 @@ def test_the_trained_ranker_beats_popularity_and_is_active(first, project, regis
     assert "history__genre" in [t.name for t in version.signature.inputs]
 
 
-def test_recommendations_are_ranked_by_the_model_with_every_output(scene, recommend):
-    response = recommend.Recommend(cpb.RecommendRequest(scene=scene, user_id="11"), timeout=30)
+def test_recommendations_are_ranked_by_the_model_with_every_output(scene, stubs, project):
+    response = demo.recommend(stubs, scene, 11)
 
     assert len(response.items) == 10
     scores = [item.score for item in response.items]
@@ -191,6 +185,9 @@ def test_recommendations_are_ranked_by_the_model_with_every_output(scene, recomm
         assert item.score == item.model_scores["probs_ctr"]
         assert 0 < item.model_scores["probs_cvr"] < 1
         assert list(item.recall_sources) == ["popularity"]
+    titles = demo.titles(stubs, project, [item.item_id for item in response.items])
+    assert all(titles.values())
+    assert demo.active_version(stubs, project, "ranker").version == 1
 
 
 def test_fg_check_finds_offline_and_online_features_identical(

@@ -3,6 +3,7 @@ features, end to end through the CLI and the services."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import uuid
@@ -13,6 +14,7 @@ import onnxruntime as ort
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
 from recstack.recommend.v1 import recommend_service_pb2_grpc, scene_pb2
 from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
@@ -168,3 +170,71 @@ def test_the_trained_version_is_active_and_serves_through_triton_like_onnxruntim
     # The user's features are the same for every item; the items' prices differ.
     assert len({float(row[0]) for row in inputs["category_affinity"]}) == 1
     assert len({float(row[0]) for row in inputs["price"]}) > 10
+
+
+def bad_train(quickstart: Path, project: str, addresses: tuple[str, str], **changes) -> object:
+    config = yaml.safe_load((quickstart / "train.yaml").read_text())
+    config.update(changes.pop("config", {}))
+    if "fg" in changes:
+        (quickstart / "bad_fg.json").write_text(json.dumps(changes.pop("fg")))
+        config["fg"] = "bad_fg.json"
+    path = quickstart / f"bad_{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    registry, materialization = addresses
+    return run_cli(
+        "train",
+        str(path),
+        "--project",
+        project,
+        "--work-dir",
+        str(quickstart / "bad_work"),
+        "--registry",
+        registry,
+        "--materialization",
+        materialization,
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"config": {"model_feature_set": "nope"}}, "modelFeatureSets/nope does not exist"),
+        (
+            {
+                "fg": {
+                    "features": [
+                        {
+                            "feature_type": "raw_feature",
+                            "feature_name": "height",
+                            "expression": "user:height",
+                        }
+                    ]
+                }
+            },
+            "bad_fg.json: features[0].expression: input user:height is not a feature",
+        ),
+        (
+            {"fg": {"features": [{"feature_type": "cross", "feature_name": "x"}]}},
+            "features[0].feature_type: 'cross' is not one of",
+        ),
+        ({"config": {"trainer": "xgboost"}}, "trainer"),
+    ],
+)
+def test_bad_training_configs_fail_clearly_and_register_nothing(
+    quickstart,
+    project,
+    trained,
+    registry_address,
+    materialization_address,
+    connect,
+    changes,
+    message,
+):
+    result = bad_train(quickstart, project, (registry_address, materialization_address), **changes)
+
+    assert result.code == 1, result.out + result.err
+    assert message in result.err
+    with connect(registry_address) as channel:
+        registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
+        model = registry.GetModel(rpb.GetModelRequest(name=f"projects/{project}/models/click_gbdt"))
+    assert model.model.last_version == 1  # the one good version: nothing was registered

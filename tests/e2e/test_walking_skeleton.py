@@ -61,18 +61,6 @@ def test_online_features_are_each_users_latest_event(stubs, materialized, data):
     assert age.values[1].double_value == _latest(data["users"], "user_id", 50, "age_norm")
 
 
-def test_recommend_ranks_popular_items_with_the_triton_model(stubs, materialized, triton_server):
-    scene = demo.create_scene(stubs, PROJECT)
-    response = demo.recommend(stubs, scene.name.rsplit("/", 1)[-1], user_id=7, size=10)
-    assert len(response.items) == 10
-    scores = [item.score for item in response.items]
-    assert scores == sorted(scores, reverse=True)
-    assert all(0.0 < score < 1.0 for score in scores)
-    assert all(item.recall_sources == ["popularity"] for item in response.items)
-    assert len({item.item_id for item in response.items}) == 10
-    assert response.request_id
-
-
 def test_recommend_unknown_scene_is_not_found(stubs, materialized):
     with pytest.raises(grpc.RpcError) as caught:
         stubs.recommend.Recommend(cpb.RecommendRequest(scene="nope", user_id="7"))
