@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 
 import grpc
+import numpy as np
+import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +28,7 @@ from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
 from recstack.registry.v1 import registry_service_pb2 as rpb
 
 from infra.local import demo
+from shared.values import generated_array
 from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,3 +274,33 @@ def test_activation_and_rollback_under_traffic_fail_no_request(
     assert served[-1] == served[0]
     model = registry.GetModel(rpb.GetModelRequest(name=model_name)).model
     assert model.active_version == 1
+
+
+def test_triton_serves_the_dnn_like_onnxruntime_on_the_same_inputs(
+    scene, project, registry, recommend, trained_model_repository
+):
+    model = registry.GetModel(rpb.GetModelRequest(name=f"projects/{project}/models/ranker")).model
+    version = registry.GetModelVersion(
+        rpb.GetModelVersionRequest(name=f"{model.name}/versions/{model.active_version}")
+    ).model_version
+    items = [str(i) for i in range(1, 201)]
+
+    scored = recommend.Score(
+        cpb.ScoreRequest(scene=scene, user_id="31", item_ids=items, debug_level=1), timeout=30
+    )
+
+    onnx_file = trained_model_repository / version.triton_model_name / "1" / "model.onnx"
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    names = [tensor.name for tensor in version.signature.inputs]
+    inputs = {
+        name: np.stack([generated_array(g.features[name]) for g in scored.generated_features])
+        for name in names
+    }
+    ctr, cvr = session.run(["probs_ctr", "probs_cvr"], inputs)
+    np.testing.assert_allclose(
+        [item.model_scores["probs_ctr"] for item in scored.items], ctr[:, 0], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        [item.model_scores["probs_cvr"] for item in scored.items], cvr[:, 0], rtol=1e-5
+    )
+    assert inputs["history"].dtype == np.int64 and inputs["history"].shape == (200, 20)
