@@ -53,6 +53,13 @@ COMMON_KEYS = frozenset({"feature_type", "feature_name"})
 # Read by model builders, not by the FG: table sharing, table width, how several ids combine.
 EMBEDDING_KEYS = frozenset({"embedding_name", "embedding_dimension", "combiner"})
 COMBINERS = ("mean", "sum")
+# The settings of an id-like feature (id_feature, combo_feature).
+ID_KEYS = (
+    COMMON_KEYS
+    | EMBEDDING_KEYS
+    | set(INDEXER_KEYS)
+    | {"expression", "default_value", "separator", "value_dimension"}
+)
 VALUE_COMBINERS: Mapping[str, Callable[[list[float]], float]] = {
     "sum": lambda values: float(sum(values)),
     "mean": lambda values: float(sum(values)) / len(values),
@@ -253,17 +260,7 @@ def _memoized(
 class IdFeature(ReadsCandidatesOnly):
     """A categorical value (or several) → embedding row(s): int64 [value_dimension]."""
 
-    KEYS = (
-        COMMON_KEYS
-        | EMBEDDING_KEYS
-        | set(INDEXER_KEYS)
-        | {
-            "expression",
-            "default_value",
-            "separator",
-            "value_dimension",
-        }
-    )
+    KEYS = ID_KEYS
 
     name: str
     ref: InputRef
@@ -423,17 +420,7 @@ class ComboFeature(ReadsCandidatesOnly):
     """The cross of two or more categorical inputs (`user:gender` with `item:genre`), indexed
     like an id feature; multi-valued inputs give every combination, up to value_dimension."""
 
-    KEYS = (
-        COMMON_KEYS
-        | EMBEDDING_KEYS
-        | set(INDEXER_KEYS)
-        | {
-            "expression",
-            "default_value",
-            "separator",
-            "value_dimension",
-        }
-    )
+    KEYS = ID_KEYS
 
     name: str
     refs: tuple[InputRef, ...]

@@ -132,15 +132,12 @@ class ModelRank:
             return candidates.with_columns(**{SCORE: np.empty(0)})
         scorer = self._scorer()
         if scorer is None:
-            # Recall order as a score in (0, 1], so top_n keeps it.
-            order_score = (count - np.arange(count, dtype=np.float64)) / count
-            return candidates.with_columns(**{SCORE: order_score})
+            return candidates.with_columns(**{SCORE: _recall_order(count)})
         generated = self._generate(scorer, request, candidates)
         columns = {MODEL_INPUT_PREFIX + name: array for name, array in generated.items()}
         if not scorer.triton_model:
             # Bare features without a model: generated (for Score's debug output), unscored.
-            order_score = (count - np.arange(count, dtype=np.float64)) / count
-            return candidates.with_columns(**columns, **{SCORE: order_score})
+            return candidates.with_columns(**columns, **{SCORE: _recall_order(count)})
         outputs = self._infer(scorer, scorer.model_inputs(generated), count)
         columns |= {MODEL_OUTPUT_PREFIX + name: column for name, column in outputs.items()}
         return candidates.with_columns(**columns, **{SCORE: outputs[scorer.score_output]})
@@ -238,6 +235,11 @@ class ModelRank:
                 )
             columns[name] = values[:, 0]
         return columns
+
+
+def _recall_order(count: int) -> np.ndarray:
+    """Recall order as a score in (0, 1], so top_n keeps it."""
+    return (count - np.arange(count, dtype=np.float64)) / count
 
 
 class _ItemTables:
