@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from google.protobuf import json_format
 from prometheus_client import Histogram
 from recstack.recommend.v1 import scene_pb2
+
+from shared.errors import InvalidArgument
+from shared.values import VT
 
 if TYPE_CHECKING:
     from services.recommend.item_cache import ItemTable
@@ -82,13 +85,20 @@ class StageSettings:
 
 @dataclass(frozen=True)
 class StageRequest:
-    """What one request asks of every stage."""
+    """What one request asks of every stage.
+
+    `user` holds the values of every user feature (`view:feature`) a stage of the pipeline
+    declared in `user_refs`, read once per request before the first stage runs (None where the
+    user has no value); `user_key` is the user id typed as the user entity's key.
+    """
 
     scene_id: str
     project: str
     user_id: str
     context: Mapping[str, Any]
     size: int
+    user: Mapping[str, Any] = field(default_factory=dict)
+    user_key: Any = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,15 @@ class RankStage(Protocol):
 
 class RerankStage(Protocol):
     def rerank(self, request: StageRequest, candidates: Candidates) -> Candidates: ...
+
+
+@runtime_checkable
+class ReadsUserFeatures(Protocol):
+    """A stage of any kind that reads the user's features: it lists them, and the pipeline
+    reads every stage's in one call per request (`StageRequest.user`)."""
+
+    @property
+    def user_refs(self) -> tuple[str, ...]: ...
 
 
 # --- what stage factories get -----------------------------------------------------------
@@ -257,6 +276,40 @@ class StageRegistry:
 # --- the runnable pipeline ------------------------------------------------------------------
 
 
+def _int_key(user_id: str) -> int:
+    try:
+        return int(user_id)
+    except ValueError:
+        raise InvalidArgument(
+            "user_id", f"{user_id!r} is not an integer, and the scene's user entity has INT64 keys"
+        ) from None
+
+
+# How a request's string user id becomes a key of the user entity's key type.
+USER_KEY_PARSERS: Mapping[int, Callable[[str], Any]] = {
+    VT.VALUE_TYPE_INT64: _int_key,
+    VT.VALUE_TYPE_STRING: str,
+}
+# The timer's name for the one user-feature read of a request.
+USER_FEATURES_STAGE = "user_features"
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """A scene's user features: the request's user id typed as the user entity's key, and
+    one read of every ref the stages need."""
+
+    reader: UserFeatureReader
+    key_type: Callable[[], int]
+
+    def read(self, project: str, user_id: str, refs: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+        key_type = self.key_type()
+        key = USER_KEY_PARSERS[key_type](user_id)
+        if not refs:
+            return key, {}
+        return key, self.reader.read(project, list(refs), key, key_type)
+
+
 @dataclass(frozen=True)
 class Named:
     """A built stage with its name in responses and metrics."""
@@ -282,6 +335,8 @@ class Pipeline:
     reranks: tuple[Named, ...]
     # Item feature views the recall, filter and rerank stages read.
     stage_views: tuple[str, ...] = ()
+    # Reads the user's features once per request; None in pipelines without a user entity.
+    users: UserFeatures | None = None
 
     @property
     def item_views(self) -> tuple[str, ...]:
@@ -292,6 +347,7 @@ class Pipeline:
     def run(self, request: StageRequest, variant: str = NO_VARIANT) -> PipelineResult:
         counts: dict[str, int] = {}
         timer = _Timer(self.scene_id, variant)
+        request = self._with_user(request, timer)
         candidates = self._recall(request, timer, counts)
         for named in self.filters:
             with timer(named.name):
@@ -309,7 +365,32 @@ class Pipeline:
 
     def score(self, request: StageRequest, item_ids: Sequence[str]) -> Candidates:
         """Only the rank stage, on the given items in the given order (the Score API)."""
-        return self._rank(request, Candidates.of(item_ids), _Timer(self.scene_id, NO_VARIANT))
+        timer = _Timer(self.scene_id, NO_VARIANT)
+        request = self._with_user(request, timer, (self.rank,))
+        return self._rank(request, Candidates.of(item_ids), timer)
+
+    def _with_user(
+        self, request: StageRequest, timer: _Timer, stages: Sequence[Named] | None = None
+    ) -> StageRequest:
+        """The request with the user's features every stage (or `stages`) reads."""
+        named = (
+            stages
+            if stages is not None
+            else (*self.recalls, *self.filters, self.rank, *self.reranks)
+        )
+        refs = tuple(
+            dict.fromkeys(
+                ref
+                for stage in named
+                if isinstance(stage.stage, ReadsUserFeatures)
+                for ref in stage.stage.user_refs
+            )
+        )
+        if self.users is None:
+            return request
+        with timer(USER_FEATURES_STAGE):
+            key, values = self.users.read(request.project, request.user_id, refs)
+        return replace(request, user=values, user_key=key)
 
     def _recall(self, request: StageRequest, timer: _Timer, counts: dict[str, int]) -> Candidates:
         # Insertion order is the merge order: recall stages in scene order, each in its own.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from functools import partial
 
 from recstack.recommend.v1 import scene_pb2
 
@@ -19,11 +20,12 @@ from services.recommend.pipeline import (
     StageRegistry,
     StageSettings,
     StageType,
+    UserFeatures,
 )
 from services.recommend.rank import model
 from services.recommend.recall import popularity
 from services.recommend.rerank import top_n
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, NotFound
 
 BUILTIN_STAGES: tuple[StageType, ...] = (
     popularity.STAGE,
@@ -66,7 +68,18 @@ def build_pipeline(
         rank,
         tuple(named for named, _ in reranks),
         tuple(dict.fromkeys(views)),
+        UserFeatures(deps.user_features, partial(_user_key_type, scene_id, scene, deps)),
     )
+
+
+def _user_key_type(scene_id: str, scene: scene_pb2.Scene, deps: StageDeps) -> int:
+    try:
+        return int(deps.definitions.entity(scene.project, scene.user_entity).key_type)
+    except NotFound as exc:
+        raise FailedPrecondition(
+            f"scene {scene_id!r}: user_entity {scene.user_entity!r}: {exc.message}",
+            reason="SCENE_MISCONFIGURED",
+        ) from None
 
 
 def _build_all(

@@ -604,8 +604,18 @@ def test_nothing_recalled_means_no_model_call_and_no_items(world):
 
     assert len(result.candidates) == 0
     assert world.model.calls == []
-    assert world.users.calls == []
     assert result.stage_counts["top_n"] == 0
+
+
+def test_the_users_features_are_read_once_per_request_for_every_stage(world):
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    pipeline.run(request())
+    pipeline.run(request())
+
+    assert world.users.calls == [
+        (PROJECT, ("user_profile:age", "user_profile:activity"), 7, VT.VALUE_TYPE_INT64)
+    ] * 2
 
 
 # --- rank with a registered model -------------------------------------------------------------

@@ -50,28 +50,11 @@ from shared.feature_generator import (
     InputBinding,
     bind_inputs,
 )
-from shared.values import VT
 
 # The bare-mode contract: one FP32 matrix input [batch, n_features] named `features`.
 BARE_INPUT = "features"
 # Scorers of model versions seen recently; older ones are rebuilt if they come back.
 MAX_SCORERS = 8
-
-
-def _int_key(user_id: str) -> int:
-    try:
-        return int(user_id)
-    except ValueError:
-        raise InvalidArgument(
-            "user_id", f"{user_id!r} is not an integer, and the scene's user entity has INT64 keys"
-        ) from None
-
-
-# How a request's string user id becomes a key of the user entity's key type.
-USER_KEY_PARSERS: Mapping[int, Callable[[str], Any]] = {
-    VT.VALUE_TYPE_INT64: _int_key,
-    VT.VALUE_TYPE_STRING: str,
-}
 
 
 @dataclass(frozen=True)
@@ -91,6 +74,14 @@ class Scorer:
     bare: bool = False
 
     @property
+    def user_refs(self) -> tuple[str, ...]:
+        """The user features the current model reads (the pipeline reads them per request)."""
+        scorer = self._scorer()
+        if scorer is None:
+            return ()
+        return tuple(dict.fromkeys(f.ref for f in scorer.user_inputs.values() if not f.is_key))
+
+    @property
     def item_views(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(feature.view for feature in self.item_inputs.values()))
 
@@ -102,22 +93,24 @@ class Scorer:
 
 class ModelRank:
     def __init__(
-        self,
-        scene_id: str,
-        scene: scene_pb2.Scene,
-        deps: StageDeps,
-        user_key_type: Callable[[], int],
-        bare: Scorer | None,
+        self, scene_id: str, scene: scene_pb2.Scene, deps: StageDeps, bare: Scorer | None
     ) -> None:
         self._scene_id = scene_id
         self._scene = scene
         self._project = scene.project
         self._rank = scene.rank
         self._deps = deps
-        self._user_key_type = user_key_type
         self._bare = bare
         self._scorers: dict[tuple[str, int], Scorer] = {}
         self._lock = threading.Lock()
+
+    @property
+    def user_refs(self) -> tuple[str, ...]:
+        """The user features the current model reads (the pipeline reads them per request)."""
+        scorer = self._scorer()
+        if scorer is None:
+            return ()
+        return tuple(dict.fromkeys(f.ref for f in scorer.user_inputs.values() if not f.is_key))
 
     @property
     def item_views(self) -> tuple[str, ...]:
@@ -173,7 +166,10 @@ class ModelRank:
     ) -> dict[str, np.ndarray]:
         item_ids = candidates.item_ids.tolist()
         tables = _ItemTables(self._deps, self._project)
-        user = self._user_values(scorer, request.user_id)
+        user = {
+            name: request.user_key if feature.is_key else request.user.get(feature.ref)
+            for name, feature in scorer.user_inputs.items()
+        }
         items = {
             name: candidates.item_ids
             if feature.is_key
@@ -193,18 +189,6 @@ class ModelRank:
             raise FailedPrecondition(
                 f"scene {self._scene_id!r}: {exc}", reason="FEATURE_VALUE_INVALID"
             ) from None
-
-    def _user_values(self, scorer: Scorer, user_id: str) -> dict[str, Any]:
-        if not scorer.user_inputs:
-            return {}
-        key_type = self._user_key_type()
-        key = USER_KEY_PARSERS[key_type](user_id)
-        refs = list(dict.fromkeys(f.ref for f in scorer.user_inputs.values() if not f.is_key))
-        values = self._deps.user_features.read(self._project, refs, key, key_type) if refs else {}
-        return {
-            name: key if feature.is_key else values.get(feature.ref)
-            for name, feature in scorer.user_inputs.items()
-        }
 
     # --- inference ------------------------------------------------------------------------
 
@@ -272,15 +256,7 @@ def build(_settings: StageSettings, context: BuildContext) -> ModelRank:
     if scene.rank.features or scene.rank.model_name:
         bare = _bare_scorer(scene_id, scene, definitions)
 
-    def user_key_type() -> int:
-        entity = _lookup(
-            scene_id,
-            f"user_entity {scene.user_entity!r}",
-            lambda: definitions.entity(scene.project, scene.user_entity),
-        )
-        return int(entity.key_type)
-
-    return ModelRank(scene_id, scene, context.deps, user_key_type, bare)
+    return ModelRank(scene_id, scene, context.deps, bare)
 
 
 def _bare_scorer(scene_id: str, scene: scene_pb2.Scene, definitions: Definitions) -> Scorer:
