@@ -613,9 +613,10 @@ def test_the_users_features_are_read_once_per_request_for_every_stage(world):
     pipeline.run(request())
     pipeline.run(request())
 
-    assert world.users.calls == [
-        (PROJECT, ("user_profile:age", "user_profile:activity"), 7, VT.VALUE_TYPE_INT64)
-    ] * 2
+    assert (
+        world.users.calls
+        == [(PROJECT, ("user_profile:age", "user_profile:activity"), 7, VT.VALUE_TYPE_INT64)] * 2
+    )
 
 
 # --- rank with a registered model -------------------------------------------------------------
