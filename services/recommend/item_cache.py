@@ -50,6 +50,9 @@ class ItemTable:
     _index: dict[str, int] = field(repr=False)
     # Rankings by feature, computed on first use; a table never changes, so they stay valid.
     _rankings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # Item ids whose rows differ from the table this one replaced (an incremental refresh), so
+    # derived structures (a vector index) can update only those; None: a full load.
+    changed: frozenset[str] | None = None
 
     @classmethod
     def from_scan(
