@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from prometheus_client import Histogram
 from recstack.recommend.v1 import scene_pb2
 
+from services.recommend.breaker import ModelBreaker
 from shared.errors import InvalidArgument
 from shared.values import VT
 
@@ -107,6 +108,9 @@ class Candidates:
 
     item_ids: np.ndarray
     columns: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Why the candidates are not ranked by the scene's model (set by a rank stage that could
+    # not reach it); empty when they are.
+    degraded: str = ""
 
     @classmethod
     def of(cls, item_ids: Sequence[str], **columns: np.ndarray) -> Candidates:
@@ -118,7 +122,7 @@ class Candidates:
     def take(self, index: np.ndarray) -> Candidates:
         """The candidates at `index` (integer positions or a boolean mask), in that order."""
         columns = {name: column[index] for name, column in self.columns.items()}
-        return Candidates(self.item_ids[index], columns)
+        return replace(self, item_ids=self.item_ids[index], columns=columns)
 
     def with_columns(self, **columns: np.ndarray) -> Candidates:
         return replace(self, columns={**self.columns, **columns})
@@ -221,6 +225,8 @@ class StageDeps:
     user_features: UserFeatureReader
     model_server: ModelServer
     definitions: Definitions
+    # Shared by every scene's rank stage: one server outage, one backoff.
+    model_breaker: ModelBreaker = field(default_factory=ModelBreaker)
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,22 @@ class PipelineResult:
     candidates: Candidates
     # Candidates left after each stage, by stage name, in run order.
     stage_counts: dict[str, int]
+    # Seconds spent in each stage, by stage name, in run order (the user-feature read too).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    recall_names: tuple[str, ...] = ()
+
+    @property
+    def empty_reason(self) -> str:
+        """Why there are no items: no recall found any, or the first stage that left none."""
+        if len(self.candidates):
+            return ""
+        recalls = set(self.recall_names)
+        if not any(self.stage_counts.get(name, 0) for name in recalls):
+            return "no recall stage found any item"
+        for name, count in self.stage_counts.items():
+            if name not in recalls and count == 0:
+                return f"every candidate was removed by stage {name!r}"
+        return "no candidate remained"
 
 
 @dataclass(frozen=True)
@@ -360,7 +382,10 @@ class Pipeline:
                 candidates = named.stage.rerank(request, candidates)
             counts[named.name] = len(candidates)
         return PipelineResult(
-            candidates.take(np.arange(min(request.size, len(candidates)))), counts
+            candidates.take(np.arange(min(request.size, len(candidates)))),
+            counts,
+            timer.seconds,
+            tuple(named.name for named in self.recalls),
         )
 
     def score(self, request: StageRequest, item_ids: Sequence[str]) -> Candidates:
@@ -414,6 +439,7 @@ class Pipeline:
 class _Timer:
     scene: str
     variant: str
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -422,4 +448,5 @@ class _Timer:
             yield
         finally:
             elapsed = time.perf_counter() - started
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
             STAGE_SECONDS.labels(self.scene, self.variant, stage).observe(elapsed)

@@ -23,7 +23,7 @@ from services.recommend.pipeline import (
 )
 from services.recommend.stages import PipelineCache
 from services.recommend.validation import MAX_TOP_N
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +62,11 @@ class Recommendation:
     # `experiment/variant` of every variant that served the request.
     variants: tuple[str, ...]
     stage_counts: dict[str, int]
+    # Why the items are in recall order instead of the model's (empty when ranked).
+    degraded: str = ""
+    # Why there are no items (empty when there are).
+    empty_reason: str = ""
+    stage_millis: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,11 @@ class Recommender:
             _items(result.candidates),
             assignment.variants,
             result.stage_counts if query.debug else {},
+            result.candidates.degraded,
+            result.empty_reason,
+            {name: seconds * 1000 for name, seconds in result.stage_seconds.items()}
+            if query.debug
+            else {},
         )
 
     def score(self, query: ScoreQuery) -> Scores:
@@ -118,6 +128,12 @@ class Recommender:
             query.scene, scene.project, query.user_id, query.context, len(query.item_ids)
         )
         candidates = pipeline.score(request, query.item_ids)
+        if candidates.degraded:
+            # Score asks for the model's scores: recall order would be a wrong answer.
+            raise Unavailable(
+                f"scene {query.scene!r} cannot score now: {candidates.degraded}",
+                reason="MODEL_SERVER_UNAVAILABLE",
+            )
         if query.debug_level == 0:
             return Scores(_items(candidates))
         return Scores(_items(candidates), candidates.model_inputs())

@@ -75,6 +75,10 @@ class RecommendServicer(recommend_service_pb2_grpc.RecommendServiceServicer):
             variants=result.variants,
             request_id=_request_id(),
             stage_counts=result.stage_counts,
+            degraded=bool(result.degraded),
+            degraded_reason=result.degraded,
+            empty_reason=result.empty_reason,
+            stage_millis=result.stage_millis,
         )
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:

@@ -24,6 +24,8 @@ from services.recommend.pipeline import (
     StageSettings,
     StageType,
 )
+from services.recommend.rank.formula import FormulaError
+from services.recommend.rank.formula import parse as parse_formula
 from shared.errors import InvalidArgument
 
 ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -142,6 +144,20 @@ def _check_columns(configured: list[tuple[str, StageSettings, StageType]]) -> No
 
 
 def _validate_rank(rank: scene_pb2.RankConfig, path: str) -> None:
+    if rank.score_formula:
+        if not rank.model:
+            raise InvalidArgument(
+                f"{path}.score_formula",
+                "needs a registered `model`: its outputs are the formula's names",
+            )
+        if rank.score_output:
+            raise InvalidArgument(
+                f"{path}.score_output", "set score_output or score_formula, not both"
+            )
+        try:
+            parse_formula(rank.score_formula)
+        except FormulaError as exc:
+            raise InvalidArgument(f"{path}.score_formula", str(exc)) from None
     if rank.model:
         check_id(rank.model, f"{path}.model")
         for bare in ("model_name", "model_version", "features"):
@@ -158,7 +174,7 @@ def _validate_rank(rank: scene_pb2.RankConfig, path: str) -> None:
     duplicates = sorted({ref for ref in rank.features if list(rank.features).count(ref) > 1})
     if duplicates:
         raise InvalidArgument(f"{path}.features", f"list each feature once, got {duplicates} twice")
-    if rank.model_name and not rank.score_output:
+    if rank.model_name and not (rank.score_output or rank.score_formula):
         raise InvalidArgument(
             f"{path}.score_output", "is required with a model_name, e.g. 'probs_ctr'"
         )

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from recstack.recommend.v1 import experiment_pb2, scene_pb2
 from recstack.registry.v1 import entity_pb2, feature_view_pb2
 
+from services.recommend.breaker import ModelBreaker
 from services.recommend.catalog import EXPERIMENT, SCENE, Catalog, StoredResource
 from services.recommend.filter.exclude_items import ExcludeItems
 from services.recommend.item_cache import ItemCache
@@ -23,7 +24,13 @@ from services.recommend.recall.popularity import PopularityRecall
 from services.recommend.recommender import Recommender, RecommendQuery, ScoreQuery
 from services.recommend.rerank.top_n import TopN
 from services.recommend.stages import PipelineCache, build_pipeline, default_stage_registry
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from shared.feature_generator import stable_hash
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store import ViewColumns
@@ -438,12 +445,62 @@ def test_without_a_model_rank_keeps_recall_order(world):
     assert world.model.calls == []
 
 
-def test_model_server_down_is_unavailable(world):
-    world.model.error = Unavailable("Triton at 127.0.0.1:8001 is unavailable")
+def test_model_server_down_degrades_to_recall_order_and_says_why(world):
+    world.model.error = Unavailable(
+        "Triton at 127.0.0.1:8001 is unavailable", reason="MODEL_SERVER_UNAVAILABLE"
+    )
     pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+    before = REGISTRY.get_sample_value(
+        "recstack_recommend_degraded_total",
+        {"scene": "home", "reason": "MODEL_SERVER_UNAVAILABLE"},
+    )
 
-    with pytest.raises(Unavailable):
-        pipeline.run(request())
+    result = pipeline.run(request())
+
+    # Recall order: the 3 most popular (5, 5 by id, then 4), then the 2 priciest (50, 40).
+    assert result.candidates.item_ids.tolist() == ["1", "3", "6", "5", "4"]
+    assert result.candidates.degraded.startswith("MODEL_SERVER_UNAVAILABLE: Triton at")
+    after = REGISTRY.get_sample_value(
+        "recstack_recommend_degraded_total",
+        {"scene": "home", "reason": "MODEL_SERVER_UNAVAILABLE"},
+    )
+    assert after == (before or 0) + 1
+
+
+def test_after_a_failure_the_model_server_is_skipped_then_tried_again(world):
+    clock = [100.0]
+    deps = replace(world.deps, model_breaker=ModelBreaker(initial=1.0, clock=lambda: clock[0]))
+    pipeline = build_pipeline("home", make_scene(), world.stages, deps)
+    world.model.error = DeadlineExceeded("too slow", reason="MODEL_SERVER_TIMEOUT")
+
+    first = pipeline.run(request())
+    world.model.error = None
+    skipped = pipeline.run(request())
+    clock[0] += 1.5
+    resumed = pipeline.run(request())
+
+    assert first.candidates.degraded.startswith("MODEL_SERVER_TIMEOUT")
+    assert "skipping the model server" in skipped.candidates.degraded
+    assert len(world.model.calls) == 2  # the failure, then the retry after the delay
+    assert resumed.candidates.degraded == ""
+
+
+def test_score_does_not_degrade_it_fails_unavailable(world):
+    world.catalog.create(SCENE, "home", make_scene())
+    world.model.error = Unavailable("down", reason="MODEL_SERVER_UNAVAILABLE")
+
+    with pytest.raises(Unavailable, match="down"):
+        world.recommender.score(ScoreQuery("home", "7", ["1"]))
+
+
+def test_a_large_batch_is_split_at_the_models_limit(world):
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+    pipeline.rank.stage._max_batch = 2
+
+    scored = pipeline.score(request(), ["1", "2", "3", "4", "5"])
+
+    assert [len(call[1]) for call in world.model.calls] == [2, 2, 1]
+    assert scored.columns["score"].tolist() == [10.0, 20.0, 30.0, 40.0, 50.0]
 
 
 def test_a_model_that_rejects_the_features_is_a_scene_problem(world):
@@ -759,4 +816,30 @@ def test_a_score_output_the_model_lacks_is_refused(world):
     pipeline = build_pipeline("home", registered_scene("probs_gmv"), world.stages, world.deps)
 
     with pytest.raises(FailedPrecondition, match="probs_gmv"):
+        pipeline.score(request(), ["1"])
+
+
+def test_a_score_formula_combines_the_models_outputs(world):
+    world.definitions.models["ctr"] = active(1)
+    model = TensorModelServer()
+    deps = replace(world.deps, model_server=model)
+    scene = make_scene(
+        rank=scene_pb2.RankConfig(model="ctr", score_formula="probs_ctr * probs_cvr ^ 0.5")
+    )
+    pipeline = build_pipeline("home", scene, world.stages, deps)
+
+    scored = pipeline.score(request(hour=25), ["2", "1"])
+
+    outputs = scored.model_outputs()
+    np.testing.assert_allclose(
+        scored.columns["score"], outputs["probs_ctr"] * np.sqrt(outputs["probs_cvr"])
+    )
+
+
+def test_a_formula_naming_an_output_the_model_lacks_is_a_misconfigured_scene(world):
+    world.definitions.models["ctr"] = active(1)
+    scene = make_scene(rank=scene_pb2.RankConfig(model="ctr", score_formula="probs_gmv * 2"))
+    pipeline = build_pipeline("home", scene, world.stages, world.deps)
+
+    with pytest.raises(FailedPrecondition, match=r"names \['probs_gmv'\]"):
         pipeline.score(request(), ["1"])

@@ -15,12 +15,14 @@ item cache, context values from the request.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
 from recstack.recommend.v1 import scene_pb2
 
 from services.recommend.pipeline import (
@@ -39,7 +41,16 @@ from services.recommend.pipeline import (
     StageSettings,
     StageType,
 )
-from shared.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from services.recommend.rank.formula import parse as parse_formula
+from shared.errors import (
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from shared.feature_generator import (
     ITEM,
     USER,
@@ -55,6 +66,13 @@ from shared.feature_generator import (
 BARE_INPUT = "features"
 # Scorers of model versions seen recently; older ones are rebuilt if they come back.
 MAX_SCORERS = 8
+# Rows per inference call: the `max_batch_size` that `training.artifacts` gives every version.
+MAX_BATCH = 1024
+DEGRADED = Counter(
+    "recstack_recommend_degraded_total",
+    "Responses in recall order because the model server could not rank them.",
+    ["scene", "reason"],
+)
 
 
 @dataclass(frozen=True)
@@ -69,17 +87,9 @@ class Scorer:
     triton_model: str
     triton_version: str
     outputs: tuple[str, ...]
-    score_output: str
+    score: Callable[[Mapping[str, np.ndarray]], np.ndarray]
     # Bare mode sends the FG outputs as one matrix.
     bare: bool = False
-
-    @property
-    def user_refs(self) -> tuple[str, ...]:
-        """The user features the current model reads (the pipeline reads them per request)."""
-        scorer = self._scorer()
-        if scorer is None:
-            return ()
-        return tuple(dict.fromkeys(f.ref for f in scorer.user_inputs.values() if not f.is_key))
 
     @property
     def item_views(self) -> tuple[str, ...]:
@@ -103,6 +113,8 @@ class ModelRank:
         self._bare = bare
         self._scorers: dict[tuple[str, int], Scorer] = {}
         self._lock = threading.Lock()
+        self._breaker = deps.model_breaker
+        self._max_batch = MAX_BATCH
 
     @property
     def user_refs(self) -> tuple[str, ...]:
@@ -131,9 +143,21 @@ class ModelRank:
         if not scorer.triton_model:
             # Bare features without a model: generated (for Score's debug output), unscored.
             return candidates.with_columns(**columns, **{SCORE: _recall_order(count)})
-        outputs = self._infer(scorer, scorer.model_inputs(generated), count)
+        try:
+            outputs = self._infer(scorer, scorer.model_inputs(generated), count)
+        except (Unavailable, DeadlineExceeded, ResourceExhausted) as exc:
+            return self._degraded(candidates, columns, exc)
         columns |= {MODEL_OUTPUT_PREFIX + name: column for name, column in outputs.items()}
-        return candidates.with_columns(**columns, **{SCORE: outputs[scorer.score_output]})
+        return candidates.with_columns(**columns, **{SCORE: scorer.score(outputs)})
+
+    def _degraded(
+        self, candidates: Candidates, columns: dict[str, np.ndarray], error: DomainError
+    ) -> Candidates:
+        """Recall order instead of an error: the user still gets items, the response says
+        why they are not ranked, and a metric counts it."""
+        DEGRADED.labels(self._scene_id, error.reason).inc()
+        ranked = candidates.with_columns(**columns, **{SCORE: _recall_order(len(candidates))})
+        return replace(ranked, degraded=f"{error.reason}: {error.message}")
 
     # --- which model ----------------------------------------------------------------------
 
@@ -196,10 +220,19 @@ class ModelRank:
         self, scorer: Scorer, inputs: dict[str, np.ndarray], count: int
     ) -> dict[str, np.ndarray]:
         model = scorer.triton_model
+        self._breaker.check(model)
         try:
-            outputs = self._deps.model_server.infer(
-                model, inputs, list(scorer.outputs), version=scorer.triton_version
+            outputs = _batched(
+                lambda part: self._deps.model_server.infer(
+                    model, part, list(scorer.outputs), version=scorer.triton_version
+                ),
+                inputs,
+                count,
+                self._max_batch,
             )
+        except (Unavailable, DeadlineExceeded, ResourceExhausted) as exc:
+            self._breaker.failed(model, exc.message)
+            raise
         except (InvalidArgument, NotFound) as exc:
             # The request is fine; the scene names a model that is missing or does not take
             # these features.
@@ -218,7 +251,25 @@ class ModelRank:
                     reason="RANK_OUTPUT_SHAPE",
                 )
             columns[name] = values[:, 0]
+        self._breaker.succeeded(model)
         return columns
+
+
+def _batched(
+    infer: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    inputs: dict[str, np.ndarray],
+    count: int,
+    max_batch: int,
+) -> dict[str, np.ndarray]:
+    """One inference call, or several of at most `max_batch` rows (the model's limit) whose
+    outputs are joined in order."""
+    if count <= max_batch:
+        return dict(infer(inputs))
+    parts = [
+        infer({name: array[start : start + max_batch] for name, array in inputs.items()})
+        for start in range(0, count, max_batch)
+    ]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _recall_order(count: int) -> np.ndarray:
@@ -290,7 +341,7 @@ def _bare_scorer(scene_id: str, scene: scene_pb2.Scene, definitions: Definitions
         scene.rank.model_name,
         scene.rank.model_version,
         (scene.rank.score_output,) if scene.rank.model_name else (),
-        scene.rank.score_output,
+        _score(scene_id, scene.rank, (scene.rank.score_output,), "rank.model_name"),
         bare=True,
     )
 
@@ -306,13 +357,6 @@ def _registered_scorer(
         if (found := _available(scene_id, scene.project, ref, deps.definitions, where))
     ]
     binding = _bind(scene_id, generator, available, scene, deps.definitions, where)
-    score_output = scene.rank.score_output or active.outputs[0]
-    if score_output not in active.outputs:
-        raise _misconfigured(
-            scene_id,
-            f"rank.score_output {score_output!r} is not an output of {where}: "
-            f"it has {list(active.outputs)}",
-        )
     return Scorer(
         generator,
         binding.side(USER),
@@ -320,8 +364,32 @@ def _registered_scorer(
         active.triton_model,
         active.triton_version,
         active.outputs,
-        score_output,
+        _score(scene_id, scene.rank, active.outputs, where),
     )
+
+
+def _score(
+    scene_id: str, rank: scene_pb2.RankConfig, outputs: Sequence[str], where: str
+) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """The score of the model's outputs: the scene's formula, else one output (the model's
+    first by default); names the model lacks are a misconfigured scene."""
+    if rank.score_formula:
+        formula = parse_formula(rank.score_formula)
+        unknown = sorted(formula.names - set(outputs))
+        if unknown:
+            raise _misconfigured(
+                scene_id,
+                f"rank.score_formula names {unknown}, which are not outputs of {where}: it has "
+                f"{list(outputs)}",
+            )
+        return formula
+    name = rank.score_output or (outputs[0] if outputs else "")
+    if outputs and name not in outputs:
+        raise _misconfigured(
+            scene_id,
+            f"rank.score_output {name!r} is not an output of {where}: it has {list(outputs)}",
+        )
+    return operator.itemgetter(name)
 
 
 def _available(
