@@ -8,7 +8,7 @@ from functools import partial
 
 from recstack.recommend.v1 import scene_pb2
 
-from services.recommend.filter import exclude_items
+from services.recommend.filter import already_seen, exclude_items, item_state, rules
 from services.recommend.pipeline import (
     RANK_NAME,
     RANK_TYPE,
@@ -30,6 +30,9 @@ from shared.errors import FailedPrecondition, NotFound
 BUILTIN_STAGES: tuple[StageType, ...] = (
     popularity.STAGE,
     exclude_items.STAGE,
+    already_seen.STAGE,
+    item_state.STAGE,
+    rules.STAGE,
     model.STAGE,
     top_n.STAGE,
 )
