@@ -24,7 +24,7 @@ from services.recommend.pipeline import (
 )
 from services.recommend.rank import model
 from services.recommend.recall import popularity
-from services.recommend.rerank import top_n
+from services.recommend.rerank import boost, category_diversity, mmr, stock, top_n
 from shared.errors import FailedPrecondition, NotFound
 
 BUILTIN_STAGES: tuple[StageType, ...] = (
@@ -34,6 +34,10 @@ BUILTIN_STAGES: tuple[StageType, ...] = (
     item_state.STAGE,
     rules.STAGE,
     model.STAGE,
+    boost.STAGE,
+    category_diversity.STAGE,
+    mmr.STAGE,
+    stock.STAGE,
     top_n.STAGE,
 )
 

@@ -227,19 +227,27 @@ def _fields(rules: Sequence[Rule | AnyOf]) -> list[Field]:
     return found
 
 
+def user_refs(rules: Sequence[Rule | AnyOf]) -> tuple[str, ...]:
+    """The user features the rules read."""
+    return tuple(dict.fromkeys(f.name for f in _fields(rules) if f.side == USER))
+
+
 def build(settings: StageSettings, context: BuildContext) -> RuleFilter:
     rules = parse(settings.params, settings.name)
-    user_refs = tuple(dict.fromkeys(f.name for f in _fields(rules) if f.side == USER))
-    return RuleFilter(context.deps.items, context.scene.project, rules, user_refs)
+    return RuleFilter(context.deps.items, context.scene.project, rules, user_refs(rules))
 
 
 def check(settings: StageSettings, path: str) -> None:
     parse(settings.params, path)
 
 
+def views_of(rules: Sequence[Rule | AnyOf]) -> list[str]:
+    """The item feature views the rules read."""
+    return list(dict.fromkeys(f.view for f in _fields(rules) if f.side == ITEM))
+
+
 def item_views(settings: StageSettings) -> list[str]:
-    fields = _fields(parse(settings.params, settings.name))
-    return list(dict.fromkeys(f.view for f in fields if f.side == ITEM))
+    return views_of(parse(settings.params, settings.name))
 
 
 STAGE = StageType(
