@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -16,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
+import structlog
 from google.protobuf import field_mask_pb2
 from recstack.recommend.v1 import experiment_pb2, scene_pb2
 
@@ -23,6 +26,8 @@ from services.recommend import validation
 from services.recommend.experiments import OverrideError, apply_overrides, variant_overrides
 from services.recommend.pipeline import StageRegistry
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -80,6 +85,19 @@ class ResourceRepository(Protocol):
     def delete(self, kind: str, resource_id: str, expected_etag: str) -> bool: ...
     def experiments_of(self, scene_id: str) -> list[StoredResource]: ...
 
+    def changes_since(self, revision: int, limit: int) -> list[Change]:
+        """Writes after `revision`, oldest first (the change log)."""
+        ...
+
+    def head_revision(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    revision: int
+    kind: str
+    resource_id: str
+
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
 
@@ -104,11 +122,14 @@ class Catalog:
         unit_of_work: UnitOfWork,
         stages: StageRegistry,
         clock: Callable[[], datetime] | None = None,
+        *,
+        refresh_seconds: float = 1.0,
     ) -> None:
         self._unit_of_work = unit_of_work
         self._stages = stages
         self._clock = clock or (lambda: datetime.now(UTC))
         self._prepare = {SCENE.key: self._prepare_scene, EXPERIMENT.key: self._prepare_experiment}
+        self._served = ServedScenes(unit_of_work, refresh_seconds)
 
     # --- standard methods -----------------------------------------------------------------
 
@@ -126,7 +147,8 @@ class Catalog:
                 return record.spec
             if not repo.insert(record):
                 raise AlreadyExists(f"{kind.name(resource_id)} already exists")
-            return record.spec
+        self._served.changed()
+        return record.spec
 
     def get(self, kind: Kind, name: str) -> Resource:
         resource_id = kind.parse_name(name)
@@ -168,7 +190,8 @@ class Catalog:
             record = _stamp(kind, replace(current, spec=spec, update_time=self._clock()))
             if not repo.replace(record, current.etag):
                 raise Aborted(f"{name} changed concurrently; read it again and retry")
-            return record.spec
+        self._served.changed()
+        return record.spec
 
     def delete(self, kind: Kind, name: str, etag: str) -> None:
         resource_id = kind.parse_name(name)
@@ -180,17 +203,14 @@ class Catalog:
                 _check_no_experiments(repo, resource_id)
             if not repo.delete(kind.key, resource_id, current.etag):
                 raise Aborted(f"{name} changed concurrently; read it again and retry")
+        self._served.changed()
 
     # --- reads for serving ----------------------------------------------------------------
 
     def snapshot(self, scene_id: str) -> ServingSnapshot:
-        """A scene and its experiments from one transaction; NOT_FOUND for an unknown scene."""
-        with self._unit_of_work() as repo:
-            record = repo.get(SCENE.key, scene_id)
-            if record is None:
-                raise NotFound(f"{SCENE.name(scene_id)} does not exist", reason="SCENE_NOT_FOUND")
-            experiments = [r.spec for r in repo.experiments_of(scene_id)]
-        return ServingSnapshot(record.spec, experiments)
+        """A scene and its experiments, as stored; NOT_FOUND for an unknown scene. Served from
+        memory: a write here is seen at once, one by another replica within the refresh."""
+        return self._served.snapshot(scene_id)
 
     def scenes(self) -> Iterator[tuple[str, scene_pb2.Scene]]:
         """Every stored scene, a page per transaction."""
@@ -325,3 +345,87 @@ def _decode_page_token(token: str) -> str:
     if not validation.ID_PATTERN.match(after):
         raise InvalidArgument("page_token", "is not a token from a previous response")
     return after
+
+
+class ServedScenes:
+    """The scenes and experiments requests read, cached and kept fresh through the change log.
+
+    At most every `refresh_seconds` one query asks the log what changed since the revision
+    last seen; the scenes named (and, for an experiment, every scene, since an update may
+    move it) are dropped and read again on their next request. The check re-reads a few
+    revisions before the last seen, because revisions are assigned when a write starts and a
+    slower transaction may commit a lower one later; a full drop every `FULL_SECONDS` bounds
+    anything missed even so.
+    """
+
+    OVERLAP = 64
+    FULL_SECONDS = 60.0
+
+    def __init__(
+        self,
+        unit_of_work: UnitOfWork,
+        refresh_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._unit_of_work = unit_of_work
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._snapshots: dict[str, ServingSnapshot] = {}
+        self._revision = 0
+        # Revisions of the overlap already acted on, so a change is applied once.
+        self._applied: set[int] = set()
+        self._next_check = 0.0
+        self._next_full = 0.0
+        self._lock = threading.Lock()
+
+    def snapshot(self, scene_id: str) -> ServingSnapshot:
+        self._refresh()
+        found = self._snapshots.get(scene_id)
+        if found is None:
+            found = self._load(scene_id)
+            with self._lock:
+                self._snapshots[scene_id] = found
+        return found
+
+    def changed(self) -> None:
+        """This process wrote: drop everything now (writes are rare, reads are not)."""
+        with self._lock:
+            self._snapshots.clear()
+            self._next_check = 0.0
+
+    def _load(self, scene_id: str) -> ServingSnapshot:
+        with self._unit_of_work() as repo:
+            record = repo.get(SCENE.key, scene_id)
+            if record is None:
+                # Not cached: a scene created a moment later must serve at once.
+                raise NotFound(f"{SCENE.name(scene_id)} does not exist", reason="SCENE_NOT_FOUND")
+            experiments = [r.spec for r in repo.experiments_of(scene_id)]
+        assert isinstance(record.spec, scene_pb2.Scene)
+        return ServingSnapshot(record.spec, experiments)
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        if now < self._next_check:
+            return
+        with self._lock:
+            if now < self._next_check:
+                return
+            self._next_check = now + self._refresh_seconds
+            if now >= self._next_full:
+                self._next_full = now + self.FULL_SECONDS
+                self._snapshots.clear()
+        try:
+            with self._unit_of_work() as repo:
+                found = repo.changes_since(max(0, self._revision - self.OVERLAP), MAX_PAGE_SIZE)
+                head = repo.head_revision()
+        except Exception:  # the database is down: cached scenes keep serving; retried later
+            log.warning("scene_cache_refresh_failed", exc_info=True)
+            return
+        with self._lock:
+            fresh = [change for change in found if change.revision not in self._applied]
+            if len(found) >= MAX_PAGE_SIZE or any(c.kind == EXPERIMENT.key for c in fresh):
+                self._snapshots.clear()
+            for change in fresh:
+                self._snapshots.pop(change.resource_id, None)
+            self._revision = max(self._revision, head)
+            self._applied = {c.revision for c in found if c.revision > head - self.OVERLAP}

@@ -44,6 +44,9 @@ class RecommendSettings(ServiceSettings):
     grpc_port: int = 50054
     # Item features are fully reloaded from the online store this often.
     item_cache_refresh_seconds: float = Field(default=30.0, gt=0)
+    # Scenes and experiments are served from memory; another replica's write to them is seen
+    # within this many seconds (this replica's at once).
+    scene_cache_seconds: float = Field(default=1.0, ge=0)
     # Per inference call; Triton answers a 500-item ranking in about a millisecond on CPU.
     triton_timeout_seconds: float = Field(default=2.0, gt=0)
     # Per user-feature read from the serving service.
@@ -76,7 +79,11 @@ def create_server(settings: RecommendSettings, deps: RecommendDeps) -> tuple[Run
         deps.online_store, deps.registry, refresh_seconds=settings.item_cache_refresh_seconds
     )
     stage_deps = StageDeps(cache, deps.user_features, deps.model_server, deps.registry)
-    catalog = Catalog(partial(postgres_unit_of_work, deps.engine), stages)
+    catalog = Catalog(
+        partial(postgres_unit_of_work, deps.engine),
+        stages,
+        refresh_seconds=settings.scene_cache_seconds,
+    )
     recommender = Recommender(catalog, PipelineCache(stages, stage_deps))
     registration = ServiceRegistration(
         recommend_service_pb2_grpc.add_RecommendServiceServicer_to_server,

@@ -3,6 +3,7 @@ paths, and the Recommend/Score edge on in-memory stand-ins for the other service
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -528,15 +529,24 @@ def test_recommend_bad_requests(stub, request_, code, field):
         assert field_violations(error) == [field]
 
 
-def test_model_server_down_is_unavailable(stub, model_server):
+def test_model_server_down_degrades_recommend_and_fails_score(stub, model_server):
     create(stub)
     model_server.down = True
     try:
-        error = error_of(stub.Recommend, pb.RecommendRequest(scene="home", user_id="7"))
+        response = stub.Recommend(pb.RecommendRequest(scene="home", user_id="7"))
+        error = error_of(stub.Score, pb.ScoreRequest(scene="home", user_id="7", item_ids=["1"]))
     finally:
         model_server.down = False
 
+    assert response.degraded
+    assert "Triton at 127.0.0.1:1 is unavailable" in response.degraded_reason
+    assert len(response.items) > 0  # in recall order: the user still gets recommendations
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+    # Back up: ranking resumes by itself once the backoff has passed.
+    deadline = time.monotonic() + 10
+    while stub.Recommend(pb.RecommendRequest(scene="home", user_id="7")).degraded:
+        assert time.monotonic() < deadline, "ranking did not resume"
+        time.sleep(0.05)
 
 
 def test_score_returns_request_order_and_generated_features(stub):

@@ -16,7 +16,14 @@ from recstack.recommend.v1 import experiment_pb2, scene_pb2
 from recstack.registry.v1 import entity_pb2, feature_view_pb2
 
 from services.recommend.breaker import ModelBreaker
-from services.recommend.catalog import EXPERIMENT, SCENE, Catalog, StoredResource
+from services.recommend.catalog import (
+    EXPERIMENT,
+    SCENE,
+    Catalog,
+    Change,
+    ServedScenes,
+    StoredResource,
+)
 from services.recommend.filter.exclude_items import ExcludeItems
 from services.recommend.item_cache import ItemCache
 from services.recommend.pipeline import ActiveModel, Candidates, StageDeps, StageRequest
@@ -148,15 +155,28 @@ class MemoryRepository:
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], StoredResource] = {}
+        self.log: list[Change] = []
+        self.reads = 0
 
     def insert(self, record):
         key = (record.kind, record.resource_id)
         if key in self.records:
             return False
         self.records[key] = record
+        self._logged(record.kind, record.resource_id)
         return True
 
+    def _logged(self, kind, resource_id):
+        self.log.append(Change(len(self.log) + 1, kind, resource_id))
+
+    def changes_since(self, revision, limit):
+        return [c for c in self.log if c.revision > revision][:limit]
+
+    def head_revision(self):
+        return len(self.log)
+
     def get(self, kind, resource_id):
+        self.reads += 1
         return self.records.get((kind, resource_id))
 
     def list(self, kind, after_id, limit):
@@ -171,9 +191,11 @@ class MemoryRepository:
         if current is None or current.etag != expected_etag:
             return False
         self.records[(record.kind, record.resource_id)] = record
+        self._logged(record.kind, record.resource_id)
         return True
 
     def delete(self, kind, resource_id, expected_etag):
+        self._logged(kind, resource_id)
         return self.records.pop((kind, resource_id), None) is not None
 
     def experiments_of(self, scene_id):
@@ -843,3 +865,46 @@ def test_a_formula_naming_an_output_the_model_lacks_is_a_misconfigured_scene(wor
 
     with pytest.raises(FailedPrecondition, match=r"names \['probs_gmv'\]"):
         pipeline.score(request(), ["1"])
+
+
+# --- served scenes: cached, refreshed through the change log -------------------------------
+
+
+def test_requests_read_scenes_from_memory_and_another_writer_is_seen_after_the_refresh():
+    repository = MemoryRepository()
+
+    @contextmanager
+    def unit_of_work():
+        yield repository
+
+    clock = [0.0]
+    served = ServedScenes(unit_of_work, refresh_seconds=1.0, clock=lambda: clock[0])
+    writer = Catalog(unit_of_work, default_stage_registry(), clock=lambda: NOW)
+    writer.create(SCENE, "home", make_scene(top_n=10))
+
+    first = served.snapshot("home")
+    reads = repository.reads
+    for _ in range(100):
+        assert served.snapshot("home") is first
+    assert repository.reads == reads  # no database read per request
+
+    updated = writer.update(SCENE, replace_top_n(writer.get(SCENE, "scenes/home"), 5), ["top_n"])
+    assert served.snapshot("home").scene.top_n == 10  # another replica's write: not yet
+    clock[0] += 1.5
+    assert served.snapshot("home").scene.top_n == updated.top_n == 5
+
+
+def test_an_unknown_scene_is_not_cached_so_it_serves_as_soon_as_it_is_created(world):
+    with pytest.raises(NotFound):
+        world.catalog.snapshot("home")
+
+    world.catalog.create(SCENE, "home", make_scene())
+
+    assert world.catalog.snapshot("home").scene.top_n == 10
+
+
+def replace_top_n(scene, top_n):
+    changed = scene_pb2.Scene()
+    changed.CopyFrom(scene)  # the in-memory repository hands out its stored message
+    changed.top_n = top_n
+    return changed

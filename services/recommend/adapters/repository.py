@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from recstack.recommend.v1 import experiment_pb2, scene_pb2
 from sqlalchemy.dialects import postgresql
 
-from services.recommend.catalog import StoredResource
+from services.recommend.catalog import Change, StoredResource
 from shared.db import transaction
 
 SCHEMA = "recommend"
@@ -35,6 +35,13 @@ def _resource_table(name: str) -> sa.Table:
     )
 
 
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("revision", sa.BigInteger, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),
+)
 TABLES: dict[str, sa.Table] = {
     "scene": _resource_table("scenes"),
     "experiment": _resource_table("experiments"),
@@ -60,7 +67,10 @@ class PostgresResourceRepository:
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(table.c.id)
         )
-        return self._connection.execute(statement).first() is not None
+        inserted = self._connection.execute(statement).first() is not None
+        if inserted:
+            self._log(record.kind, record.resource_id)
+        return inserted
 
     def get(self, kind: str, resource_id: str) -> StoredResource | None:
         table = TABLES[kind]
@@ -81,12 +91,35 @@ class PostgresResourceRepository:
             .where(table.c.id == record.resource_id, table.c.etag == expected_etag)
             .values(**_row(record))
         )
-        return self._connection.execute(statement).rowcount == 1
+        replaced = self._connection.execute(statement).rowcount == 1
+        if replaced:
+            self._log(record.kind, record.resource_id)
+        return replaced
 
     def delete(self, kind: str, resource_id: str, expected_etag: str) -> bool:
         table = TABLES[kind]
         statement = table.delete().where(table.c.id == resource_id, table.c.etag == expected_etag)
-        return self._connection.execute(statement).rowcount == 1
+        deleted = self._connection.execute(statement).rowcount == 1
+        if deleted:
+            self._log(kind, resource_id)
+        return deleted
+
+    def changes_since(self, revision: int, limit: int) -> list[Change]:
+        query = (
+            sa.select(changes)
+            .where(changes.c.revision > revision)
+            .order_by(changes.c.revision)
+            .limit(limit)
+        )
+        return [Change(row.revision, row.kind, row.id) for row in self._connection.execute(query)]
+
+    def head_revision(self) -> int:
+        query = sa.select(sa.func.coalesce(sa.func.max(changes.c.revision), 0))
+        return int(self._connection.execute(query).scalar_one())
+
+    def _log(self, kind: str, resource_id: str) -> None:
+        # In the write's own transaction: the change is visible exactly when the write is.
+        self._connection.execute(changes.insert().values(kind=kind, id=resource_id))
 
     def experiments_of(self, scene_id: str) -> list[StoredResource]:
         table = TABLES["experiment"]
