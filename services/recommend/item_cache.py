@@ -5,26 +5,36 @@ numpy array per feature (float64 with NaN for missing numeric values, object oth
 the EasyRec processor's item feature cache keeps them (seeds/001). Tables are immutable; a
 refresh builds a new one and swaps it in, so readers never see a half-loaded view.
 
-Refresh is a full reload of every cached view every `refresh_seconds`: simple and correct,
-and cheap at the walking skeleton's item counts. Incremental refresh (rows with `written_ts`
-after the last load) replaces it once catalogues outgrow a full scan.
+Refresh, per cached view:
+- incremental, every `incremental_seconds`: the rows written (the online store's
+  `written_ts`) since the previous scan began, less an overlap for writes that commit later
+  than they are stamped, merged into a new table, so a feature written through serving is
+  served within seconds at the cost of the rows that changed;
+- full, every `full_seconds`: the whole view again, which also drops deleted rows, expires
+  rows past the view's TTL, and catches a write whose transaction committed later than the
+  overlap allows (a long bulk load).
+An item a request needs that the table lacks (a cold item: new, or named by a recall that
+does not read the cache) is read from the online store once and merged in; ids the store does
+not have either are remembered until the next refresh, so they cost no read per request.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
 import structlog
+from prometheus_client import Counter, Gauge
 
 from shared.errors import FailedPrecondition
 from shared.feature_views import ViewSchema
-from shared.online_store import OnlineStore, ViewColumns
+from shared.online_store import OnlineStore, Scan, ViewColumns
 from shared.values import VT
 
 log = structlog.get_logger(__name__)
@@ -56,7 +66,11 @@ class ItemTable:
 
     @classmethod
     def from_scan(
-        cls, view: ViewSchema, keys: Sequence[Any], scanned: ViewColumns, now: datetime
+        cls,
+        view: ViewSchema,
+        keys: Sequence[Any],
+        scanned: ViewColumns,
+        now: datetime,
     ) -> ItemTable:
         item_ids = np.asarray([str(key) for key in keys], dtype=str)
         expired = _expired(view, scanned.event_times, now)
@@ -66,6 +80,42 @@ class ItemTable:
         }
         index = {item_id: row for row, item_id in enumerate(item_ids.tolist())}
         return cls(view, item_ids, columns, time.monotonic(), index)
+
+    def merged(self, keys: Sequence[Any], scanned: ViewColumns, now: datetime) -> ItemTable:
+        """A new table with these rows replacing or joining the current ones."""
+        update = ItemTable.from_scan(self.view, keys, scanned, now)
+        rows = self.rows(update.item_ids.tolist())
+        new = rows < 0
+        item_ids = np.concatenate([self.item_ids, update.item_ids[new]])
+        columns = {}
+        for name, column in self.columns.items():
+            values = np.concatenate([column, update.columns[name][new]])
+            values[rows[~new]] = update.columns[name][~new]
+            columns[name] = values
+        index = dict(self._index)
+        index.update(
+            (item_id, len(self.item_ids) + offset)
+            for offset, item_id in enumerate(update.item_ids[new].tolist())
+        )
+        return ItemTable(
+            self.view,
+            item_ids,
+            columns,
+            time.monotonic(),
+            index,
+            changed=frozenset(update.item_ids.tolist()),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory: numeric columns exactly, object columns from a sample."""
+        total = self.item_ids.nbytes + 100 * len(self._index)
+        for column in self.columns.values():
+            total += column.nbytes
+            if column.dtype == object and len(column):
+                sample = column[:: max(1, len(column) // 100)]
+                total += int(np.mean([sys.getsizeof(v) for v in sample]) * len(column))
+        return total
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -115,22 +165,56 @@ class ItemTable:
         return values
 
 
+ITEMS = Gauge("recstack_recommend_item_cache_items", "Items cached per view.", ["project", "view"])
+BYTES = Gauge(
+    "recstack_recommend_item_cache_bytes",
+    "Approximate memory per cached view.",
+    ["project", "view"],
+)
+STALENESS = Gauge(
+    "recstack_recommend_item_cache_staleness_seconds",
+    "Seconds since a cached view was last refreshed successfully.",
+    ["project", "view"],
+)
+REFRESHES = Counter(
+    "recstack_recommend_item_cache_refreshes_total",
+    "Refreshes of cached item views.",
+    ["kind", "outcome"],
+)
+COLD_READS = Counter(
+    "recstack_recommend_item_cache_cold_reads_total",
+    "Items read from the online store because the cache did not have them.",
+    ["found"],
+)
+
+
 class ItemCache:
-    """`ItemTable`s by (project, view), loaded on first use and reloaded in the background."""
+    """`ItemTable`s by (project, view), loaded on first use and refreshed in the background."""
 
     def __init__(
         self,
         store: OnlineStore,
         definitions: ViewDefinitions,
         *,
-        refresh_seconds: float = 30.0,
+        incremental_seconds: float = 2.0,
+        full_seconds: float = 300.0,
+        overlap_seconds: float = 10.0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._store = store
         self._definitions = definitions
-        self._refresh_seconds = refresh_seconds
+        self._incremental_seconds = incremental_seconds
+        self._full_seconds = full_seconds
+        # Writes are stamped when their statement runs, not when they commit: re-reading this
+        # much before the newest write seen catches a transaction that committed late.
+        self._overlap = timedelta(seconds=overlap_seconds)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._tables: dict[ViewKey, ItemTable] = {}
+        self._refreshed: dict[ViewKey, float] = {}
+        # The store's clock at each view's last scan: the next incremental scan starts there.
+        self._as_of: dict[ViewKey, datetime] = {}
+        # Ids the online store did not have either, until the view's next refresh.
+        self._absent: dict[ViewKey, set[str]] = {}
         # One lock per view: concurrent first requests load a view once, other views in parallel.
         self._loading: dict[ViewKey, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -146,13 +230,52 @@ class ItemCache:
             table = self._tables.get(key)
             return table if table is not None else self._load(key)
 
-    def refresh(self) -> None:
-        """Reload every cached view; a view that fails keeps serving its previous table."""
+    def lookup(
+        self, project: str, view_id: str, item_ids: Sequence[str]
+    ) -> tuple[ItemTable, np.ndarray]:
+        """The table and the row of each item (-1 where the view has none), after reading
+        the items the table lacks from the online store."""
+        key = (project, view_id)
+        table = self.table(project, view_id)
+        rows = table.rows(item_ids)
+        if (rows >= 0).all():
+            return table, rows
+        absent = self._absent.get(key, set())
+        cold = [
+            i for i, row in zip(item_ids, rows.tolist(), strict=True) if row < 0 and i not in absent
+        ]
+        if not cold:
+            return table, rows
+        table = self._read_cold(key, table, list(dict.fromkeys(cold)))
+        return table, table.rows(item_ids)
+
+    def values(
+        self, project: str, view_id: str, feature: str, item_ids: Sequence[str]
+    ) -> np.ndarray:
+        """One feature's values for these items (NaN or None where an item has none)."""
+        table, rows = self.lookup(project, view_id, item_ids)
+        return table.column(feature, rows)
+
+    def refresh(self, *, full: bool = False) -> None:
+        """Refresh every cached view (incrementally unless `full` or its full refresh is due);
+        a view that fails keeps serving its previous table."""
+        now = time.monotonic()
         for key in list(self._tables):
+            kind = (
+                "full"
+                if full or now - self._refreshed.get(key, 0) >= self._full_seconds
+                else "incremental"
+            )
             try:
-                self._load(key)
+                if kind == "full":
+                    self._load(key)
+                else:
+                    self._refresh_incremental(key)
+                REFRESHES.labels(kind, "ok").inc()
             except Exception:  # the old table stays; the next round retries
+                REFRESHES.labels(kind, "failed").inc()
                 log.warning("item_cache_refresh_failed", project=key[0], view=key[1], exc_info=True)
+            self._report(key)
 
     def start(self, warm: Callable[[], Iterable[ViewKey]] | None = None) -> None:
         """Start the refresh thread; it first loads the views `warm` names (errors logged)."""
@@ -169,7 +292,7 @@ class ItemCache:
     def _run(self, warm: Callable[[], Iterable[ViewKey]] | None) -> None:
         if warm is not None:
             self._warm(warm)
-        while not self._stop.wait(self._refresh_seconds):
+        while not self._stop.wait(self._incremental_seconds):
             self.refresh()
 
     def _warm(self, warm: Callable[[], Iterable[ViewKey]]) -> None:
@@ -187,17 +310,84 @@ class ItemCache:
     def _load(self, key: ViewKey) -> ItemTable:
         project, view_id = key
         view = self._definitions.view_schema(project, view_id)
-        features = [feature.name for feature in view.features]
-        keys, scanned = self._store.scan(view, features) if features else ([], _no_columns())
-        table = ItemTable.from_scan(view, keys, scanned, self._clock())
-        with self._lock:
-            self._tables[key] = table
+        scan = self._scan(view, None)
+        table = ItemTable.from_scan(view, scan.keys, scan.columns, self._clock())
+        self._swap(key, table, scan.as_of, full=True)
         log.info("item_cache_loaded", project=project, view=view_id, items=len(table))
         return table
+
+    def _refresh_incremental(self, key: ViewKey) -> None:
+        project, view_id = key
+        current = self._tables[key]
+        view = self._definitions.view_schema(project, view_id)
+        if view.version != current.view.version:
+            self._load(key)  # a new schema: start over
+            return
+        scan = self._scan(view, self._as_of[key] - self._overlap)
+        if scan.keys:
+            current = current.merged(scan.keys, scan.columns, self._clock())
+        self._swap(key, current, scan.as_of)
+        self._absent.pop(key, None)
+
+    def _read_cold(self, key: ViewKey, table: ItemTable, item_ids: list[str]) -> ItemTable:
+        view = table.view
+        keys = _typed_keys(view, item_ids)
+        features = [feature.name for feature in view.features]
+        found = _no_columns()
+        if keys and features:
+            [found] = self._store.read([(view, features)], keys)
+        present = [i for i, event_time in enumerate(found.event_times) if event_time is not None]
+        absent = set(item_ids) - {str(keys[i]) for i in present}
+        COLD_READS.labels("yes").inc(len(present))
+        COLD_READS.labels("no").inc(len(absent))
+        rows = ViewColumns(
+            {name: [values[i] for i in present] for name, values in found.values.items()},
+            [found.event_times[i] for i in present],
+        )
+        with self._lock:
+            self._absent.setdefault(key, set()).update(absent)
+            if not present:
+                return self._tables.get(key, table)
+            # Into the latest table: a refresh may have swapped one in meanwhile.
+            merged = self._tables.get(key, table).merged(
+                [keys[i] for i in present], rows, self._clock()
+            )
+            self._tables[key] = merged
+        return merged
+
+    def _scan(self, view: ViewSchema, since: datetime | None) -> Scan:
+        features = [feature.name for feature in view.features]
+        if not features:
+            return Scan([], _no_columns(), self._clock())
+        return self._store.scan_since(view, features, since)
+
+    def _swap(self, key: ViewKey, table: ItemTable, as_of: datetime, *, full: bool = False) -> None:
+        with self._lock:
+            self._tables[key] = table
+            self._as_of[key] = as_of
+            if full:
+                self._absent.pop(key, None)
+        self._refreshed[key] = time.monotonic()
+        self._report(key)
+
+    def _report(self, key: ViewKey) -> None:
+        table = self._tables.get(key)
+        if table is None:
+            return
+        ITEMS.labels(*key).set(len(table))
+        BYTES.labels(*key).set(table.nbytes)
+        STALENESS.labels(*key).set(time.monotonic() - self._refreshed.get(key, table.loaded_at))
 
     def _load_lock(self, key: ViewKey) -> threading.Lock:
         with self._lock:
             return self._loading.setdefault(key, threading.Lock())
+
+
+def _typed_keys(view: ViewSchema, item_ids: Sequence[str]) -> list[Any]:
+    """Item ids as keys of the view's key type; an id that cannot be one is not in it."""
+    if view.key_type != VT.VALUE_TYPE_INT64:
+        return list(item_ids)
+    return [int(i) for i in item_ids if i.lstrip("-").isdigit()]
 
 
 def _no_columns() -> ViewColumns:

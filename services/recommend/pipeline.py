@@ -190,6 +190,18 @@ class ItemSource(Protocol):
 
     def table(self, project: str, view_id: str) -> ItemTable: ...
 
+    def lookup(
+        self, project: str, view_id: str, item_ids: Sequence[str]
+    ) -> tuple[ItemTable, np.ndarray]:
+        """The table and each item's row in it (-1: none), cold items read in first."""
+        ...
+
+    def values(
+        self, project: str, view_id: str, feature: str, item_ids: Sequence[str]
+    ) -> np.ndarray:
+        """One feature's values for these items, cold items read in first."""
+        ...
+
 
 @dataclass(frozen=True)
 class ActiveModel:

@@ -42,8 +42,10 @@ SERVICE = recommend_service_pb2.DESCRIPTOR.services_by_name["RecommendService"].
 class RecommendSettings(ServiceSettings):
     service_name: str = "recommend"
     grpc_port: int = 50054
-    # Item features are fully reloaded from the online store this often.
-    item_cache_refresh_seconds: float = Field(default=30.0, gt=0)
+    # Cached item features: the rows written since the last refresh are read this often ...
+    item_cache_incremental_seconds: float = Field(default=2.0, gt=0)
+    # ... and every row this often (deletions, TTL expiry, writes that committed late).
+    item_cache_full_seconds: float = Field(default=300.0, gt=0)
     # Scenes and experiments are served from memory; another replica's write to them is seen
     # within this many seconds (this replica's at once).
     scene_cache_seconds: float = Field(default=1.0, ge=0)
@@ -76,7 +78,10 @@ def create_server(settings: RecommendSettings, deps: RecommendDeps) -> tuple[Run
     """Build the service on `deps`, bind `settings.grpc_port` (0: a free port) and start it."""
     stages = deps.stages or default_stage_registry()
     cache = ItemCache(
-        deps.online_store, deps.registry, refresh_seconds=settings.item_cache_refresh_seconds
+        deps.online_store,
+        deps.registry,
+        incremental_seconds=settings.item_cache_incremental_seconds,
+        full_seconds=settings.item_cache_full_seconds,
     )
     stage_deps = StageDeps(cache, deps.user_features, deps.model_server, deps.registry)
     catalog = Catalog(

@@ -60,3 +60,16 @@ class OnlineStore(Protocol):
     def scan(self, view: ViewSchema, features: Sequence[str]) -> tuple[list[Any], ViewColumns]:
         """Every key of a view with the given features (for in-memory caches)."""
         ...
+
+    def scan_since(self, view: ViewSchema, features: Sequence[str], since: datetime | None) -> Scan:
+        """The rows written after `since` (every row when None), for incremental caches."""
+        ...
+
+
+@dataclass(frozen=True)
+class Scan:
+    keys: list[Any]
+    columns: ViewColumns
+    # The store's clock when the scan began: every row written before it that had committed
+    # is in the scan, so the next scan may start from here (less a margin for late commits).
+    as_of: datetime

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -24,7 +25,7 @@ from psycopg_pool import ConnectionPool
 from shared.errors import Aborted, NotFound, Unavailable
 from shared.feature_views import ViewSchema
 from shared.online_store import statements
-from shared.online_store.base import Row, ViewColumns, WriteResult
+from shared.online_store.base import Row, Scan, ViewColumns, WriteResult
 from shared.online_store.bulk import LoadData, PreparedLoad, prepare
 from shared.online_store.statements import SCHEMA
 from shared.request_context import seconds_remaining
@@ -250,6 +251,19 @@ class PostgresOnlineStore:
             for position, feature in enumerate(features, start=1)
         }
         return keys, ViewColumns(values, [row[-1] for row in rows])
+
+    def scan_since(self, view: ViewSchema, features: Sequence[str], since: datetime | None) -> Scan:
+        self.ensure_table(view)
+        query = statements.scan_since(view, features, since is not None)
+        with self._connection() as conn, conn.transaction():
+            # now() is the transaction's start, before the scan's snapshot is taken.
+            as_of = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            rows = conn.execute(query, (since,) if since else (), binary=True).fetchall()
+        values = {
+            feature: [row[position] for row in rows]
+            for position, feature in enumerate(features, start=1)
+        }
+        return Scan([row[0] for row in rows], ViewColumns(values, [row[-1] for row in rows]), as_of)
 
     # --- helpers -------------------------------------------------------------------------
 

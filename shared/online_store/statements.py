@@ -139,6 +139,18 @@ def read(requests: Sequence[tuple[ViewSchema, Sequence[str]]]) -> sql.Composed:
     )
 
 
+def scan_since(view: ViewSchema, features: Sequence[str], since: bool) -> sql.Composed:
+    """Every row (or, with `since`, those written after the %s parameter), for a cache's
+    incremental refresh."""
+    where = sql.SQL(" WHERE written_ts > %s") if since else sql.SQL("")
+    return sql.SQL("SELECT {key}, {features}, event_ts FROM {table}{where} ORDER BY {key}").format(
+        key=sql.Identifier(view.join_key),
+        features=sql.SQL(", ").join(map(sql.Identifier, features)),
+        table=table(view),
+        where=where,
+    )
+
+
 def scan(view: ViewSchema, features: Sequence[str]) -> sql.Composed:
     return sql.SQL("SELECT {key}, {features}, event_ts FROM {table} ORDER BY {key}").format(
         key=sql.Identifier(view.join_key),

@@ -279,3 +279,19 @@ def test_a_session_keeps_writing_after_a_failed_first_batch(database_url):
         assert _read_one(single, view, [1, 2])[0] == [(1.0,), (2.0,)]
     finally:
         single.close()
+
+
+def test_scan_since_reads_only_rows_written_after_a_scan_began(store):
+    view = _doubles(store)
+    store.write(view, [(1, 1.0, T0), (2, 2.0, T0)])
+
+    feature = view.features[0].name
+    everything = store.scan_since(view, [feature], None)
+    store.write(view, [(2, 20.0, T0 + timedelta(seconds=1)), (3, 3.0, T0)])
+    changed = store.scan_since(view, [feature], everything.as_of)
+
+    assert everything.keys == [1, 2]
+    assert changed.keys == [2, 3]
+    assert changed.columns.values[feature] == [20.0, 3.0]
+    assert changed.as_of > everything.as_of
+    assert store.scan_since(view, [feature], changed.as_of).keys == []

@@ -31,7 +31,7 @@ from shared.db import create_engine
 from shared.errors import NotFound, Unavailable
 from shared.feature_views import Feature, ViewSchema
 from shared.migrations import upgrade
-from shared.online_store import ViewColumns
+from shared.online_store import Scan, ViewColumns
 from tests.scenes import params
 from tests.scenes import scene_spec as shared_scene_spec
 
@@ -74,9 +74,15 @@ class Definitions:
 
 
 class OnlineStore:
-    def scan(self, view, features):
+    def scan_since(self, view, features, since):
         values = {"popularity": [3.0, 9.0, 5.0, 1.0], "price": [1.0, 2.0, 3.0, None]}
-        return [1, 2, 3, 4], ViewColumns({f: values[f] for f in features}, [NOW] * 4)
+        if since is not None:  # nothing is ever rewritten here
+            return Scan([], ViewColumns({f: [] for f in features}, []), NOW)
+        return Scan([1, 2, 3, 4], ViewColumns({f: values[f] for f in features}, [NOW] * 4), NOW)
+
+    def read(self, requests, keys):
+        [(_, features)] = requests
+        return [ViewColumns({f: [None] * len(keys) for f in features}, [None] * len(keys))]
 
 
 class ModelServer:

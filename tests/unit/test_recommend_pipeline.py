@@ -40,7 +40,7 @@ from shared.errors import (
 )
 from shared.feature_generator import stable_hash
 from shared.feature_views import Feature, ViewSchema
-from shared.online_store import ViewColumns
+from shared.online_store import Scan, ViewColumns
 from shared.values import VT
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -111,15 +111,38 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.rows = {"item_stats": ([1, 2, 3, 4, 5, 6], dict(ITEM_ROWS), [NOW] * 6)}
+        # When each row was written (default: NOW); incremental scans read newer rows.
+        self.written: dict[str, list[datetime]] = {}
+        # The store's clock at a scan.
+        self.now = NOW
         self.scans = 0
+        self.reads: list[list] = []
         self.fail = False
 
-    def scan(self, view, features):
+    def scan_since(self, view, features, since):
         self.scans += 1
         if self.fail:
             raise Unavailable("online store down")
         keys, values, times = self.rows[view.name]
-        return list(keys), ViewColumns({f: list(values[f]) for f in features}, list(times))
+        written = self.written.get(view.name, [NOW] * len(keys))
+        chosen = [i for i, w in enumerate(written) if since is None or w > since]
+        columns = ViewColumns(
+            {f: [values[f][i] for i in chosen] for f in features}, [times[i] for i in chosen]
+        )
+        return Scan([keys[i] for i in chosen], columns, self.now)
+
+    def read(self, requests, keys):
+        self.reads.append(list(keys))
+        [(view, features)] = requests
+        stored_keys, values, times = self.rows[view.name]
+        position = {k: i for i, k in enumerate(stored_keys)}
+        found = [position.get(k) for k in keys]
+        return [
+            ViewColumns(
+                {f: [None if i is None else values[f][i] for i in found] for f in features},
+                [None if i is None else times[i] for i in found],
+            )
+        ]
 
 
 class FakeModelServer:
@@ -214,7 +237,7 @@ class World:
         self.definitions = FakeDefinitions()
         self.store = FakeStore()
         self.cache = ItemCache(
-            self.store, self.definitions, refresh_seconds=3600, clock=lambda: NOW
+            self.store, self.definitions, incremental_seconds=3600, clock=lambda: NOW
         )
         self.model = FakeModelServer([0.0, 1.0, 0.0, 0.0])
         self.users = FakeUserFeatures({"user_profile:age": 30, "user_profile:activity": None})
@@ -319,6 +342,60 @@ def test_refresh_swaps_in_new_rows_and_keeps_the_old_table_on_failure(world):
     assert len(before) == 6
     assert len(after) == 7
     assert world.cache.table(PROJECT, "item_stats") is after
+
+
+def test_an_incremental_refresh_merges_only_the_rows_written_since_the_last(world):
+    old = NOW - timedelta(hours=1)
+    world.store.written["item_stats"] = [old] * 6
+    first = world.cache.table(PROJECT, "item_stats")
+    world.store.now = NOW + timedelta(minutes=1)
+    keys, values, times = world.store.rows["item_stats"]
+    values = {k: list(v) for k, v in values.items()}
+    values["popularity"][1] = 99.0  # item 2 was rewritten ...
+    world.store.rows["item_stats"] = (
+        [*keys, 7],
+        {k: [*v, v[0]] for k, v in values.items()},
+        [*times, NOW],
+    )
+    # ... and 7 is new: both written after the first scan (at NOW, less the 10 s overlap).
+    world.store.written["item_stats"] = [old, NOW, old, old, old, old, NOW]
+
+    world.cache.refresh()
+    second = world.cache.table(PROJECT, "item_stats")
+    world.cache.refresh()
+
+    assert second.changed == {"2", "7"}
+    assert second.column("popularity", second.rows(["2", "7", "1"])).tolist() == [99.0, 5.0, 5.0]
+    assert first.changed is None  # a full load
+    assert world.cache.table(PROJECT, "item_stats") is second  # nothing newer: kept as is
+
+
+def test_a_full_refresh_drops_rows_the_store_no_longer_has(world):
+    world.cache.table(PROJECT, "item_stats")
+    keys, values, times = world.store.rows["item_stats"]
+    world.store.rows["item_stats"] = (keys[1:], {k: v[1:] for k, v in values.items()}, times[1:])
+
+    world.cache.refresh(full=True)
+
+    assert world.cache.table(PROJECT, "item_stats").rows(["1"]).tolist() == [-1]
+
+
+def test_a_cold_item_is_read_from_the_store_once_and_a_missing_one_is_remembered(world):
+    world.cache.table(PROJECT, "item_stats")
+    keys, values, times = world.store.rows["item_stats"]
+    world.store.rows["item_stats"] = (
+        [*keys, 8],
+        {k: [*v, v[2]] for k, v in values.items()},
+        [*times, NOW],
+    )
+
+    popularity = world.cache.values(PROJECT, "item_stats", "popularity", ["8", "1", "404"])
+    again = world.cache.values(PROJECT, "item_stats", "popularity", ["8", "404"])
+
+    assert popularity[:2].tolist() == [5.0, 5.0] and np.isnan(popularity[2])
+    assert np.isnan(again[1])
+    assert world.store.reads == [[8, 404]]  # 8 is cached now, 404 known to be absent
+    assert world.cache.table(PROJECT, "item_stats").changed == {"8"}
 
 
 def test_rows_older_than_the_view_ttl_are_missing(world):

@@ -57,6 +57,16 @@ TABLE = ItemTable.from_scan(
 
 
 class Items:
+    """The item cache's interface over one in-memory table."""
+
+    def lookup(self, project, view_id, item_ids):
+        table = self.table(project, view_id)
+        return table, table.rows(item_ids)
+
+    def values(self, project, view_id, feature, item_ids):
+        table, rows = self.lookup(project, view_id, item_ids)
+        return table.column(feature, rows)
+
     def table(self, project, view_id):
         return TABLE
 

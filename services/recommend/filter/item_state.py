@@ -36,8 +36,8 @@ class ItemState:
     keep_missing: bool
 
     def keep(self, request: StageRequest, candidates: Candidates) -> np.ndarray:
-        table = self.items.table(self.project, self.view)
-        values = table.column(self.feature, table.rows(candidates.item_ids.tolist()))
+        ids = candidates.item_ids.tolist()
+        values = self.items.values(self.project, self.view, self.feature, ids)
         if values.dtype == np.float64:
             missing = np.isnan(values)
             truthy = ~missing & (values != 0)

@@ -119,8 +119,8 @@ class _Items:
         self._project = project
 
     def column(self, field: Field, candidates: Candidates) -> np.ndarray:
-        table = self._source.table(self._project, field.view)
-        values = table.column(field.feature, table.rows(candidates.item_ids.tolist()))
+        ids = candidates.item_ids.tolist()
+        values = self._source.values(self._project, field.view, field.feature, ids)
         if values.dtype == np.float64:
             # NaN is how the cache marks a missing number.
             return np.array([None if np.isnan(v) else v for v in values], dtype=object)

@@ -25,6 +25,7 @@ import numpy as np
 from prometheus_client import Counter
 from recstack.recommend.v1 import scene_pb2
 
+from services.recommend.item_cache import ItemTable
 from services.recommend.pipeline import (
     ITEM_ID,
     MODEL_INPUT_PREFIX,
@@ -195,15 +196,13 @@ class ModelRank:
             for name, feature in scorer.user_inputs.items()
         }
         items = {
-            name: candidates.item_ids
-            if feature.is_key
-            else tables.column(feature, tables.rows(feature.view, item_ids))
+            name: candidates.item_ids if feature.is_key else tables.column(feature, item_ids)
             for name, feature in scorer.item_inputs.items()
         }
 
         def lookup(name: str, ids: Sequence[str]) -> Sequence[Any]:
             feature = scorer.item_inputs[name]
-            return tables.column(feature, tables.rows(feature.view, list(ids))).tolist()
+            return tables.column(feature, list(ids)).tolist()
 
         try:
             return scorer.generator.generate(
@@ -278,23 +277,21 @@ def _recall_order(count: int) -> np.ndarray:
 
 
 class _ItemTables:
-    """The item cache's tables of one request, each looked up once."""
+    """The item cache's rows of one request, each view looked up once."""
 
     def __init__(self, deps: StageDeps, project: str) -> None:
         self._deps = deps
         self._project = project
-        self._rows: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        self._found: dict[tuple[str, tuple[str, ...]], tuple[ItemTable, np.ndarray]] = {}
 
-    def rows(self, view: str, item_ids: list[str]) -> np.ndarray:
-        key = (view, tuple(item_ids))
-        found = self._rows.get(key)
+    def column(self, feature: AvailableFeature, item_ids: list[str]) -> np.ndarray:
+        key = (feature.view, tuple(item_ids))
+        found = self._found.get(key)
         if found is None:
-            found = self._deps.items.table(self._project, view).rows(item_ids)
-            self._rows[key] = found
-        return found
-
-    def column(self, feature: AvailableFeature, rows: np.ndarray) -> np.ndarray:
-        return self._deps.items.table(self._project, feature.view).column(feature.feature, rows)
+            found = self._deps.items.lookup(self._project, feature.view, item_ids)
+            self._found[key] = found
+        table, rows = found
+        return table.column(feature.feature, rows)
 
 
 # --- building --------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ class CategoryDiversity:
     max_per_window: int
 
     def rerank(self, request: StageRequest, candidates: Candidates) -> Candidates:
-        table = self.items.table(self.project, self.view)
-        values = table.column(self.feature, table.rows(candidates.item_ids.tolist()))
+        ids = candidates.item_ids.tolist()
+        values = self.items.values(self.project, self.view, self.feature, ids)
         categories = [set(_categories(value)) for value in values.tolist()]
         order = np.argsort(-candidates.columns[SCORE], kind="stable").tolist()
         placed: list[int] = []

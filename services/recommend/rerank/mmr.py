@@ -43,9 +43,9 @@ class Mmr:
         count = len(candidates)
         if count < 2:
             return candidates
-        table = self.items.table(self.project, self.view)
+        ids = candidates.item_ids.tolist()
         vectors = _unit_vectors(
-            table.column(self.feature, table.rows(candidates.item_ids.tolist())).tolist()
+            self.items.values(self.project, self.view, self.feature, ids).tolist()
         )
         relevance = _scaled(candidates.columns[SCORE])
         similarity = vectors @ vectors.T

@@ -38,9 +38,10 @@ class Stock:
     keep_missing: bool
 
     def rerank(self, request: StageRequest, candidates: Candidates) -> Candidates:
-        table = self.items.table(self.project, self.view)
-        stock = table.column(self.feature, table.rows(candidates.item_ids.tolist()))
-        stock = np.asarray(stock, dtype=np.float64)
+        ids = candidates.item_ids.tolist()
+        stock = np.asarray(
+            self.items.values(self.project, self.view, self.feature, ids), dtype=np.float64
+        )
         missing = np.isnan(stock)
         enough = np.where(missing, self.keep_missing, stock >= self.min_stock)
         order = np.concatenate([np.flatnonzero(enough), np.flatnonzero(~enough)])
