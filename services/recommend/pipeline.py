@@ -387,7 +387,7 @@ class Pipeline:
             with timer(named.name):
                 candidates = candidates.take(named.stage.keep(request, candidates))
             counts[named.name] = len(candidates)
-        candidates = self._rank(request, candidates, timer)
+        candidates = by_score(self._rank(request, candidates, timer))
         counts[self.rank.name] = len(candidates)
         for named in self.reranks:
             with timer(named.name):
@@ -445,6 +445,14 @@ class Pipeline:
     def _rank(self, request: StageRequest, candidates: Candidates, timer: _Timer) -> Candidates:
         with timer(self.rank.name):
             return self.rank.stage.rank(request, candidates)
+
+
+def by_score(candidates: Candidates) -> Candidates:
+    """Best score first, ties by item id; NaN scores last."""
+    if SCORE not in candidates.columns:
+        return candidates
+    # lexsort sorts by the last key first; NaN sorts after every number.
+    return candidates.take(np.lexsort((candidates.item_ids, -candidates.columns[SCORE])))
 
 
 @dataclass(frozen=True)

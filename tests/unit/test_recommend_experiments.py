@@ -157,3 +157,19 @@ def test_null_in_a_named_patch_removes_the_stage():
 def test_overrides_that_do_not_fit_the_scene_are_refused(patch, message):
     with pytest.raises(OverrideError, match=message):
         apply_overrides(SCENE, patch)
+
+
+def test_ten_thousand_users_split_within_one_and_a_half_points_of_the_shares():
+    split = experiment(
+        "ranker_ab",
+        [("control", 0, 70, {}), ("treatment", 70, 90, {"top_n": 10}), ("holdout", 90, 100, {})],
+    )
+    users = [str(user) for user in range(1, 10_001)]
+
+    served = Counter(assign(SCENE, [split], user).variants[0] for user in users)
+    again = [assign(SCENE, [split], user).variants for user in users]
+
+    shares = {name.split("/")[1]: count / len(users) for name, count in served.items()}
+    for name, share in {"control": 0.7, "treatment": 0.2, "holdout": 0.1}.items():
+        assert abs(shares[name] - share) <= 0.015, (name, shares[name])
+    assert again == [assign(SCENE, [split], user).variants for user in users]

@@ -26,7 +26,13 @@ from services.recommend.catalog import (
 )
 from services.recommend.filter.exclude_items import ExcludeItems
 from services.recommend.item_cache import ItemCache
-from services.recommend.pipeline import ActiveModel, Candidates, StageDeps, StageRequest
+from services.recommend.pipeline import (
+    ActiveModel,
+    Candidates,
+    StageDeps,
+    StageRequest,
+    by_score,
+)
 from services.recommend.recall.popularity import PopularityRecall
 from services.recommend.recommender import Recommender, RecommendQuery, ScoreQuery
 from services.recommend.rerank.top_n import TopN
@@ -455,15 +461,21 @@ def test_exclude_items_wants_a_string_list():
     assert error.value.field == "context.exclude_item_ids"
 
 
-def test_top_n_sorts_by_score_then_item_id_and_cuts_to_size():
+def test_ranked_candidates_sort_by_score_then_item_id_and_top_n_cuts():
     candidates = Candidates.of(
         ["b", "a", "c", "d", "e"], score=np.array([0.5, 0.5, 0.9, np.nan, 0.1])
     )
 
-    result = TopN().rerank(request(size=4), candidates)
+    result = TopN().rerank(request(size=4), by_score(candidates))
 
     assert result.item_ids.tolist() == ["c", "a", "b", "e"]
     assert result.columns["score"].tolist() == [0.9, 0.5, 0.5, 0.1]
+
+
+def test_top_n_keeps_the_order_earlier_reranks_gave():
+    reordered = Candidates.of(["x", "y", "z"], score=np.array([0.1, 0.9, 0.5]))
+
+    assert TopN().rerank(request(size=2), reordered).item_ids.tolist() == ["x", "y"]
 
 
 # --- rank and the pipeline ------------------------------------------------------------------

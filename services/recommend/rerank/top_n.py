@@ -1,4 +1,9 @@
-"""Rerank `top_n`: the request's `size` best candidates by score, ties broken by item id."""
+"""Rerank `top_n`: the request's `size` first candidates.
+
+The pipeline sorts candidates by score right after ranking (ties by item id), so without
+other reranks these are the best scored; after reranks that reorder (diversity, MMR, stock)
+it keeps their order instead of undoing it.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +27,7 @@ from shared.errors import InvalidArgument
 @dataclass(frozen=True)
 class TopN:
     def rerank(self, request: StageRequest, candidates: Candidates) -> Candidates:
-        scores = candidates.columns[SCORE]
-        # lexsort sorts by the last key first; NaN scores sort after every number.
-        order = np.lexsort((candidates.item_ids, -scores))
-        return candidates.take(order[: request.size])
+        return candidates.take(np.arange(min(request.size, len(candidates))))
 
 
 def build(_settings: StageSettings, _context: BuildContext) -> TopN:
