@@ -210,7 +210,8 @@ class TritonServer:
         self._check_installed()
         if not self.console:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self.log_path.open("wb")
+            # Appended: a restart keeps the log of the run before it.
+            self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             self.command(),
             env=self.environment(),
@@ -307,6 +308,8 @@ class TritonServer:
                 process.wait()
             return process.returncode
         finally:
+            # Stopped: `start` may run it again (same ports, a restart).
+            self._process = None
             if self._log is not None:
                 self._log.close()
                 self._log = None
