@@ -124,9 +124,12 @@ class Catalog:
         clock: Callable[[], datetime] | None = None,
         *,
         refresh_seconds: float = 1.0,
+        check_references: Callable[[scene_pb2.Scene], None] | None = None,
     ) -> None:
         self._unit_of_work = unit_of_work
         self._stages = stages
+        # What a scene names must exist in the registry (see `references`); None skips it.
+        self._check_references = check_references
         self._clock = clock or (lambda: datetime.now(UTC))
         self._prepare = {SCENE.key: self._prepare_scene, EXPERIMENT.key: self._prepare_experiment}
         self._served = ServedScenes(unit_of_work, refresh_seconds)
@@ -232,6 +235,8 @@ class Catalog:
         assert isinstance(scene, scene_pb2.Scene)
         validation.apply_scene_defaults(scene)
         validation.validate_scene(scene, self._stages)
+        if self._check_references is not None:
+            self._check_references(scene)
         if updating:
             for record in repo.experiments_of(scene_id):
                 experiment = record.spec
@@ -257,10 +262,11 @@ class Catalog:
         for index, variant in enumerate(experiment.variants):
             field = f"{path}.variants[{index}].overrides"
             try:
-                validation.validate_scene(
-                    apply_overrides(scene, variant_overrides(variant)), self._stages
-                )
-            except (OverrideError, InvalidArgument) as exc:
+                effective = apply_overrides(scene, variant_overrides(variant))
+                validation.validate_scene(effective, self._stages)
+                if self._check_references is not None:
+                    self._check_references(effective)
+            except (OverrideError, InvalidArgument, FailedPrecondition) as exc:
                 message = f"gives an invalid scene: {exc}"
                 if path == "experiment":
                     raise InvalidArgument(field, message) from None

@@ -226,6 +226,10 @@ class Definitions(Protocol):
     def view_schema(self, project: str, view_id: str, version: int = 0) -> Any: ...
     def entity(self, project: str, entity_id: str) -> Any: ...
 
+    def model(self, project: str, model_id: str) -> Any:
+        """The registered Model; NotFound when it does not exist."""
+        ...
+
     def active_model(self, project: str, model_id: str) -> ActiveModel:
         """NotFound when the model does not exist or has no ACTIVE version."""
         ...
@@ -271,6 +275,14 @@ class StageType:
     check: Callable[[StageSettings, str], None] = _no_check
     # Item feature views the configured stage reads (for warming the item cache).
     item_views: Callable[[StageSettings], Sequence[str]] = _no_views
+    # The `view:feature` refs (user or item) the configured stage reads, checked against the
+    # registry when a scene is saved; default: its item views, as `view:` (the view exists).
+    references: Callable[[StageSettings], Sequence[str]] | None = None
+
+    def referenced(self, settings: StageSettings) -> list[str]:
+        if self.references is not None:
+            return list(self.references(settings))
+        return [f"{view}:" for view in self.item_views(settings)]
 
 
 class StageRegistry:

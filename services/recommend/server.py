@@ -23,6 +23,7 @@ from services.recommend.catalog import Catalog
 from services.recommend.item_cache import ItemCache
 from services.recommend.pipeline import Definitions, StageDeps, StageRegistry
 from services.recommend.recommender import Recommender
+from services.recommend.references import check_references
 from services.recommend.servicer import RecommendServicer
 from services.recommend.stages import PipelineCache, default_stage_registry
 from services.recommend.user_features import UserFeatureReader
@@ -88,6 +89,7 @@ def create_server(settings: RecommendSettings, deps: RecommendDeps) -> tuple[Run
         partial(postgres_unit_of_work, deps.engine),
         stages,
         refresh_seconds=settings.scene_cache_seconds,
+        check_references=partial(check_references, stages=stages, definitions=deps.registry),
     )
     recommender = Recommender(catalog, PipelineCache(stages, stage_deps))
     registration = ServiceRegistration(

@@ -65,7 +65,7 @@ def validate_scene(scene: scene_pb2.Scene, stages: StageRegistry, path: str = "s
         raise InvalidArgument(f"{path}.recalls", "list at least one recall stage")
     if not 1 <= scene.top_n <= MAX_TOP_N:
         raise InvalidArgument(f"{path}.top_n", f"must be 1..{MAX_TOP_N}, got {scene.top_n}")
-    configured = list(_stage_types(scene, stages, path))
+    configured = configured_stages(scene, stages, path)
     _check_unique_names(configured)
     for config_path, settings, stage_type in configured:
         stage_type.check(settings, config_path)
@@ -79,10 +79,17 @@ def validate_scene(scene: scene_pb2.Scene, stages: StageRegistry, path: str = "s
     _check_columns(configured)
 
 
+def configured_stages(
+    scene: scene_pb2.Scene, stages: StageRegistry, path: str = "scene"
+) -> list[tuple[str, StageSettings, StageType]]:
+    """Every configured stage in run order, with its path and registered type (rank
+    included); INVALID_ARGUMENT for a type that is not registered."""
+    return list(_stage_types(scene, stages, path))
+
+
 def _stage_types(
     scene: scene_pb2.Scene, stages: StageRegistry, path: str
 ) -> Iterable[tuple[str, StageSettings, StageType]]:
-    """Every configured stage in run order, with its registered type (rank included)."""
     groups = (
         ("recalls", StageKind.RECALL, scene.recalls),
         ("filters", StageKind.FILTER, scene.filters),

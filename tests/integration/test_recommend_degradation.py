@@ -61,6 +61,9 @@ class Definitions:
     def entity(self, project, entity_id):
         return entity_pb2.Entity(join_key=f"{entity_id}_id", key_type=VT.VALUE_TYPE_INT64)
 
+    def model(self, project, model_id):
+        raise AssertionError("the scene ranks with a bare model")
+
 
 class OnlineStore:
     def scan_since(self, view, features, since):

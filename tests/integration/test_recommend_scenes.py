@@ -67,10 +67,13 @@ class Definitions:
         return feature_view_pb2.FeatureView(name=view_id, entity=self.views[view_id][0])
 
     def view_schema(self, project, view_id, version=0):
-        return self.views[view_id][1]
+        return self.feature_view(project, view_id) and self.views[view_id][1]
 
     def entity(self, project, entity_id):
         return entity_pb2.Entity(join_key=f"{entity_id}_id", key_type=VT.VALUE_TYPE_INT64)
+
+    def model(self, project, model_id):
+        raise NotFound(f"projects/{project}/models/{model_id} does not exist")
 
 
 class OnlineStore:

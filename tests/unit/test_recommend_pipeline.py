@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ from services.recommend.pipeline import (
 )
 from services.recommend.recall.popularity import PopularityRecall
 from services.recommend.recommender import Recommender, RecommendQuery, ScoreQuery
+from services.recommend.references import check_references
 from services.recommend.rerank.top_n import TopN
 from services.recommend.stages import PipelineCache, build_pipeline, default_stage_registry
 from shared.errors import (
@@ -93,6 +95,11 @@ class FakeDefinitions:
         }
         # model id → its ACTIVE version
         self.models: dict[str, ActiveModel] = {}
+
+    def model(self, project, model_id):
+        if model_id not in self.models:
+            raise NotFound(f"projects/{project}/models/{model_id} does not exist")
+        return self.models[model_id]
 
     def active_model(self, project, model_id):
         if model_id not in self.models:
@@ -997,3 +1004,46 @@ def replace_top_n(scene, top_n):
     changed.CopyFrom(scene)  # the in-memory repository hands out its stored message
     changed.top_n = top_n
     return changed
+
+
+# --- references checked when a scene is saved ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"recalls": [popularity("popular", "nope", 3)]},
+            "scene.recalls[0].params: feature view 'item_stats' has no feature 'nope'; it has "
+            "['popularity', 'price', 'title']",
+        ),
+        (
+            {"rank": scene_pb2.RankConfig(model="missing")},
+            "scene.rank.model: projects/shop/models/missing does not exist",
+        ),
+        (
+            {"rank": scene_pb2.RankConfig(model_name="m", features=["gone:x"], score_output="p")},
+            "scene.rank.features[0]: projects/shop/featureViews/gone does not exist",
+        ),
+    ],
+)
+def test_a_scene_naming_what_the_registry_lacks_is_refused_when_saved(world, change, message):
+    stages = default_stage_registry()
+    catalog = Catalog(
+        lambda: contextmanager(lambda: (yield MemoryRepository()))(),
+        stages,
+        check_references=partial(check_references, stages=stages, definitions=world.definitions),
+    )
+    scene = make_scene()
+    for field, value in change.items():
+        scene.ClearField(field)
+        if isinstance(value, list):
+            getattr(scene, field).extend(value)
+        else:
+            getattr(scene, field).CopyFrom(value)
+
+    with pytest.raises(FailedPrecondition) as error:
+        catalog.create(SCENE, "home", scene)
+
+    assert error.value.message == message
+    assert error.value.reason == "SCENE_REFERENCE_MISSING"

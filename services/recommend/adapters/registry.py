@@ -34,6 +34,9 @@ class RegistryDefinitions:
     def entity(self, project: str, entity_id: str) -> Any:
         return self._client.entity(project, entity_id)
 
+    def model(self, project: str, model_id: str) -> Any:
+        return self._client.model(project, model_id)
+
     def active_model(self, project: str, model_id: str) -> ActiveModel:
         try:
             version = self._client.active_model_version(project, model_id)

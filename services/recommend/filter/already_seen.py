@@ -58,4 +58,11 @@ def check(settings: StageSettings, path: str) -> None:
     Params(settings.params, path, PARAMS).refs("features")
 
 
-STAGE = StageType(StageKind.FILTER, "already_seen", build, needs=frozenset({ITEM_ID}), check=check)
+STAGE = StageType(
+    StageKind.FILTER,
+    "already_seen",
+    build,
+    needs=frozenset({ITEM_ID}),
+    check=check,
+    references=lambda settings: Params(settings.params, "", PARAMS).refs("features"),
+)

@@ -76,4 +76,5 @@ STAGE = StageType(
     needs=frozenset({ITEM_ID}),
     check=check,
     item_views=lambda settings: [str(settings.params["feature"]).partition(":")[0]],
+    references=lambda settings: [str(settings.params["feature"])],
 )

@@ -250,6 +250,17 @@ def item_views(settings: StageSettings) -> list[str]:
     return views_of(parse(settings.params, settings.name))
 
 
+def refs_of(rules: Sequence[Rule | AnyOf]) -> list[str]:
+    """The `view:feature` refs (item and user) the rules read."""
+    return list(dict.fromkeys(f.name for f in _fields(rules) if f.side in (ITEM, USER)))
+
+
 STAGE = StageType(
-    StageKind.FILTER, "rules", build, needs=frozenset({ITEM_ID}), check=check, item_views=item_views
+    StageKind.FILTER,
+    "rules",
+    build,
+    needs=frozenset({ITEM_ID}),
+    check=check,
+    item_views=item_views,
+    references=lambda settings: refs_of(parse(settings.params, settings.name)),
 )

@@ -62,4 +62,5 @@ STAGE = StageType(
     produces=frozenset({ITEM_ID}),
     check=check,
     item_views=lambda settings: [settings.params["feature_view"]],
+    references=lambda s: [f"{s.params['feature_view']}:{s.params['feature']}"],
 )

@@ -16,6 +16,7 @@ from services.recommend.filter.rules import (
     Rule,
     RuleFilter,
     parse,
+    refs_of,
     user_refs,
     views_of,
 )
@@ -80,4 +81,5 @@ STAGE = StageType(
     needs=frozenset({ITEM_ID, SCORE}),
     check=check,
     item_views=lambda settings: views_of(_rules(settings, settings.name)),
+    references=lambda settings: refs_of(_rules(settings, settings.name)),
 )

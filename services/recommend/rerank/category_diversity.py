@@ -95,4 +95,5 @@ STAGE = StageType(
     needs=frozenset({ITEM_ID, SCORE}),
     check=check,
     item_views=lambda settings: [_read(settings, settings.name)[0]],
+    references=lambda settings: [":".join(_read(settings, settings.name)[:2])],
 )
