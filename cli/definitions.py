@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.message import Message
+from recstack.recommend.v1 import experiment_pb2, scene_pb2
 from recstack.registry.v1 import registry_service_pb2 as pb
 
 from cli import resources
@@ -44,6 +46,7 @@ OUTPUT_ONLY = frozenset(
         "last_version",
     }
 )
+SERVED_OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag"})
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,29 @@ class Origin:
         return f"{self.path} document {self.document}{what}"
 
 
+# Recommend resources a repository may declare beside the registry's: YAML `kind:` → message.
+SERVING_KINDS: dict[str, type[Message]] = {
+    "Scene": scene_pb2.Scene,
+    "Experiment": experiment_pb2.Experiment,
+}
+
+
+@dataclass(frozen=True)
+class Served:
+    """A scene or experiment of the repository (the recommend service's resources)."""
+
+    origin: Origin
+    resource_id: str
+    spec: Message
+
+
 @dataclass(frozen=True)
 class FeatureRepo:
     project: str
     definitions: list[pb.Definition]
     origins: list[Origin]
+    # Scenes, then experiments, as declared.
+    served: list[Served] = field(default_factory=list)
 
     def locate(self, field_path: str) -> str | None:
         """Where the definition an Apply error's `definitions[N]…` field points at was written."""
@@ -86,12 +107,15 @@ def load(directory: Path, project: str | None = None) -> FeatureRepo:
         raise UsageError(
             f"no project: pass --project or write `project: <id>` in {root / CONFIG_NAMES[0]}"
         )
-    read = [item for path in _definition_files(directory) for item in _read_file(path)]
-    if not read:
+    documents = [item for path in _definition_files(directory) for item in _read_file(path)]
+    if not documents:
         raise DefinitionError(str(directory), "holds no definitions (*.yaml or *.yml documents)")
+    read = [item for item in documents if not isinstance(item, Served)]
+    served = [item for item in documents if isinstance(item, Served)]
     origins = [origin for origin, _ in read]
-    _check_unique(origins)
-    return FeatureRepo(project, [definition for _, definition in read], origins)
+    _check_unique([*origins, *(item.origin for item in served)])
+    served.sort(key=lambda item: list(SERVING_KINDS).index(item.origin.kind))
+    return FeatureRepo(project, [definition for _, definition in read], origins, served)
 
 
 def _configured_project(root: Path) -> str | None:
@@ -135,13 +159,37 @@ def _documents(path: Path) -> list[Any]:
         raise DefinitionError(str(path), f"cannot be read: {exc}") from None
 
 
-def _read_file(path: Path) -> list[tuple[Origin, pb.Definition]]:
-    read = []
+def _read_file(path: Path) -> list[tuple[Origin, pb.Definition] | Served]:
+    read: list[tuple[Origin, pb.Definition] | Served] = []
     for number, document in enumerate(_documents(path), start=1):
         if document is None:  # an empty document, e.g. after a trailing `---`
             continue
-        read.append(_definition(document, Origin(path, number)))
+        origin = Origin(path, number)
+        if isinstance(document, dict) and document.get("kind") in SERVING_KINDS:
+            read.append(_served(document, origin))
+        else:
+            read.append(_definition(document, origin))
     return read
+
+
+def _served(document: dict[str, Any], origin: Origin) -> Served:
+    body = dict(document)
+    kind = body.pop("kind")
+    resource_id = body.pop("id", None)
+    if not isinstance(resource_id, str) or not ID_PATTERN.match(resource_id):
+        raise DefinitionError(str(origin), f"`id` is required: {ID_RULE}")
+    origin = Origin(origin.path, origin.document, kind, resource_id)
+    message = SERVING_KINDS[kind]
+    output_only = sorted(SERVED_OUTPUT_ONLY & set(body))
+    if output_only:
+        raise DefinitionError(f"{origin}: {output_only[0]}", "is output only; the service sets it")
+    try:
+        spec = json_format.ParseDict(
+            to_proto_json(body, message.DESCRIPTOR), message(), ignore_unknown_fields=False
+        )
+    except (FieldError, json_format.ParseError) as exc:
+        raise DefinitionError(str(origin), str(exc)) from None
+    return Served(origin, resource_id, spec)
 
 
 def _definition(document: Any, origin: Origin) -> tuple[Origin, pb.Definition]:
@@ -173,7 +221,7 @@ def _definition(document: Any, origin: Origin) -> tuple[Origin, pb.Definition]:
 def _kind(kind: Any, origin: Origin) -> resources.ResourceType:
     if isinstance(kind, str) and kind in resources.DECLARABLE:
         return resources.DECLARABLE[kind]
-    kinds = list(resources.DECLARABLE)
+    kinds = [*resources.DECLARABLE, *SERVING_KINDS]
     close = difflib.get_close_matches(str(kind), kinds, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     if kind is None:

@@ -16,13 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 from google.protobuf import json_format
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
-from recstack.recommend.v1 import recommend_service_pb2_grpc
 from recstack.registry.v1 import registry_service_pb2 as rpb
 
-from cli import materialize, resources
-from cli.connection import Connection, Context, Service
+from cli import materialize, resources, scenes
+from cli.connection import Connection, Context
 from cli.errors import CliError, UsageError
 from cli.materialize import whole_number
 from cli.train import GrpcTrainingServices
@@ -45,20 +43,6 @@ exit status: 0 no mismatch, 1 mismatches or a failed call, 2 usage error
 """
 # Mismatches printed in full; the count covers all of them.
 SHOWN = 20
-
-
-class RecommendAddress(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECSTACK_", extra="ignore")
-
-    recommend_addr: str = "127.0.0.1:50054"
-
-
-RECOMMEND = Service(
-    "recommend service",
-    "--recommend",
-    "RECSTACK_RECOMMEND_ADDR",
-    recommend_service_pb2_grpc.RecommendServiceStub,
-)
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -98,11 +82,10 @@ def _check(args: argparse.Namespace, context: Context) -> int:
     # Inside the project's file root of the local stack, where exports may write.
     work_dir = args.work_dir or Path(".run") / "projects" / project / "fg-check" / model_id
     work_dir.mkdir(parents=True, exist_ok=True)
-    address = args.recommend or RecommendAddress().recommend_addr
     with (
         context.connect() as registry,
         materialize.connect(args, context) as materialization,
-        Connection(context.settings, address, RECOMMEND, tls=context.tls) as recommend,
+        scenes.connect(context, args.recommend) as recommend,
     ):
         scene = recommend.call("GetScene", cpb.GetSceneRequest(name=f"scenes/{args.scene}")).scene
         if scene.project != project or scene.rank.model != model_id:

@@ -16,6 +16,9 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 DURATION = "google.protobuf.Duration"
+FREE_FORM = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
 # The type names of the design doc, for the one enum whose proto names read differently.
 TYPE_ALIASES: dict[str, dict[str, str]] = {
     "recstack.common.v1.ValueType": {
@@ -108,6 +111,8 @@ def _single_value(value: Any, field: FieldDescriptor, path: str) -> Any:
         return _scalar(value, field, path)
     if field.message_type.full_name == DURATION:
         return parse_duration(value, path)
+    if field.message_type.full_name in FREE_FORM:
+        return value  # a stage's params or a variant's overrides: any JSON, as written
     return to_proto_json(value, field.message_type, path)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from google.protobuf.message import Message
 from recstack.registry.v1 import registry_service_pb2 as pb
 
-from cli import definitions, resources
+from cli import definitions, resources, scenes
 from cli.connection import Connection, Context
-from cli.errors import UsageError
+from cli.errors import CliError, UsageError
 from cli.output import JSON, document, resource_table, to_json
 from cli.plan import render_plan
 
@@ -43,6 +43,12 @@ def _add_apply(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
             "--prune",
             action="store_true",
             help="delete resources of the project that DIR no longer declares",
+        )
+        parser.add_argument(
+            "--recommend",
+            metavar="HOST:PORT",
+            help="recommend service for the repository's scenes and experiments "
+            "(default: RECSTACK_RECOMMEND_ADDR or 127.0.0.1:50054)",
         )
         parser.set_defaults(handler=_apply, validate_only=validate_only)
 
@@ -91,6 +97,27 @@ def _apply(args: argparse.Namespace, context: Context) -> int:
     )
     with context.connect() as connection:
         response = connection.call("Apply", request, locate=repo.locate)
+    if repo.served:
+        # After the registry: a scene may name a view or model this apply creates. A scene the
+        # recommend service refuses leaves the registry's part applied, and says so. (A
+        # repository declaring no scene leaves the project's scenes alone, --prune or not.)
+        try:
+            with scenes.connect(context, args.recommend) as recommend:
+                served = scenes.apply(
+                    repo,
+                    recommend,
+                    validate_only=args.validate_only,
+                    prune=args.prune,
+                    registry_changes=any(
+                        step.action != pb.PlanStep.Action.ACTION_UNCHANGED
+                        for step in response.steps
+                    ),
+                )
+        except CliError as error:
+            if not args.validate_only and response.steps:
+                raise CliError(f"{error}\n  (the registry definitions were applied)") from None
+            raise
+        response.steps.extend(served)
     context.echo(
         to_json(response) if context.output == JSON else render_plan(response, repo.project)
     )

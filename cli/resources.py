@@ -250,9 +250,15 @@ def _checked_name(rtype: ResourceType, name: str) -> str:
     return name
 
 
+# The recommend service's resources, named `scenes/{id}` and `experiments/{id}`.
+SERVED_COLLECTIONS = {"scenes": "Scene", "experiments": "Experiment"}
+
+
 def kind_of_name(name: str) -> tuple[str, str]:
     """`(kind, id)` of a resource name, e.g. `("FeatureView", "user_profile")`."""
     parts = name.split("/")
+    if len(parts) == 2 and parts[0] in SERVED_COLLECTIONS:
+        return SERVED_COLLECTIONS[parts[0]], parts[1]
     if len(parts) == 2:
         return PROJECT.kind, parts[1]
     rtype = BY_COLLECTION.get(parts[2]) if len(parts) == 4 else None

@@ -348,3 +348,38 @@ def test_project_ids_follow_the_registry_rule(tmp_path):
         DefinitionError, match=r"recstack\.yaml: project: '7shop' is not a valid id"
     ):
         definitions.load(root)
+
+
+def test_scenes_and_experiments_are_read_beside_the_registry_definitions(tmp_path):
+    (tmp_path / "recstack.yaml").write_text("project: shop\n")
+    (tmp_path / "defs.yaml").write_text(
+        "kind: Entity\nid: user\njoin_key: user_id\nkey_type: INT64\n---\n"
+        "kind: Experiment\nid: ab\nscene: home\nvariants: [{name: a, bucket_end: 50, "
+        "overrides: {rank: {model: other}}}]\n---\n"
+        "kind: Scene\nid: home\nuser_entity: user\nitem_entity: item\n"
+        "recalls: [{type: popularity, quota: 9, params: {feature_view: v, feature: f}}]\n"
+    )
+
+    repo = definitions.load(tmp_path)
+
+    assert [d.WhichOneof("resource") for d in repo.definitions] == ["entity"]
+    assert [item.origin.kind for item in repo.served] == ["Scene", "Experiment"]  # scenes first
+    scene = repo.served[0].spec
+    assert scene.recalls[0].params["feature_view"] == "v"
+    assert repo.served[1].spec.variants[0].overrides["rank"]["model"] == "other"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("kind: Scene\nid: home\netag: x\n", "etag: is output only"),
+        ("kind: Scene\nid: home\nrecals: []\n", "did you mean 'recalls'"),
+        ("kind: Scene\nid: Home\n", "`id` is required"),
+    ],
+)
+def test_bad_scene_documents_name_the_file_and_field(tmp_path, document, message):
+    (tmp_path / "recstack.yaml").write_text("project: shop\n")
+    (tmp_path / "scenes.yaml").write_text(document)
+
+    with pytest.raises(DefinitionError, match=message):
+        definitions.load(tmp_path)
