@@ -16,14 +16,7 @@ from datetime import UTC, datetime
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from services.registry.adapters.repository import (
-    Change,
-    ResourceRepository,
-    StoredResource,
-    decode_page_token,
-    encode_page_token,
-)
-from services.registry.filtering import parse_filter
+from services.registry.adapters.repository import Change, ResourceRepository, StoredResource
 from services.registry.kinds import (
     DATA_SOURCE,
     EMBEDDING_MODEL,
@@ -47,13 +40,22 @@ from shared.errors import (
     NotFound,
     quoted,
 )
+from shared.standard_methods import (
+    MAX_PAGE_SIZE,
+    Page,
+    PageTokens,
+    copy_fields,
+    list_page,
+    page_size,
+    parse_filter,
+    update_paths,
+)
+from shared.standard_methods import check_etag as check_current_etag
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
 # Called after commit with (kind, stored record) for every version created or deleted.
 VersionListener = Callable[[str, StoredResource], None]
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 MAX_CHANGES = 1000
 OUTPUT_ONLY_FIELDS = frozenset(
     {"name", "version", "create_time", "update_time", "etag", "resolved_features"}
@@ -73,12 +75,6 @@ class Action(enum.Enum):
     NEW_VERSION = "NEW_VERSION"
     DELETE = "DELETE"
     UNCHANGED = "UNCHANGED"
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Message]
-    next_page_token: str
 
 
 @dataclass(frozen=True)
@@ -120,8 +116,10 @@ class Registry:
         on_version_created: VersionListener | None = None,
         on_version_deleted: VersionListener | None = None,
         policy: DefinitionPolicy | None = None,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self._unit_of_work = unit_of_work
+        self._tokens = page_tokens or PageTokens()
         self._policy = policy or DefinitionPolicy()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._on_created = on_version_created
@@ -151,22 +149,22 @@ class Registry:
             return present(kind, _require(repo, kind, project, resource_id, version).spec)
 
     def list(
-        self, kind: Kind, parent: str, page_size: int, page_token: str, filter_text: str
+        self, kind: Kind, parent: str, requested_size: int, page_token: str, filter_text: str
     ) -> Page:
         project = None if kind.top_level else parse_project(parent)
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
+        size = page_size(requested_size)
         conditions = parse_filter(filter_text, kind.message.DESCRIPTOR)
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
-            after = decode_page_token(page_token) if page_token else ""
-        except ValueError:
-            raise InvalidArgument("page_token", "is not a token from a previous response") from None
         with self._unit_of_work() as repo:
-            records = repo.list_latest(kind.key, project, after, size + 1, conditions)
-        more = len(records) > size
-        records = records[:size]
-        token = encode_page_token(records[-1].resource_id) if more else ""
+            records, token = list_page(
+                lambda after, limit: repo.list_latest(
+                    kind.key, project, after or "", limit, conditions
+                ),
+                lambda record: record.resource_id,
+                scope=f"{kind.key}:{project}:{filter_text}",
+                size=size,
+                token=page_token,
+                tokens=self._tokens,
+            )
         return Page([present(kind, record.spec) for record in records], token)
 
     def update(self, kind: Kind, resource: Message, mask_paths: list[str]) -> Message:
@@ -174,14 +172,14 @@ class Registry:
         if not name:
             raise InvalidArgument(f"{kind.key}.name", "is required")
         project, resource_id = kind.parse_name(name, f"{kind.key}.name")
-        paths = _update_paths(kind, resource, mask_paths)
+        output_only = OUTPUT_ONLY_FIELDS | set(kind.state_fields)
+        paths = update_paths(resource.DESCRIPTOR, mask_paths, output_only, kind.key)
         events = _Events()
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id)
             check_etag(current, resource.etag, kind.key)
             desired = _copy(current.spec)
-            for path in paths:
-                _copy_field(resource, desired, path)
+            copy_fields(resource, desired, paths)
             record, _, _ = _Writer(repo, self._clock(), events, self._policy).update(
                 kind, current, desired
             )
@@ -308,8 +306,7 @@ class _Writer:
         self, kind: Kind, current: StoredResource, desired: Message
     ) -> tuple[StoredResource, Action, tuple[str, ...]]:
         spec = _copy(desired)
-        for name in kind.state_fields:
-            _copy_field(current.spec, spec, name)
+        copy_fields(current.spec, spec, kind.state_fields)
         refs = prepare(self._repo, kind, current.project, spec, self._policy)
         changed = _changed_fields(current.spec, spec)
         if not changed:
@@ -442,36 +439,4 @@ def _changed_fields(current: Message, desired: Message) -> tuple[str, ...]:
 
 
 def check_etag(current: StoredResource, etag: str, field_name: str) -> None:
-    if etag and etag != current.etag:
-        raise Aborted(
-            f"{field_name}.etag {quoted(etag)} is stale (current {quoted(current.etag)}): read it "
-            "again and retry",
-            reason="ETAG_MISMATCH",
-        )
-
-
-def _update_paths(kind: Kind, resource: Message, mask_paths: list[str]) -> list[str]:
-    fields = {descriptor.name for descriptor in resource.DESCRIPTOR.fields}
-    output_only = OUTPUT_ONLY_FIELDS | set(kind.state_fields)
-    paths = list(mask_paths) or sorted(fields - output_only)
-    for path in paths:
-        top = path.split(".")[0]
-        if top not in fields:
-            raise InvalidArgument("update_mask", f"{kind.key} has no field {quoted(path)}")
-        if top in output_only:
-            raise InvalidArgument("update_mask", f"{quoted(path)} is output only")
-    return paths
-
-
-def _copy_field(source: Message, target: Message, path: str) -> None:
-    top = path.split(".")[0]
-    descriptor = source.DESCRIPTOR.fields_by_name[top]
-    if descriptor.is_repeated:
-        target.ClearField(top)
-        getattr(target, top).MergeFrom(getattr(source, top))
-    elif descriptor.message_type is not None:
-        target.ClearField(top)
-        if source.HasField(top):
-            getattr(target, top).CopyFrom(getattr(source, top))
-    else:
-        setattr(target, top, getattr(source, top))
+    check_current_etag(current.etag, etag, field_name)

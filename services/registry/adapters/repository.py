@@ -6,7 +6,6 @@ lists the resources a row depends on, so dependency checks are one indexed query
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,9 +18,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql
 
-from services.registry.filtering import Condition
-from services.registry.kinds import ID_PATTERN, STORED_KINDS
+from services.registry.kinds import STORED_KINDS
 from shared.db import transaction
+from shared.standard_methods import Condition
 
 KINDS_BY_KEY = {kind.key: kind for kind in STORED_KINDS}
 
@@ -117,31 +116,6 @@ class Change:
 def stored_name(kind: str, project: str, resource_id: str, version: int) -> str:
     """The resource name of one stored row (a child kind's name includes its number)."""
     return KINDS_BY_KEY[kind].name(project, resource_id, version)
-
-
-def encode_version_token(last_version: int) -> str:
-    return base64.urlsafe_b64encode(f"version:{last_version}".encode()).decode()
-
-
-def decode_version_token(token: str) -> int:
-    """The last version number of the previous page; ValueError for a foreign token."""
-    text = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    prefix, _, number = text.partition(":")
-    if prefix != "version" or not number.isdigit():
-        raise ValueError(f"not a page token: {token!r}")
-    return int(number)
-
-
-def encode_page_token(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode()
-
-
-def decode_page_token(token: str) -> str:
-    """The last id of the previous page; ValueError for anything this server did not issue."""
-    last_id = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    if not ID_PATTERN.fullmatch(last_id):
-        raise ValueError(f"not a page token: {token!r}")
-    return last_id
 
 
 class PostgresResourceRepository:
