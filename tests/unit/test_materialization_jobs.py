@@ -111,7 +111,11 @@ class SettingsRepo:
         self.s.settings[(settings.project, settings.feature_view)] = copy.deepcopy(settings)
 
     def due(self, now):
-        return [copy.deepcopy(s) for s in self.s.settings.values() if s.recurrence]
+        return [
+            copy.deepcopy(s)
+            for s in self.s.settings.values()
+            if s.recurrence and not s.schedule_error
+        ]
 
 
 class World:
