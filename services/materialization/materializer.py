@@ -178,6 +178,8 @@ class Materializer:
                 check_capacity(timeline, found)
                 for window in found:
                     windows.setdefault(window, []).append(store)
+            offline = uow.intervals.load(project, view_id, view.version, Store.OFFLINE)
+            windows = _cut_online_by_offline(windows, offline)
             now = self._clock()
             jobs = [
                 new_job(
@@ -365,6 +367,34 @@ class Materializer:
             enqueue(uow, [job])
         self._on_enqueue()
         return job
+
+
+def _cut_online_by_offline(
+    windows: dict[Window, list[Store]], offline: Timeline
+) -> dict[Window, list[Store]]:
+    """Online bootstrap (the Azure document's table): an online-only window is cut by the
+    offline timeline. Offline-COMPLETE parts become jobs of their own, which copy the offline
+    store's rows instead of reading the source (the runner checks it again when it runs);
+    offline-PENDING parts get no job; NONE and INCOMPLETE parts are computed from the source.
+    Adjacent parts of one kind stay one job."""
+    cut: dict[Window, list[Store]] = {}
+    for window, stores in windows.items():
+        if stores != [Store.ONLINE]:
+            cut[window] = stores
+            continue
+        pieces: list[tuple[Window, bool]] = []
+        for part in offline.covering(window):
+            if part.status is Status.PENDING:
+                continue
+            copy = part.status is Status.COMPLETE
+            previous = pieces[-1] if pieces else None
+            if previous and previous[1] == copy and previous[0].end == part.start:
+                pieces[-1] = (Window(previous[0].start, part.end), copy)
+            else:
+                pieces.append((part.window, copy))
+        for piece, _ in pieces:
+            cut[piece] = [Store.ONLINE]
+    return cut
 
 
 def finish(uow: UnitOfWork, job: Job, state: JobState, now: datetime, error: str = "") -> None:
