@@ -10,7 +10,7 @@ import enum
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from google.protobuf import json_format
@@ -53,8 +53,9 @@ from shared.standard_methods import (
 from shared.standard_methods import check_etag as check_current_etag
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
-# Called after commit with (kind, stored record) for every version created or deleted.
-VersionListener = Callable[[str, StoredResource], None]
+# Called inside the unit of work, before it commits, with (kind, stored record, repository) for
+# every version created or deleted: what it writes commits with the change, or not at all.
+VersionListener = Callable[[str, StoredResource, ResourceRepository], None]
 
 MAX_CHANGES = 1000
 OUTPUT_ONLY_FIELDS = frozenset(
@@ -93,10 +94,20 @@ class PlanStep:
     changed_fields: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Events:
-    created: list[tuple[str, StoredResource]] = field(default_factory=list)
-    deleted: list[tuple[str, StoredResource]] = field(default_factory=list)
+    """The listeners told of each version created or deleted, inside the unit of work."""
+
+    created: VersionListener | None = None
+    deleted: VersionListener | None = None
+
+    def on_created(self, kind: str, record: StoredResource, repo: ResourceRepository) -> None:
+        if self.created is not None:
+            self.created(kind, record, repo)
+
+    def on_deleted(self, kind: str, record: StoredResource, repo: ResourceRepository) -> None:
+        if self.deleted is not None:
+            self.deleted(kind, record, repo)
 
 
 class _DryRun(Exception):
@@ -122,8 +133,7 @@ class Registry:
         self._tokens = page_tokens or PageTokens()
         self._policy = policy or DefinitionPolicy()
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._on_created = on_version_created
-        self._on_deleted = on_version_deleted
+        self._events = _Events(on_version_created, on_version_deleted)
 
     # --- standard methods -------------------------------------------------------------
 
@@ -132,13 +142,12 @@ class Registry:
     ) -> Message:
         check_id(resource_id, f"{kind.key}_id")
         project = resource_id if kind.top_level else parse_project(parent)
-        events = _Events()
+        events = self._events
         with self._unit_of_work() as repo:
             if not kind.top_level:
                 _require(repo, PROJECT, project, project)
             writer = _Writer(repo, self._clock(), events, self._policy)
             record = writer.create(kind, project, resource_id, resource, write=not validate_only)
-        self._publish(events)
         return record.spec
 
     def get(self, kind: Kind, name: str, version: int = 0) -> Message:
@@ -174,7 +183,7 @@ class Registry:
         project, resource_id = kind.parse_name(name, f"{kind.key}.name")
         output_only = OUTPUT_ONLY_FIELDS | set(kind.state_fields)
         paths = update_paths(resource.DESCRIPTOR, mask_paths, output_only, kind.key)
-        events = _Events()
+        events = self._events
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id)
             check_etag(current, resource.etag, kind.key)
@@ -183,21 +192,19 @@ class Registry:
             record, _, _ = _Writer(repo, self._clock(), events, self._policy).update(
                 kind, current, desired
             )
-        self._publish(events)
         return record.spec
 
     def delete(self, kind: Kind, name: str, etag: str, version: int = 0) -> None:
         project, resource_id = kind.parse_name(name)
         if version < 0:
             raise InvalidArgument("version", "must not be negative")
-        events = _Events()
+        events = self._events
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id, version)
             check_etag(current, etag, kind.key)
             _Writer(repo, self._clock(), events, self._policy).delete(
                 kind, project, resource_id, version
             )
-        self._publish(events)
 
     # --- declarative apply ------------------------------------------------------------
 
@@ -208,7 +215,7 @@ class Registry:
         project = parse_project(parent)
         check_id(project, "parent")
         _check_declarations(declared)
-        events = _Events()
+        events = self._events
         try:
             with self._unit_of_work() as repo:
                 writer = _Writer(repo, self._clock(), events, self._policy)
@@ -217,7 +224,6 @@ class Registry:
                     raise _DryRun(steps)
         except _DryRun as dry_run:
             return dry_run.steps
-        self._publish(events)
         return steps
 
     def _apply_in(
@@ -264,17 +270,9 @@ class Registry:
             head = repo.head_revision()
         return found, found[-1].revision if found else since_revision, head
 
-    def _publish(self, events: _Events) -> None:
-        for kind, record in events.created:
-            if self._on_created is not None:
-                self._on_created(kind, record)
-        for kind, record in events.deleted:
-            if self._on_deleted is not None:
-                self._on_deleted(kind, record)
-
 
 class _Writer:
-    """Writes within one unit of work, recording version events for after the commit."""
+    """Writes within one unit of work, telling the version listeners as it goes."""
 
     def __init__(
         self, repo: ResourceRepository, now: datetime, events: _Events, policy: DefinitionPolicy
@@ -299,7 +297,7 @@ class _Writer:
             return record
         if not self._repo.insert(record):
             raise AlreadyExists(f"{kind.name(project, resource_id)} already exists")
-        self._events.created.append((kind.key, record))
+        self._events.on_created(kind.key, record, self._repo)
         return record
 
     def update(
@@ -322,7 +320,8 @@ class _Writer:
         record = _stamp(kind, record)
         if new_version:
             written = self._repo.insert(record)
-            self._events.created.append((kind.key, record))
+            if written:
+                self._events.on_created(kind.key, record, self._repo)
         else:
             written = self._repo.replace(record, current.etag)
         if not written:
@@ -356,7 +355,8 @@ class _Writer:
                     f"{', '.join(dependants[:10])}; delete those first",
                     reason="HAS_DEPENDANTS",
                 )
-        self._events.deleted += [(kind.key, record) for record in doomed]
+        for record in doomed:
+            self._events.on_deleted(kind.key, record, self._repo)
 
 
 def _require(

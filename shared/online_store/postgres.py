@@ -83,7 +83,13 @@ class PostgresOnlineStore:
 
     # --- DDL -----------------------------------------------------------------------------
 
-    def ensure_table(self, view: ViewSchema) -> None:
+    def ensure_table(self, view: ViewSchema, within: Any = None) -> None:
+        if within is not None:
+            # Part of the caller's transaction (a registry write): it commits or rolls back
+            # with it, so nothing is cached until then.
+            within.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (view.table_name,))
+            within.execute(statements.create_table(view))
+            return None
         return self._retrying(lambda: self._ensure_table(view))
 
     def _ensure_table(self, view: ViewSchema) -> None:
@@ -97,7 +103,12 @@ class PostgresOnlineStore:
         with self._lock:
             self._ensured.add(view.table_name)
 
-    def drop_table(self, view: ViewSchema) -> None:
+    def drop_table(self, view: ViewSchema, within: Any = None) -> None:
+        if within is not None:
+            within.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(statements.table(view)))
+            with self._lock:
+                self._ensured.discard(view.table_name)
+            return None
         return self._retrying(lambda: self._drop_table(view))
 
     def _drop_table(self, view: ViewSchema) -> None:

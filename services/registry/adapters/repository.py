@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from google.protobuf import json_format
@@ -103,6 +103,9 @@ class ResourceRepository(Protocol):
     def dependants(self, ref: str) -> list[str]: ...
     def changes_since(self, revision: int, limit: int) -> list[Change]: ...
     def head_revision(self) -> int: ...
+    def transaction(self) -> Any:
+        """The open transaction writes elsewhere in the database can join (None: none)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,11 @@ class PostgresResourceRepository:
             revision = self._connection.execute(revision_sequence.next_value()).scalar_one()
             self._log_change(revision, kind, project, resource_id, version or 0)
         return deleted
+
+    def transaction(self) -> Any:
+        """The unit of work's open psycopg connection, for writes to the same database (the
+        online tables of feature-view versions) that must commit with the registry's."""
+        return self._connection.connection.driver_connection
 
     def head_revision(self) -> int:
         query = sa.select(sa.func.coalesce(sa.func.max(changes.c.revision), 0))
