@@ -231,9 +231,7 @@ class Materializer:
         with self._unit_of_work() as uow:
             return _require_job(uow, project, view_id, job_id, name)
 
-    def list_jobs(
-        self, parent: str, requested_size: int, page_token: str
-    ) -> tuple[list[Job], str]:
+    def list_jobs(self, parent: str, requested_size: int, page_token: str) -> tuple[list[Job], str]:
         project, view_id = parse_view_name(parent, "parent")
         size = page_size(requested_size)
         # Newest first: a job created while a caller pages shifts the offsets by one, so the
