@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from shared.errors import ConfigurationError, FailedPrecondition, InvalidArgument, quoted
 
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "grpc": 0}
 _SCHEME_ALIASES = {"postgres": "postgresql", "postgresql+psycopg": "postgresql"}
 # libpq URL parameters that neither redirect the connection nor carry a secret; any other

@@ -6,6 +6,7 @@ and what to do, so the gRPC edge answers UNAVAILABLE instead of INTERNAL.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,6 +109,26 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             "all database connections are busy; retry later or raise RECSTACK_DB_POOL_SIZE",
             reason="DATABASE_POOL_EXHAUSTED",
         ) from exc
+
+
+@contextmanager
+def advisory_lock(engine: Engine, name: str) -> Iterator[None]:
+    """Hold a PostgreSQL session advisory lock named `name` for the block: one holder at a
+    time across every process on the database."""
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+    except DBAPIError as exc:
+        if is_connection_error(exc):
+            raise unavailable(engine.url.render_as_string(), exc) from exc
+        raise
 
 
 def is_connection_error(exc: DBAPIError) -> bool:

@@ -24,6 +24,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -31,8 +32,9 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram, start_http_server
 
 from shared.channels import SERVER_KEEPALIVE_OPTIONS
-from shared.errors import DomainError, InvalidArgument, redact
+from shared.errors import DomainError, InvalidArgument, redact, summary
 from shared.request_context import set_deadline
+from shared.request_validation import validate
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -71,9 +73,14 @@ class ServiceRegistration:
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Behavior, bool], Behavior],
+    deserializer: Callable[[Callable[[bytes], Any] | None], Callable[[bytes], Any] | None] = (
+        lambda given: given
+    ),
 ) -> grpc.RpcMethodHandler:
-    """Rebuild a method handler with its behaviour wrapped, whatever its streaming kind."""
+    """Rebuild a method handler with its behaviour (and optionally its request deserializer)
+    wrapped, whatever its streaming kind."""
     kinds = {
         (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
         (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -84,9 +91,44 @@ def _wrap_handler(
     behavior = wrap(getattr(handler, attribute), handler.response_streaming)
     return factory(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request whose bytes did not parse as the method's message (gRPC itself would answer
+    INTERNAL "Exception deserializing request!": it is the caller's bad input)."""
+
+    error: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # any parse failure is the request's fault
+            return _Undecodable(summary(exc))
+
+    return parse
+
+
+def _validated(request: Any) -> Any:
+    """The request, once it is known to keep the contract's rules (shared.request_validation)."""
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument("request", f"is not a valid message of this method ({request.error})")
+    if isinstance(request, Message):
+        validate(request)
+    return request
+
+
+def _validated_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _validated(request)
 
 
 def domain_error_status(
@@ -149,18 +191,26 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is None or cached[0] is not handler:
             wrapped = _wrap_handler(
-                handler, lambda behavior, streaming: self._wrap(method, behavior, streaming)
+                handler,
+                lambda behavior, streaming: self._wrap(
+                    method, behavior, streaming, handler.request_streaming
+                ),
+                _tolerant,
             )
             cached = self._handlers[method] = (handler, wrapped)
         return cached[1]
 
-    def _wrap(self, method: str, behavior: Behavior, response_streaming: bool) -> Behavior:
+    def _wrap(
+        self, method: str, behavior: Behavior, response_streaming: bool, request_streaming: bool
+    ) -> Behavior:
+        # Every request is validated before the servicer sees it; a streamed one as it arrives.
+        check = _validated_stream if request_streaming else _validated
         if response_streaming:
 
             def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 started = self._begin(method, context)
                 try:
-                    yield from behavior(request, context)
+                    yield from behavior(check(request), context)
                 except BaseException as exc:
                     self._fail(method, context, exc, started)
                 self._finish(method, context, started)
@@ -170,7 +220,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             started = self._begin(method, context)
             try:
-                response = behavior(request, context)
+                response = behavior(check(request), context)
             except BaseException as exc:
                 self._fail(method, context, exc, started)
             self._finish(method, context, started)
@@ -392,7 +442,9 @@ def create_grpc_server(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = _bind(server, settings)
-    monitor = HealthMonitor(health_servicer, names, dict(readiness_checks or {}))
+    monitor = HealthMonitor(
+        health_servicer, names, dict(readiness_checks or {}), settings.health_poll_seconds
+    )
     metrics = None
     if settings.metrics_port:
         metrics, _ = start_http_server(settings.metrics_port, addr=settings.grpc_host)

@@ -67,6 +67,9 @@ class ServiceSettings(BaseSettings):
     max_request_seconds: float = Field(default=30.0, gt=0)
     max_workers: int = Field(default=16, ge=1, le=1024)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    # How often health probes its dependencies: a database going away turns the service
+    # NOT_SERVING within about this long.
+    health_poll_seconds: float = Field(default=0.5, gt=0)
 
     registry_addr: str = "127.0.0.1:50051"
     materialization_addr: str = "127.0.0.1:50052"

@@ -15,6 +15,9 @@ class InMemoryRepository:
     def __init__(self):
         self.rows = {}
 
+    def transaction(self):
+        return None
+
     def insert(self, record):
         key = (record.kind, record.project, record.resource_id, record.version)
         if key in self.rows:

@@ -65,7 +65,7 @@ RESERVED_PREFIX = "__rs_"
 # in one HUGEINT (|event_us| < 2^63, file_rank < 2^31, rows per file < 2^32).
 TIME_SHIFT = 2**63
 FILE_SHIFT = 2**32
-FEATURE_SET_NAME = re.compile(r"^projects/([^/]+)/modelFeatureSets/([^/]+)$")
+FEATURE_SET_NAME = re.compile(r"^projects/([^/]+)/modelFeatureSets/([^/]+)\Z")
 INTEGER_TYPES = frozenset(
     {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"}
     | {"UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}

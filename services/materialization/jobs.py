@@ -142,6 +142,9 @@ class Settings:
     source_delay: timedelta = timedelta(0)
     last_trigger_time: datetime | None = None
     etag: str = ""
+    # Why the schedule could not fire; while set, the schedule is skipped (until an update).
+    schedule_error: str = ""
+    schedule_error_time: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -314,7 +317,8 @@ class SettingsRepository(Protocol):
     def get(self, project: str, feature_view: str) -> Settings | None: ...
     def save(self, settings: Settings) -> None: ...
     def due(self, now: datetime) -> Sequence[Settings]:
-        """Scheduled settings (locked, skipping those another replica holds)."""
+        """Scheduled settings that have not failed (locked, skipping those another replica
+        holds)."""
         ...
 
 

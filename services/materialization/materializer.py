@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from services.materialization.intervals import (
@@ -35,15 +35,16 @@ from services.materialization.jobs import (
     UnitOfWorkFactory,
     Window,
 )
-from shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, quoted
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
+from shared.standard_methods import PageTokens, page_size
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 WATCH_POLL_SECONDS = 0.2
 SETTINGS_FIELDS = frozenset({"offline_enabled", "online_enabled", "recurrence", "source_delay"})
-PARTITION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The longest window, delay or schedule period (shared.request_validation's bound).
+MAX_SPAN = timedelta(days=36525)
+PARTITION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class Definitions(Protocol):
@@ -68,6 +69,21 @@ def parse_job_name(name: str) -> tuple[str, str, str]:
         raise InvalidArgument("name", f"{name!r} is not `projects/*/featureViews/*/jobs/{{job}}`")
     project, view = parse_view_name("/".join(parts[:4]), "name")
     return project, view, parts[5]
+
+
+def parse_partition(partition: str) -> datetime:
+    """The day a `YYYY-MM-DD` partition value names (parsed, not pattern-matched: 2026-02-30
+    is no day), at midnight UTC; the day after it must exist too."""
+    problem = f"{quoted(partition)} is not a YYYY-MM-DD date"
+    if not PARTITION.fullmatch(partition):
+        raise InvalidArgument("partition", problem)
+    try:
+        day = datetime.strptime(partition, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidArgument("partition", problem) from None
+    if day.date() == date.max:
+        raise InvalidArgument("partition", f"{problem} before 9999-12-31")
+    return day
 
 
 def new_job(
@@ -125,7 +141,9 @@ class Materializer:
         online_store: OnlineStore,
         on_enqueue: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] | None = None,
+        page_tokens: PageTokens | None = None,
     ) -> None:
+        self._tokens = page_tokens or PageTokens()
         self._unit_of_work = unit_of_work
         self._definitions = definitions
         self._offline_store = offline_store
@@ -160,6 +178,8 @@ class Materializer:
                 check_capacity(timeline, found)
                 for window in found:
                     windows.setdefault(window, []).append(store)
+            offline = uow.intervals.load(project, view_id, view.version, Store.OFFLINE)
+            windows = _cut_online_by_offline(windows, offline)
             now = self._clock()
             jobs = [
                 new_job(
@@ -211,17 +231,17 @@ class Materializer:
         with self._unit_of_work() as uow:
             return _require_job(uow, project, view_id, job_id, name)
 
-    def list_jobs(self, parent: str, page_size: int, page_token: str) -> tuple[list[Job], str]:
+    def list_jobs(self, parent: str, requested_size: int, page_token: str) -> tuple[list[Job], str]:
         project, view_id = parse_view_name(parent, "parent")
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
-        if page_token and not page_token.isdigit():
-            raise InvalidArgument("page_token", "is not a token from a previous response")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        offset = int(page_token or 0)
+        size = page_size(requested_size)
+        # Newest first: a job created while a caller pages shifts the offsets by one, so the
+        # next page may repeat one job, never skip one.
+        scope = f"jobs:{project}/{view_id}"
+        offset = int(self._tokens.position(page_token, scope) or 0)
         with self._unit_of_work() as uow:
             jobs = uow.jobs.list(project, view_id, offset, size + 1)
-        return jobs[:size], str(offset + size) if len(jobs) > size else ""
+        more = len(jobs) > size
+        return jobs[:size], self._tokens.issue(scope, str(offset + size)) if more else ""
 
     def cancel_job(self, name: str) -> Job:
         project, view_id, job_id = parse_job_name(name)
@@ -260,6 +280,8 @@ class Materializer:
             raise InvalidArgument("store", "must be STORE_OFFLINE or STORE_ONLINE")
         if version < 0:
             raise InvalidArgument("version", "must not be negative")
+        if window is not None and window.end <= window.start:
+            raise InvalidArgument("window.end_time", "must be after window.start_time")
         version = version or self._definitions.feature_view(project, view_id).version
         with self._unit_of_work() as uow:
             timeline = uow.intervals.load(project, view_id, version, store)
@@ -277,8 +299,12 @@ class Materializer:
             raise InvalidArgument("update_mask", f"unknown or read-only fields {unknown}")
         if desired.recurrence is not None and desired.recurrence.interval < 1:
             raise InvalidArgument("settings.recurrence.interval", "must be at least 1")
+        if desired.recurrence is not None and desired.recurrence.period > MAX_SPAN:
+            raise InvalidArgument("settings.recurrence.interval", "the period exceeds 100 years")
         if desired.source_delay < timedelta(0):
             raise InvalidArgument("settings.source_delay", "must not be negative")
+        if desired.source_delay > MAX_SPAN:
+            raise InvalidArgument("settings.source_delay", "must be at most 100 years")
         view = self._definitions.feature_view(desired.project, desired.feature_view)
         schema = self._definitions.view_schema(desired.project, desired.feature_view)
         with self._unit_of_work() as uow:
@@ -287,7 +313,10 @@ class Materializer:
             )
             if etag and etag != current.etag:
                 raise Aborted(f"{current.name} changed concurrently (etag {etag!r} is stale)")
-            updated = replace(current, etag=uuid.uuid4().hex)
+            # Any update is a fresh start for a schedule that had failed.
+            updated = replace(
+                current, etag=uuid.uuid4().hex, schedule_error="", schedule_error_time=None
+            )
             for path in paths or sorted(SETTINGS_FIELDS):
                 setattr(updated, path, getattr(desired, path))
             uow.intervals.lock(desired.project, desired.feature_view, view.version)
@@ -315,9 +344,7 @@ class Materializer:
 
     def publish(self, view_name: str, partition: str, mode: PublishMode, transform: bool) -> Job:
         project, view_id = parse_view_name(view_name, "feature_view")
-        if not PARTITION.match(partition):
-            raise InvalidArgument("partition", f"{partition!r} is not a YYYY-MM-DD partition")
-        day = datetime.strptime(partition, "%Y-%m-%d").replace(tzinfo=UTC)
+        day = parse_partition(partition)
         view = self._definitions.feature_view(project, view_id)
         with self._unit_of_work() as uow:
             settings = uow.settings.get(project, view_id) or default_settings(
@@ -338,6 +365,34 @@ class Materializer:
             enqueue(uow, [job])
         self._on_enqueue()
         return job
+
+
+def _cut_online_by_offline(
+    windows: dict[Window, list[Store]], offline: Timeline
+) -> dict[Window, list[Store]]:
+    """Online bootstrap (the Azure document's table): an online-only window is cut by the
+    offline timeline. Offline-COMPLETE parts become jobs of their own, which copy the offline
+    store's rows instead of reading the source (the runner checks it again when it runs);
+    offline-PENDING parts get no job; NONE and INCOMPLETE parts are computed from the source.
+    Adjacent parts of one kind stay one job."""
+    cut: dict[Window, list[Store]] = {}
+    for window, stores in windows.items():
+        if stores != [Store.ONLINE]:
+            cut[window] = stores
+            continue
+        pieces: list[tuple[Window, bool]] = []
+        for part in offline.covering(window):
+            if part.status is Status.PENDING:
+                continue
+            copy = part.status is Status.COMPLETE
+            previous = pieces[-1] if pieces else None
+            if previous and previous[1] == copy and previous[0].end == part.start:
+                pieces[-1] = (Window(previous[0].start, part.end), copy)
+            else:
+                pieces.append((part.window, copy))
+        for piece, _ in pieces:
+            cut[piece] = [Store.ONLINE]
+    return cut
 
 
 def finish(uow: UnitOfWork, job: Job, state: JobState, now: datetime, error: str = "") -> None:

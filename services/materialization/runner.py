@@ -51,7 +51,15 @@ from services.materialization.materializer import (
 )
 from services.materialization.schedules import due_triggers, run_window
 from shared.embeddings import ModelSettings
-from shared.errors import DomainError, FailedPrecondition, InvalidArgument, quoted, redact
+from shared.errors import (
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    quoted,
+    redact,
+)
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
 from shared.paths import FileRoots
@@ -290,21 +298,34 @@ class JobRunner:
         return len(dead)
 
     def fire_schedules(self) -> int:
+        """Queue the runs of every due schedule. One that cannot be planned (its window
+        cannot be computed, its view is gone, it would exceed the interval limit) is marked
+        failed with the reason and skipped from then on: the others fire all the same."""
         now = self._clock()
         fired = 0
         with self._unit_of_work() as uow:
             for settings in uow.settings.due(now):
-                fired += self._fire(uow, settings, now)
+                try:
+                    plan = self._plan(uow, settings, now)
+                except (Unavailable, DeadlineExceeded) as exc:
+                    # The registry or the database is away: try this schedule next cycle.
+                    log.warning("schedule_deferred", schedule=settings.name, error=exc.message)
+                    continue
+                except Exception as exc:  # a bad schedule must not stop the other schedules
+                    self._mark_failed(uow, settings, now, exc)
+                    continue
+                fired += self._fire(uow, settings, plan)
         if fired:
             self._wake.set()
         return fired
 
-    def _fire(self, uow: UnitOfWork, settings: Settings, now: datetime) -> int:
+    def _plan(self, uow: UnitOfWork, settings: Settings, now: datetime) -> _Firing | None:
+        """The jobs a due schedule starts now, computed before anything is written."""
         recurrence = settings.recurrence
         assert recurrence is not None, "due() returns scheduled settings only"
         triggers = due_triggers(recurrence, settings.last_trigger_time, now)
         if not triggers:
-            return 0
+            return None
         project, view_id = settings.project, settings.feature_view
         view = self._definitions.feature_view(project, view_id)
         stores = tuple(
@@ -323,11 +344,42 @@ class JobRunner:
             new_job(project, view_id, view.version, window, stores, Trigger.SCHEDULE, now)
             for window in windows
         ]
-        if stores:
-            enqueue(uow, jobs)
-        settings.last_trigger_time = triggers[-1]
+        return _Firing(jobs if stores else [], triggers[-1])
+
+    def _fire(self, uow: UnitOfWork, settings: Settings, plan: _Firing | None) -> int:
+        if plan is None:
+            return 0
+        enqueue(uow, plan.jobs)
+        settings.last_trigger_time = plan.last_trigger
         uow.settings.save(settings)
-        return len(jobs) if stores else 0
+        return len(plan.jobs)
+
+    def _mark_failed(
+        self, uow: UnitOfWork, settings: Settings, now: datetime, exc: Exception
+    ) -> None:
+        if isinstance(exc, DomainError):
+            reason = exc.message
+        elif isinstance(exc, OverflowError | ValueError):
+            reason = (
+                "its run window falls outside years 1-9999 (check source_delay, the interval "
+                "and start_time)"
+            )
+        else:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("schedule_failed", schedule=settings.name, reference=reference)
+            reason = f"internal error (reference {reference}); the service log has the details"
+        settings.schedule_error = self._message(f"the schedule cannot fire: {reason}")
+        settings.schedule_error_time = now
+        uow.settings.save(settings)
+        log.warning("schedule_failed", schedule=settings.name, error=settings.schedule_error)
+
+
+@dataclass(frozen=True)
+class _Firing:
+    """What a due schedule queues now, and the trigger it has then fired up to."""
+
+    jobs: list[Job]
+    last_trigger: datetime
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from services.materialization.materializer import Materializer
 from services.materialization.runner import JobRunner
 from services.materialization.servicer import MaterializationServicer
 from shared.bootstrap import open_database, run
-from shared.db import ping, to_libpq
+from shared.db import advisory_lock, ping, to_libpq
 from shared.embeddings import Embedder, PostgresEmbeddingCache, migrate_cache
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
 from shared.online_store.postgres import PostgresOnlineStore
@@ -129,7 +129,10 @@ def open_deps(settings: MaterializationSettings) -> MaterializationDeps:
         engine=engine,
         online_store=PostgresOnlineStore(conninfo),
         registry=registry,
-        offline_store=ParquetOfflineStore(offline_uri),
+        # Replicas rewrite a partition one at a time, whichever replica runs the job.
+        offline_store=ParquetOfflineStore(
+            offline_uri, locks=lambda key: advisory_lock(engine, f"offline:{key}")
+        ),
         exporter=TrainingSetExporter(
             registry,
             offline_uri,

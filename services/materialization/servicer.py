@@ -89,13 +89,17 @@ def _interval_proto(
     )
 
 
-def _settings(message: materialization_settings_pb2.MaterializationSettings) -> Settings:
-    if not message.name.endswith(SETTINGS_SUFFIX):
+def _settings_view(name: str, field: str) -> str:
+    """The feature view name of a settings name."""
+    if not name.endswith(SETTINGS_SUFFIX):
         raise InvalidArgument(
-            "settings.name",
-            "must be `projects/{project}/featureViews/{view}/materializationSettings`",
+            field, "must be `projects/{project}/featureViews/{view}/materializationSettings`"
         )
-    project, view = parse_view_name(message.name.removesuffix(SETTINGS_SUFFIX), "settings.name")
+    return name.removesuffix(SETTINGS_SUFFIX)
+
+
+def _settings(message: materialization_settings_pb2.MaterializationSettings) -> Settings:
+    project, view = parse_view_name(_settings_view(message.name, "settings.name"), "settings.name")
     recurrence = None
     if message.HasField("recurrence"):
         frequency = message.recurrence.frequency
@@ -128,6 +132,8 @@ def _settings_proto(settings: Settings) -> materialization_settings_pb2.Material
         offline_enabled=settings.offline_enabled,
         online_enabled=settings.online_enabled,
         etag=settings.etag,
+        schedule_error=settings.schedule_error,
+        schedule_error_time=_timestamp(settings.schedule_error_time),
     )
     message.source_delay.FromTimedelta(settings.source_delay)
     if settings.recurrence is not None:
@@ -202,6 +208,12 @@ class MaterializationServicer(materialization_service_pb2_grpc.MaterializationSe
         return pb.ListDataIntervalsResponse(
             data_intervals=[_interval_proto(i, store, request.feature_view) for i in intervals]
         )
+
+    def GetMaterializationSettings(
+        self, request: pb.GetMaterializationSettingsRequest, context: grpc.ServicerContext
+    ) -> pb.GetMaterializationSettingsResponse:
+        settings = self._materializer.get_settings(_settings_view(request.name, "name"))
+        return pb.GetMaterializationSettingsResponse(settings=_settings_proto(settings))
 
     def UpdateMaterializationSettings(
         self, request: pb.UpdateMaterializationSettingsRequest, context: grpc.ServicerContext

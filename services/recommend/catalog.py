@@ -7,8 +7,6 @@ read, so a concurrent writer's change is never silently overwritten (ABORTED ins
 
 from __future__ import annotations
 
-import base64
-import binascii
 import threading
 import time
 import uuid
@@ -26,11 +24,17 @@ from services.recommend import validation
 from services.recommend.experiments import OverrideError, apply_overrides, variant_overrides
 from services.recommend.pipeline import StageRegistry
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.standard_methods import (
+    MAX_PAGE_SIZE,
+    Page,
+    PageTokens,
+    check_etag,
+    list_page,
+    page_size,
+)
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 OUTPUT_ONLY_FIELDS = frozenset({"name", "create_time", "update_time", "etag"})
 # Both kinds carry `name`, `etag` and the two timestamps.
 Resource = scene_pb2.Scene | experiment_pb2.Experiment
@@ -103,12 +107,6 @@ UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
 
 
 @dataclass(frozen=True)
-class Page:
-    items: list[Resource]
-    next_page_token: str
-
-
-@dataclass(frozen=True)
 class ServingSnapshot:
     """A scene and its experiments as read together for one request."""
 
@@ -125,7 +123,9 @@ class Catalog:
         *,
         refresh_seconds: float = 1.0,
         check_references: Callable[[scene_pb2.Scene], None] | None = None,
+        page_tokens: PageTokens | None = None,
     ) -> None:
+        self._tokens = page_tokens or PageTokens()
         self._unit_of_work = unit_of_work
         self._stages = stages
         # What a scene names must exist in the registry (see `references`); None skips it.
@@ -158,18 +158,19 @@ class Catalog:
         with self._unit_of_work() as repo:
             return _require(repo, kind, resource_id).spec
 
-    def list(self, kind: Kind, page_size: int, page_token: str, filter_text: str = "") -> Page:
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
+    def list(self, kind: Kind, requested_size: int, page_token: str, filter_text: str = "") -> Page:
+        size = page_size(requested_size)
         if filter_text:
             raise InvalidArgument("filter", "filtering is not supported by this server version")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = _decode_page_token(page_token)
         with self._unit_of_work() as repo:
-            records = repo.list(kind.key, after, size + 1)
-        more = len(records) > size
-        records = records[:size]
-        token = _encode_page_token(records[-1].resource_id) if more else ""
+            records, token = list_page(
+                lambda after, limit: repo.list(kind.key, after or "", limit),
+                lambda record: record.resource_id,
+                scope=kind.key,
+                size=size,
+                token=page_token,
+                tokens=self._tokens,
+            )
         return Page([record.spec for record in records], token)
 
     def update(self, kind: Kind, resource: Resource, mask_paths: list[str]) -> Resource:
@@ -177,14 +178,10 @@ class Catalog:
         if not name:
             raise InvalidArgument(f"{kind.key}.name", "is required")
         resource_id = kind.parse_name(name, f"{kind.key}.name")
-        if not resource.etag:
-            raise InvalidArgument(
-                f"{kind.key}.etag", "is required: send the etag of the version you read"
-            )
         mask = _update_mask(kind, mask_paths)
         with self._unit_of_work() as repo:
             current = _require(repo, kind, resource_id)
-            _check_etag(current, resource.etag, kind.key)
+            check_etag(current.etag, resource.etag, kind.key, required=True)
             spec = _copy(current.spec)
             mask.MergeMessage(
                 resource, spec, replace_message_field=True, replace_repeated_field=True
@@ -200,8 +197,7 @@ class Catalog:
         resource_id = kind.parse_name(name)
         with self._unit_of_work() as repo:
             current = _require(repo, kind, resource_id)
-            if etag:
-                _check_etag(current, etag, kind.key)
+            check_etag(current.etag, etag, kind.key)
             if kind is SCENE:
                 _check_no_experiments(repo, resource_id)
             if not repo.delete(kind.key, resource_id, current.etag):
@@ -305,14 +301,6 @@ def _require(repo: ResourceRepository, kind: Kind, resource_id: str) -> StoredRe
     return record
 
 
-def _check_etag(current: StoredResource, etag: str, field: str) -> None:
-    if etag != current.etag:
-        raise Aborted(
-            f"{field}.etag {etag!r} is stale (current {current.etag!r}): read it again and retry",
-            reason="ETAG_MISMATCH",
-        )
-
-
 def _check_no_experiments(repo: ResourceRepository, scene_id: str) -> None:
     experiments = [EXPERIMENT.name(r.resource_id) for r in repo.experiments_of(scene_id)]
     if experiments:
@@ -335,22 +323,6 @@ def _update_mask(kind: Kind, paths: list[str]) -> field_mask_pb2.FieldMask:
     if output_only:
         raise InvalidArgument("update_mask", f"{output_only} are output only")
     return mask
-
-
-def _encode_page_token(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode()
-
-
-def _decode_page_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        after = base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        after = ""
-    if not validation.ID_PATTERN.match(after):
-        raise InvalidArgument("page_token", "is not a token from a previous response")
-    return after
 
 
 class ServedScenes:

@@ -308,11 +308,15 @@ class StageRegistry:
 
 def _int_key(user_id: str) -> int:
     try:
-        return int(user_id)
+        key = int(user_id)
     except ValueError:
+        key = None
+    if key is None or not -(2**63) <= key < 2**63:
         raise InvalidArgument(
-            "user_id", f"{user_id!r} is not an integer, and the scene's user entity has INT64 keys"
-        ) from None
+            "user_id",
+            f"{user_id[:40]!r} is not a 64-bit integer, and the scene's user entity has INT64 keys",
+        )
+    return key
 
 
 # How a request's string user id becomes a key of the user entity's key type.

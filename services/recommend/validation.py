@@ -28,8 +28,9 @@ from services.recommend.rank.formula import FormulaError
 from services.recommend.rank.formula import parse as parse_formula
 from shared.errors import InvalidArgument
 
-ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-FEATURE_REF = re.compile(r"^[a-z][a-z0-9_]{0,62}:[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# `\Z`, not `$`: `$` also matches before a trailing newline.
+ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+FEATURE_REF = re.compile(r"^[a-z][a-z0-9_]{0,62}:[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 DEFAULT_TOP_N = 20
 MAX_TOP_N = 500
 MAX_RECALL_QUOTA = 10_000

@@ -18,8 +18,11 @@ from recstack.registry.v1 import (
 
 from shared.errors import InvalidArgument, quoted
 
-ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-VERSION_NAME = re.compile(r"projects/([^/]+)/models/([^/]+)/versions/([1-9][0-9]{0,17})")
+# Matched with `fullmatch`: `$` would also accept a trailing newline.
+ID_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# Version numbers are stored as int32.
+MAX_VERSION = 2**31 - 1
+VERSION_NAME = re.compile(r"projects/([^/]+)/models/([^/]+)/versions/([1-9][0-9]{0,9})")
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,13 @@ STORED_KINDS = (*ALL_KINDS, MODEL_VERSION)
 def parse_version_name(name: str, field: str = "name") -> tuple[str, str, int]:
     """`(project, model_id, version)` of a ModelVersion name, or INVALID_ARGUMENT naming `field`."""
     match = VERSION_NAME.fullmatch(name)
-    if match is not None:
+    if match is not None and int(match.group(3)) <= MAX_VERSION:
         project, model_id, number = match.groups()
         return project, model_id, int(number)
     raise InvalidArgument(
         field,
         f"{name!r} is not a model version name; expected "
-        "'projects/{project}/models/{model}/versions/{version}' with a version of at least 1",
+        "'projects/{project}/models/{model}/versions/{version}' with a version of 1 to 2147483647",
     )
 
 
@@ -115,7 +118,7 @@ def parse_project(parent: str, field: str = "parent") -> str:
 
 
 def check_id(resource_id: str, field: str) -> None:
-    if not ID_PATTERN.match(resource_id):
+    if not ID_PATTERN.fullmatch(resource_id):
         raise InvalidArgument(
             field,
             f"{quoted(resource_id)} is not a valid id: use 1-63 characters of a-z, 0-9 and _, "

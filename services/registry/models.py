@@ -30,14 +30,8 @@ from recstack.registry.v1 import model_pb2
 
 from services.registry import validation
 from services.registry.adapters.deployer import DeployedModel, ModelDeployer, ModelLoadFailed
-from services.registry.adapters.repository import (
-    ResourceRepository,
-    StoredResource,
-    decode_version_token,
-    encode_version_token,
-)
+from services.registry.adapters.repository import ResourceRepository, StoredResource
 from services.registry.fg_check import FgConfigCheck, FgInputs, PinnedFeature, check_fg_config
-from services.registry.filtering import Condition, parse_filter
 from services.registry.kinds import (
     ENTITY,
     FEATURE_VIEW,
@@ -48,13 +42,7 @@ from services.registry.kinds import (
     parse_version_name,
 )
 from services.registry.preparation import ref, require_ref
-from services.registry.registry import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
-    Page,
-    UnitOfWork,
-    check_etag,
-)
+from services.registry.registry import UnitOfWork, check_etag
 from shared.errors import (
     Aborted,
     DeadlineExceeded,
@@ -63,6 +51,15 @@ from shared.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+)
+from shared.standard_methods import (
+    MAX_PAGE_SIZE,
+    Condition,
+    Page,
+    PageTokens,
+    list_page,
+    page_size,
+    parse_filter,
 )
 
 ModelVersion = model_pb2.ModelVersion
@@ -131,8 +128,10 @@ class ModelRegistry:
         settings: DeploymentSettings | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self._unit_of_work = unit_of_work
+        self._tokens = page_tokens or PageTokens()
         self._deployer = deployer
         self._fg_check = fg_check
         self._settings = settings or DeploymentSettings()
@@ -178,24 +177,27 @@ class ModelRegistry:
         with self._unit_of_work() as repo:
             return _require_version(repo, project, model_id, number).spec
 
-    def list(self, parent: str, page_size: int, page_token: str, filter_text: str) -> Page:
+    def list(self, parent: str, requested_size: int, page_token: str, filter_text: str) -> Page:
         project, model_id = MODEL.parse_name(parent, "parent")
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
+        size = page_size(requested_size)
         conditions = parse_filter(filter_text, ModelVersion.DESCRIPTOR)
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
-            before = decode_version_token(page_token) if page_token else None
-        except ValueError:
-            raise InvalidArgument("page_token", "is not a token from a previous response") from None
         with self._unit_of_work() as repo:
             _require_model(repo, project, model_id)
-            records = repo.list_versions_before(
-                MODEL_VERSION.key, project, model_id, before, size + 1, conditions
+            records, token = list_page(
+                lambda before, limit: repo.list_versions_before(
+                    MODEL_VERSION.key,
+                    project,
+                    model_id,
+                    None if before is None else int(before),
+                    limit,
+                    conditions,
+                ),
+                lambda record: str(record.version),
+                scope=f"{MODEL_VERSION.key}:{project}/{model_id}:{filter_text}",
+                size=size,
+                token=page_token,
+                tokens=self._tokens,
             )
-        more = len(records) > size
-        records = records[:size]
-        token = encode_version_token(records[-1].version) if more else ""
         return Page([record.spec for record in records], token)
 
     def update(self, spec: ModelVersion, mask_paths: Sequence[str]) -> ModelVersion:

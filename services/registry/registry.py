@@ -10,20 +10,13 @@ import enum
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from services.registry.adapters.repository import (
-    Change,
-    ResourceRepository,
-    StoredResource,
-    decode_page_token,
-    encode_page_token,
-)
-from services.registry.filtering import parse_filter
+from services.registry.adapters.repository import Change, ResourceRepository, StoredResource
 from services.registry.kinds import (
     DATA_SOURCE,
     EMBEDDING_MODEL,
@@ -47,13 +40,23 @@ from shared.errors import (
     NotFound,
     quoted,
 )
+from shared.standard_methods import (
+    MAX_PAGE_SIZE,
+    Page,
+    PageTokens,
+    copy_fields,
+    list_page,
+    page_size,
+    parse_filter,
+    update_paths,
+)
+from shared.standard_methods import check_etag as check_current_etag
 
 UnitOfWork = Callable[[], AbstractContextManager[ResourceRepository]]
-# Called after commit with (kind, stored record) for every version created or deleted.
-VersionListener = Callable[[str, StoredResource], None]
+# Called inside the unit of work, before it commits, with (kind, stored record, repository) for
+# every version created or deleted: what it writes commits with the change, or not at all.
+VersionListener = Callable[[str, StoredResource, ResourceRepository], None]
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 MAX_CHANGES = 1000
 OUTPUT_ONLY_FIELDS = frozenset(
     {"name", "version", "create_time", "update_time", "etag", "resolved_features"}
@@ -76,12 +79,6 @@ class Action(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Page:
-    items: list[Message]
-    next_page_token: str
-
-
-@dataclass(frozen=True)
 class Declared:
     """One resource of an apply: its kind, id and desired spec."""
 
@@ -97,10 +94,20 @@ class PlanStep:
     changed_fields: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Events:
-    created: list[tuple[str, StoredResource]] = field(default_factory=list)
-    deleted: list[tuple[str, StoredResource]] = field(default_factory=list)
+    """The listeners told of each version created or deleted, inside the unit of work."""
+
+    created: VersionListener | None = None
+    deleted: VersionListener | None = None
+
+    def on_created(self, kind: str, record: StoredResource, repo: ResourceRepository) -> None:
+        if self.created is not None:
+            self.created(kind, record, repo)
+
+    def on_deleted(self, kind: str, record: StoredResource, repo: ResourceRepository) -> None:
+        if self.deleted is not None:
+            self.deleted(kind, record, repo)
 
 
 class _DryRun(Exception):
@@ -120,12 +127,13 @@ class Registry:
         on_version_created: VersionListener | None = None,
         on_version_deleted: VersionListener | None = None,
         policy: DefinitionPolicy | None = None,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self._unit_of_work = unit_of_work
+        self._tokens = page_tokens or PageTokens()
         self._policy = policy or DefinitionPolicy()
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._on_created = on_version_created
-        self._on_deleted = on_version_deleted
+        self._events = _Events(on_version_created, on_version_deleted)
 
     # --- standard methods -------------------------------------------------------------
 
@@ -134,13 +142,12 @@ class Registry:
     ) -> Message:
         check_id(resource_id, f"{kind.key}_id")
         project = resource_id if kind.top_level else parse_project(parent)
-        events = _Events()
+        events = self._events
         with self._unit_of_work() as repo:
             if not kind.top_level:
                 _require(repo, PROJECT, project, project)
             writer = _Writer(repo, self._clock(), events, self._policy)
             record = writer.create(kind, project, resource_id, resource, write=not validate_only)
-        self._publish(events)
         return record.spec
 
     def get(self, kind: Kind, name: str, version: int = 0) -> Message:
@@ -151,22 +158,22 @@ class Registry:
             return present(kind, _require(repo, kind, project, resource_id, version).spec)
 
     def list(
-        self, kind: Kind, parent: str, page_size: int, page_token: str, filter_text: str
+        self, kind: Kind, parent: str, requested_size: int, page_token: str, filter_text: str
     ) -> Page:
         project = None if kind.top_level else parse_project(parent)
-        if page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
+        size = page_size(requested_size)
         conditions = parse_filter(filter_text, kind.message.DESCRIPTOR)
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
-            after = decode_page_token(page_token) if page_token else ""
-        except ValueError:
-            raise InvalidArgument("page_token", "is not a token from a previous response") from None
         with self._unit_of_work() as repo:
-            records = repo.list_latest(kind.key, project, after, size + 1, conditions)
-        more = len(records) > size
-        records = records[:size]
-        token = encode_page_token(records[-1].resource_id) if more else ""
+            records, token = list_page(
+                lambda after, limit: repo.list_latest(
+                    kind.key, project, after or "", limit, conditions
+                ),
+                lambda record: record.resource_id,
+                scope=f"{kind.key}:{project}:{filter_text}",
+                size=size,
+                token=page_token,
+                tokens=self._tokens,
+            )
         return Page([present(kind, record.spec) for record in records], token)
 
     def update(self, kind: Kind, resource: Message, mask_paths: list[str]) -> Message:
@@ -174,32 +181,30 @@ class Registry:
         if not name:
             raise InvalidArgument(f"{kind.key}.name", "is required")
         project, resource_id = kind.parse_name(name, f"{kind.key}.name")
-        paths = _update_paths(kind, resource, mask_paths)
-        events = _Events()
+        output_only = OUTPUT_ONLY_FIELDS | set(kind.state_fields)
+        paths = update_paths(resource.DESCRIPTOR, mask_paths, output_only, kind.key)
+        events = self._events
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id)
             check_etag(current, resource.etag, kind.key)
             desired = _copy(current.spec)
-            for path in paths:
-                _copy_field(resource, desired, path)
+            copy_fields(resource, desired, paths)
             record, _, _ = _Writer(repo, self._clock(), events, self._policy).update(
                 kind, current, desired
             )
-        self._publish(events)
         return record.spec
 
     def delete(self, kind: Kind, name: str, etag: str, version: int = 0) -> None:
         project, resource_id = kind.parse_name(name)
         if version < 0:
             raise InvalidArgument("version", "must not be negative")
-        events = _Events()
+        events = self._events
         with self._unit_of_work() as repo:
             current = _require(repo, kind, project, resource_id, version)
             check_etag(current, etag, kind.key)
             _Writer(repo, self._clock(), events, self._policy).delete(
                 kind, project, resource_id, version
             )
-        self._publish(events)
 
     # --- declarative apply ------------------------------------------------------------
 
@@ -210,7 +215,7 @@ class Registry:
         project = parse_project(parent)
         check_id(project, "parent")
         _check_declarations(declared)
-        events = _Events()
+        events = self._events
         try:
             with self._unit_of_work() as repo:
                 writer = _Writer(repo, self._clock(), events, self._policy)
@@ -219,7 +224,6 @@ class Registry:
                     raise _DryRun(steps)
         except _DryRun as dry_run:
             return dry_run.steps
-        self._publish(events)
         return steps
 
     def _apply_in(
@@ -266,17 +270,9 @@ class Registry:
             head = repo.head_revision()
         return found, found[-1].revision if found else since_revision, head
 
-    def _publish(self, events: _Events) -> None:
-        for kind, record in events.created:
-            if self._on_created is not None:
-                self._on_created(kind, record)
-        for kind, record in events.deleted:
-            if self._on_deleted is not None:
-                self._on_deleted(kind, record)
-
 
 class _Writer:
-    """Writes within one unit of work, recording version events for after the commit."""
+    """Writes within one unit of work, telling the version listeners as it goes."""
 
     def __init__(
         self, repo: ResourceRepository, now: datetime, events: _Events, policy: DefinitionPolicy
@@ -301,15 +297,14 @@ class _Writer:
             return record
         if not self._repo.insert(record):
             raise AlreadyExists(f"{kind.name(project, resource_id)} already exists")
-        self._events.created.append((kind.key, record))
+        self._events.on_created(kind.key, record, self._repo)
         return record
 
     def update(
         self, kind: Kind, current: StoredResource, desired: Message
     ) -> tuple[StoredResource, Action, tuple[str, ...]]:
         spec = _copy(desired)
-        for name in kind.state_fields:
-            _copy_field(current.spec, spec, name)
+        copy_fields(current.spec, spec, kind.state_fields)
         refs = prepare(self._repo, kind, current.project, spec, self._policy)
         changed = _changed_fields(current.spec, spec)
         if not changed:
@@ -325,7 +320,8 @@ class _Writer:
         record = _stamp(kind, record)
         if new_version:
             written = self._repo.insert(record)
-            self._events.created.append((kind.key, record))
+            if written:
+                self._events.on_created(kind.key, record, self._repo)
         else:
             written = self._repo.replace(record, current.etag)
         if not written:
@@ -359,7 +355,8 @@ class _Writer:
                     f"{', '.join(dependants[:10])}; delete those first",
                     reason="HAS_DEPENDANTS",
                 )
-        self._events.deleted += [(kind.key, record) for record in doomed]
+        for record in doomed:
+            self._events.on_deleted(kind.key, record, self._repo)
 
 
 def _require(
@@ -442,36 +439,4 @@ def _changed_fields(current: Message, desired: Message) -> tuple[str, ...]:
 
 
 def check_etag(current: StoredResource, etag: str, field_name: str) -> None:
-    if etag and etag != current.etag:
-        raise Aborted(
-            f"{field_name}.etag {quoted(etag)} is stale (current {quoted(current.etag)}): read it "
-            "again and retry",
-            reason="ETAG_MISMATCH",
-        )
-
-
-def _update_paths(kind: Kind, resource: Message, mask_paths: list[str]) -> list[str]:
-    fields = {descriptor.name for descriptor in resource.DESCRIPTOR.fields}
-    output_only = OUTPUT_ONLY_FIELDS | set(kind.state_fields)
-    paths = list(mask_paths) or sorted(fields - output_only)
-    for path in paths:
-        top = path.split(".")[0]
-        if top not in fields:
-            raise InvalidArgument("update_mask", f"{kind.key} has no field {quoted(path)}")
-        if top in output_only:
-            raise InvalidArgument("update_mask", f"{quoted(path)} is output only")
-    return paths
-
-
-def _copy_field(source: Message, target: Message, path: str) -> None:
-    top = path.split(".")[0]
-    descriptor = source.DESCRIPTOR.fields_by_name[top]
-    if descriptor.is_repeated:
-        target.ClearField(top)
-        getattr(target, top).MergeFrom(getattr(source, top))
-    elif descriptor.message_type is not None:
-        target.ClearField(top)
-        if source.HasField(top):
-            getattr(target, top).CopyFrom(getattr(source, top))
-    else:
-        setattr(target, top, getattr(source, top))
+    check_current_etag(current.etag, etag, field_name)

@@ -64,8 +64,6 @@ def create_server(settings: RegistrySettings, deps: RegistryDeps) -> tuple[Runni
             settings.credentials(), tuple(settings.embedding_endpoints), settings.file_roots()
         ),
     )
-    if tables is not None:
-        tables.bind(registry)
     deployer = deps.deployer or TritonDeployer(
         settings.triton_addr, load_timeout_s=settings.model_load_timeout_seconds
     )

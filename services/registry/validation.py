@@ -112,7 +112,7 @@ def validate_model_version(version: model_pb2.ModelVersion) -> None:
         window.end_time.ToDatetime() <= window.start_time.ToDatetime()
     ):
         raise InvalidArgument("model_version.training_window.end_time", "must be after start_time")
-    if version.trainer and not ID_PATTERN.match(version.trainer):
+    if version.trainer and not ID_PATTERN.fullmatch(version.trainer):
         raise InvalidArgument(
             "model_version.trainer", f"{version.trainer!r} must match {ID_PATTERN.pattern}"
         )
@@ -174,7 +174,7 @@ def _validate_fields(fields: list[feature_view_pb2.FeatureField], path: str) -> 
 def _require_identifier(value: str, field: str) -> None:
     if not value:
         raise InvalidArgument(field, "is required")
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise InvalidArgument(field, f"{quoted(value)} must match {ID_PATTERN.pattern}")
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from services.serving.produced import ProducedFields
 from shared.embeddings import TextEmbedder
-from shared.errors import InvalidArgument, quoted
+from shared.errors import DomainError, InvalidArgument, quoted
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore, ViewColumns, WriteResult
 from shared.values import proto_kind, type_name
@@ -99,6 +99,21 @@ class TypedValue:
 class RowInput:
     values: dict[str, TypedValue]
     event_time: datetime | None
+
+
+@dataclass(frozen=True)
+class PushBatch:
+    project: str
+    feature_view: str
+    version: int
+    rows: Sequence[RowInput]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    written: int
+    stale: int
+    batches: int
 
 
 class Observer(Protocol):
@@ -189,6 +204,24 @@ class FeatureServer:
         result = self._store.write(view, converted)
         self._observer.write(view, result, time.perf_counter() - started)
         return result
+
+    def push(self, batches: Iterable[PushBatch]) -> PushResult:
+        """Write each batch in turn (each atomic). A rejected batch writes nothing and ends the
+        push; its error says how many batches (and rows) before it were written."""
+        written = stale = count = 0
+        try:
+            for batch in batches:
+                result = self.write(batch.project, batch.feature_view, batch.version, batch.rows)
+                written, stale, count = written + result.written, stale + result.stale, count + 1
+        except DomainError as error:
+            error.message = (
+                f"batch {count + 1} was rejected and wrote nothing; the {count} batches before "
+                f"it were written ({written} rows): {error.message}"
+            )
+            error.args = (error.message,)
+            error.metadata.update(batches_written=str(count), rows_written=str(written))
+            raise
+        return PushResult(written, stale, count)
 
     # --- resolving refs -------------------------------------------------------------------
 

@@ -16,7 +16,13 @@ from recstack.common.v1 import value_pb2
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
-from services.serving.features import EntityKeys, FeatureServer, RowInput, TypedValue
+from services.serving.features import (
+    EntityKeys,
+    FeatureServer,
+    PushBatch,
+    RowInput,
+    TypedValue,
+)
 from services.serving.wire import encode_response
 from shared.values import from_proto
 
@@ -72,13 +78,13 @@ class FeatureServingServicer(serving_service_pb2_grpc.FeatureServingServiceServi
     def PushFeatures(
         self, request_iterator: Iterator[pb.PushFeaturesRequest], context: grpc.ServicerContext
     ) -> pb.PushFeaturesResponse:
-        written = stale = batches = 0
-        for batch in request_iterator:
-            result = self._features.write(
-                batch.project, batch.feature_view, batch.version, _rows(batch.rows)
-            )
-            written, stale, batches = written + result.written, stale + result.stale, batches + 1
-        return pb.PushFeaturesResponse(rows_written=written, rows_stale=stale, batches=batches)
+        result = self._features.push(
+            PushBatch(batch.project, batch.feature_view, batch.version, _rows(batch.rows))
+            for batch in request_iterator
+        )
+        return pb.PushFeaturesResponse(
+            rows_written=result.written, rows_stale=result.stale, batches=result.batches
+        )
 
 
 def _serialize(response: bytes | Message) -> bytes:

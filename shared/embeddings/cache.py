@@ -17,16 +17,14 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 import psycopg
-import psycopg_pool
 from psycopg import errors
-from psycopg_pool import ConnectionPool
 
 from shared.db import to_libpq
 from shared.errors import FailedPrecondition, Unavailable
+from shared.pg_pool import ResilientPool
 
 SCHEMA = "embeddings"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-POOL_WAIT_SECONDS = 10.0
 VECTOR_DTYPE = np.dtype("<f4")
 
 _GET = (
@@ -96,20 +94,19 @@ class PostgresEmbeddingCache:
     def __init__(self, conninfo: str, *, max_size: int = 8) -> None:
         if "://" in conninfo:
             conninfo = to_libpq(conninfo)
-        self._pool = ConnectionPool(
+        self._pool = ResilientPool(
             conninfo,
             min_size=1,
             max_size=max_size,
             kwargs={"autocommit": True},
-            open=True,
             name="embedding-cache",
+            what="embedding-cache",
         )
 
     def get(self, model_key: str, hashes: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         if not hashes:
             return {}
-        with self._connection() as conn:
-            rows = conn.execute(_GET, (model_key, list(hashes)), binary=True).fetchall()
+        rows = self._pool.retrying(lambda: self._get(model_key, hashes))
         return {bytes(text_hash): from_bytes(vector) for text_hash, vector in rows}
 
     def put(self, model_key: str, vectors: Mapping[bytes, np.ndarray]) -> None:
@@ -117,6 +114,13 @@ class PostgresEmbeddingCache:
             return
         hashes = sorted(vectors)
         payload = [to_bytes(vectors[text_hash]) for text_hash in hashes]
+        self._pool.retrying(lambda: self._put(model_key, hashes, payload))
+
+    def _get(self, model_key: str, hashes: Sequence[bytes]) -> list[Any]:
+        with self._connection() as conn:
+            return conn.execute(_GET, (model_key, list(hashes)), binary=True).fetchall()
+
+    def _put(self, model_key: str, hashes: list[bytes], payload: list[bytes]) -> None:
         with self._connection() as conn:
             conn.execute(_PUT, (model_key, hashes, payload))
 
@@ -137,14 +141,8 @@ class PostgresEmbeddingCache:
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self._pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
+            with self._pool.connection() as conn:
                 yield conn
-        except psycopg_pool.PoolTimeout as exc:
-            raise Unavailable(
-                f"no embedding-cache database connection within {POOL_WAIT_SECONDS:g}s: the "
-                "database is down or every pooled connection is busy",
-                reason="EMBEDDING_CACHE_UNAVAILABLE",
-            ) from exc
         except errors.UndefinedTable as exc:
             raise FailedPrecondition(
                 "the embedding cache table embeddings.text_embeddings does not exist: run "
@@ -153,8 +151,7 @@ class PostgresEmbeddingCache:
                 "--schema embeddings`",
                 reason="EMBEDDING_CACHE_NOT_MIGRATED",
             ) from exc
-        except psycopg.OperationalError as exc:
-            raise Unavailable(
-                f"embedding-cache database connection failed: {exc}",
-                reason="EMBEDDING_CACHE_UNAVAILABLE",
-            ) from exc
+        except Unavailable as exc:
+            # ConnectionLost included: `retrying` still sees it for what it is.
+            exc.reason = "EMBEDDING_CACHE_UNAVAILABLE"
+            raise

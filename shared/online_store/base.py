@@ -33,11 +33,12 @@ class ViewColumns:
 
 
 class OnlineStore(Protocol):
-    def ensure_table(self, view: ViewSchema) -> None:
-        """Create the view version's table if it does not exist."""
+    def ensure_table(self, view: ViewSchema, within: Any = None) -> None:
+        """Create the view version's table if it does not exist; `within`, an open
+        transaction of the store's database, makes it part of that transaction."""
         ...
 
-    def drop_table(self, view: ViewSchema) -> None: ...
+    def drop_table(self, view: ViewSchema, within: Any = None) -> None: ...
 
     def retain_keys(self, view: ViewSchema, keys: Sequence[Any]) -> int:
         """Delete the rows of every key not in `keys` at once (an overwriting publish)."""

@@ -10,29 +10,27 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
-import psycopg_pool
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
-from shared.errors import Aborted, NotFound, Unavailable
+from shared.errors import NotFound
 from shared.feature_views import ViewSchema
 from shared.online_store import statements
 from shared.online_store.base import Row, Scan, ViewColumns, WriteResult
 from shared.online_store.bulk import LoadData, PreparedLoad, prepare
 from shared.online_store.statements import SCHEMA
-from shared.request_context import seconds_remaining
+from shared.pg_pool import ResilientPool
 
 __all__ = ["SCHEMA", "PostgresOnlineStore"]
 
-POOL_WAIT_SECONDS = 5.0
+T = TypeVar("T")
 # Distinct read shapes (views x features) kept rendered; past this the cache starts over.
 MAX_READ_PLANS = 10_000
 ReadRequests = Sequence[tuple[ViewSchema, Sequence[str]]]
@@ -48,7 +46,7 @@ class _ReadPlan:
 
 class PostgresOnlineStore:
     def __init__(self, conninfo: str, *, min_size: int = 2, max_size: int = 10) -> None:
-        self._pool = ConnectionPool(
+        self._pool = ResilientPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
@@ -56,8 +54,8 @@ class PostgresOnlineStore:
             # once per connection.
             kwargs={"autocommit": True, "prepare_threshold": 0},
             configure=_configure,
-            open=True,
             name="online-store",
+            what="online-store",
         )
         self._ensured: set[str] = set()
         self._lock = threading.Lock()
@@ -80,9 +78,21 @@ class PostgresOnlineStore:
         with self._connection() as conn:
             conn.execute("SELECT 1")
 
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        return self._pool.retrying(operation)
+
     # --- DDL -----------------------------------------------------------------------------
 
-    def ensure_table(self, view: ViewSchema) -> None:
+    def ensure_table(self, view: ViewSchema, within: Any = None) -> None:
+        if within is not None:
+            # Part of the caller's transaction (a registry write): it commits or rolls back
+            # with it, so nothing is cached until then.
+            within.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (view.table_name,))
+            within.execute(statements.create_table(view))
+            return None
+        return self._retrying(lambda: self._ensure_table(view))
+
+    def _ensure_table(self, view: ViewSchema) -> None:
         """Create the view version's table if missing (idempotent, safe to race)."""
         if view.table_name in self._ensured:
             return
@@ -93,7 +103,15 @@ class PostgresOnlineStore:
         with self._lock:
             self._ensured.add(view.table_name)
 
-    def drop_table(self, view: ViewSchema) -> None:
+    def drop_table(self, view: ViewSchema, within: Any = None) -> None:
+        if within is not None:
+            within.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(statements.table(view)))
+            with self._lock:
+                self._ensured.discard(view.table_name)
+            return None
+        return self._retrying(lambda: self._drop_table(view))
+
+    def _drop_table(self, view: ViewSchema) -> None:
         """Drop the version's table; only `project`, `name` and `version` of `view` matter."""
         with self._connection() as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(statements.table(view)))
@@ -101,6 +119,9 @@ class PostgresOnlineStore:
             self._ensured.discard(view.table_name)
 
     def retain_keys(self, view: ViewSchema, keys: Sequence[Any]) -> int:
+        return self._retrying(lambda: self._retain_keys(view, keys))
+
+    def _retain_keys(self, view: ViewSchema, keys: Sequence[Any]) -> int:
         """Delete every row whose key is not in `keys`, in one statement; returns rows deleted."""
         self.ensure_table(view)
         statement = sql.SQL("DELETE FROM {} WHERE NOT ({} = ANY(%s))").format(
@@ -112,6 +133,9 @@ class PostgresOnlineStore:
     # --- writes --------------------------------------------------------------------------
 
     def write(self, view: ViewSchema, rows: Sequence[Row]) -> WriteResult:
+        return self._retrying(lambda: self._write(view, rows))
+
+    def _write(self, view: ViewSchema, rows: Sequence[Row]) -> WriteResult:
         """A real-time batch: rows → session staging table → one upsert, one transaction."""
         if not rows:
             return WriteResult(0, 0)
@@ -133,6 +157,9 @@ class PostgresOnlineStore:
         return WriteResult(written=written, stale=len(rows) - written)
 
     def bulk_load(self, view: ViewSchema, data: LoadData) -> WriteResult:
+        return self._retrying(lambda: self._bulk_load(view, data))
+
+    def _bulk_load(self, view: ViewSchema, data: LoadData) -> WriteResult:
         """A large load (an Arrow table, or rows) in one transaction, near COPY speed.
 
         Columns are the view's join key, its features and `event_ts`, matched by name for
@@ -193,6 +220,9 @@ class PostgresOnlineStore:
     # --- reads ---------------------------------------------------------------------------
 
     def read(self, requests: ReadRequests, keys: Sequence[Any]) -> list[ViewColumns]:
+        return self._retrying(lambda: self._read(requests, keys))
+
+    def _read(self, requests: ReadRequests, keys: Sequence[Any]) -> list[ViewColumns]:
         """Each view's features for `keys` (in key order, NULL where absent), one round trip."""
         plan = self._read_plans.get(_plan_key(requests))
         if plan is None:
@@ -242,6 +272,9 @@ class PostgresOnlineStore:
                 self._ensured.discard(view.table_name)
 
     def scan(self, view: ViewSchema, features: Sequence[str]) -> tuple[list[Any], ViewColumns]:
+        return self._retrying(lambda: self._scan(view, features))
+
+    def _scan(self, view: ViewSchema, features: Sequence[str]) -> tuple[list[Any], ViewColumns]:
         self.ensure_table(view)
         with self._connection() as conn:
             rows = conn.execute(statements.scan(view, features), binary=True).fetchall()
@@ -253,6 +286,11 @@ class PostgresOnlineStore:
         return keys, ViewColumns(values, [row[-1] for row in rows])
 
     def scan_since(self, view: ViewSchema, features: Sequence[str], since: datetime | None) -> Scan:
+        return self._retrying(lambda: self._scan_since(view, features, since))
+
+    def _scan_since(
+        self, view: ViewSchema, features: Sequence[str], since: datetime | None
+    ) -> Scan:
         self.ensure_table(view)
         query = statements.scan_since(view, features, since is not None)
         with self._connection() as conn, conn.transaction():
@@ -267,30 +305,8 @@ class PostgresOnlineStore:
 
     # --- helpers -------------------------------------------------------------------------
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        # Waiting for a pooled connection longer than the request may still run is wasted.
-        remaining = seconds_remaining()
-        timeout = POOL_WAIT_SECONDS if remaining is None else min(POOL_WAIT_SECONDS, remaining)
-        try:
-            conn = self._pool.getconn(timeout=timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            raise Unavailable(
-                f"no online-store connection within {timeout:.1f}s: the database is down or "
-                "every pooled connection is busy (RECSTACK_DB_POOL_SIZE)"
-            ) from exc
-        # getconn/putconn rather than `pool.connection()`: the hot read saves ~6 us, and the
-        # pool still rolls back and checks (or replaces) a connection returned mid-transaction
-        # or broken.
-        try:
-            yield conn
-        except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
-            # Both subclass OperationalError: caught first, they are conflicts, not outages.
-            raise Aborted(f"concurrent online-store write conflict; retry: {exc}") from exc
-        except psycopg.OperationalError as exc:
-            raise Unavailable(f"online store database connection failed: {exc}") from exc
-        finally:
-            self._pool.putconn(conn)
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._pool.connection()
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

@@ -111,7 +111,11 @@ class SettingsRepo:
         self.s.settings[(settings.project, settings.feature_view)] = copy.deepcopy(settings)
 
     def due(self, now):
-        return [copy.deepcopy(s) for s in self.s.settings.values() if s.recurrence]
+        return [
+            copy.deepcopy(s)
+            for s in self.s.settings.values()
+            if s.recurrence and not s.schedule_error
+        ]
 
 
 class World:
@@ -344,3 +348,52 @@ def test_incremental_publish_skips_keys_of_the_previous_partition():
     assert task.stores == (Store.ONLINE,)
     with pytest.raises(InvalidArgument):
         world.materializer.publish(VIEW, "April 5", PublishMode.MERGE, True)
+
+
+def test_online_bootstrap_follows_the_offline_timeline_row_by_row():
+    """The Azure document's online-bootstrap table, one assertion per row: online enabled
+    after offline, the online store NONE everywhere, one online backfill over all four days."""
+    world = World(online=True, offline=True)
+    world.seed(Store.OFFLINE, (day(2), day(3), INC), (day(3), day(4), P), (day(4), day(5), C))
+    jobs = world.materializer.backfill(VIEW, day(1), day(5), [], [Store.ONLINE])
+    world.runner.run_pending()
+    reads = {(t.window.start, t.window.end): t.source.path for t in world.engine_calls}
+    # Rows 1-2, offline NONE and INCOMPLETE: computed from the source (one job, adjacent).
+    assert reads[(day(1), day(3))] == "/src"
+    # Row 3, offline PENDING: no job was submitted, the online store stays NONE there.
+    assert not any(j.window.start < day(4) and j.window.end > day(3) for j in jobs)
+    # Row 4, offline COMPLETE: copied from the offline store, the source is not read.
+    assert reads[(day(4), day(5))] == "/offline/p/clicks/v1"
+    assert len(jobs) == 2 and all(j.stores == (Store.ONLINE,) for j in jobs)
+    assert world.timeline(Store.ONLINE) == [
+        (day(1), day(3), C),
+        (day(3), day(4), N),
+        (day(4), day(5), C),
+    ]
+
+
+def test_a_schedule_that_cannot_compute_its_window_is_marked_failed_and_the_others_run():
+    world = World(online=False, offline=True)
+    daily = Recurrence(Frequency.DAY, 1, day(8, 0))
+    # Stored before the 100-year bound existed: every window of it is before year 1.
+    world.state.settings[("p", "clicks")] = Settings(
+        "p", "clicks", offline_enabled=True, recurrence=daily, source_delay=timedelta(days=3652500)
+    )
+    world.state.settings[("p", "other")] = Settings(
+        "p", "other", offline_enabled=True, recurrence=daily
+    )
+    world.runner.run_pending()
+    failed = world.materializer.get_settings(VIEW)
+    assert "outside years 1-9999" in failed.schedule_error
+    assert failed.schedule_error_time == world.now
+    others = [j for j in world.state.jobs.values() if j.feature_view == "other"]
+    assert [j.state for j in others] == [JobState.SUCCEEDED] * 3
+    assert not [j for j in world.state.jobs.values() if j.feature_view == "clicks"]
+    # Skipped from then on, until an update clears it.
+    world.now += timedelta(days=1)
+    world.runner.run_pending()
+    assert not [j for j in world.state.jobs.values() if j.feature_view == "clicks"]
+    updated = world.materializer.update_settings(
+        Settings("p", "clicks", offline_enabled=True, recurrence=daily), "", ["source_delay"]
+    )
+    assert updated.schedule_error == "" and updated.schedule_error_time is None

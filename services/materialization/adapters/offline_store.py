@@ -2,13 +2,19 @@
 
 Each file is written under a temporary name and then moved into place, so a reader never
 sees half a file. Before a job writes a window it clears that window's rows, so rerunning a
-job (or backfilling a window again) never duplicates events. Paths go through pyarrow's
+job (or backfilling a window again) never duplicates events. Jobs of one view may run at once
+over adjacent windows that share a day's partition: clearing rewrites that partition's files,
+so it holds the partition's lock (per view version and day; across replicas when `locks` is
+a database lock), and each job writes files of its own. Paths go through pyarrow's
 filesystem layer, so an object-store URI works as well as a local directory.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 
 import pyarrow as pa
@@ -23,8 +29,27 @@ PARTITION = "ds"
 EVENT_TS = "event_ts"
 
 
+PartitionLocks = Callable[[str], AbstractContextManager[None]]
+
+
+class LocalLocks:
+    """Partition locks of one process (tests, a single replica)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+
 class ParquetOfflineStore:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, locks: PartitionLocks | None = None) -> None:
+        self._locks = locks or LocalLocks()
         self.uri = uri
         self._fs, self._root = pafs.FileSystem.from_uri(uri)
         # Paths handed to readers keep the store's scheme (s3://…); local paths stay plain.
@@ -54,8 +79,10 @@ class ParquetOfflineStore:
         removed = 0
         day = window.start.date()
         while day <= (window.end - timedelta(microseconds=1)).date():
-            for path in self._files(self._partition(view, day.isoformat())):
-                removed += self._remove_rows(path, window)
+            partition = self._partition(view, day.isoformat())
+            with self._locks(partition):
+                for path in self._files(partition):
+                    removed += self._remove_rows(path, window)
             day += timedelta(days=1)
         return removed
 

@@ -95,6 +95,8 @@ settings_table = sa.Table(
     sa.Column("source_delay_seconds", sa.Float),
     sa.Column("last_trigger_time", sa.DateTime(timezone=True)),
     sa.Column("etag", sa.Text),
+    sa.Column("schedule_error", sa.Text),
+    sa.Column("schedule_error_time", sa.DateTime(timezone=True)),
 )
 
 
@@ -239,7 +241,9 @@ class PostgresSettings:
         query = (
             sa.select(settings_table)
             .where(
-                settings_table.c.frequency.is_not(None), settings_table.c.recurrence_start <= now
+                settings_table.c.frequency.is_not(None),
+                settings_table.c.recurrence_start <= now,
+                settings_table.c.schedule_error == "",
             )
             .with_for_update(skip_locked=True)
         )
@@ -339,6 +343,8 @@ def _settings_row(settings: Settings) -> dict[str, object]:
         "source_delay_seconds": settings.source_delay.total_seconds(),
         "last_trigger_time": settings.last_trigger_time,
         "etag": settings.etag,
+        "schedule_error": settings.schedule_error,
+        "schedule_error_time": settings.schedule_error_time,
     }
 
 
@@ -357,4 +363,6 @@ def _settings(row: sa.Row) -> Settings:
         source_delay=timedelta(seconds=row.source_delay_seconds),
         last_trigger_time=row.last_trigger_time,
         etag=row.etag,
+        schedule_error=row.schedule_error,
+        schedule_error_time=row.schedule_error_time,
     )

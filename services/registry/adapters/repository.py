@@ -6,22 +6,21 @@ lists the resources a row depends on, so dependency checks are one indexed query
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql
 
-from services.registry.filtering import Condition
-from services.registry.kinds import ID_PATTERN, STORED_KINDS
+from services.registry.kinds import STORED_KINDS
 from shared.db import transaction
+from shared.standard_methods import Condition
 
 KINDS_BY_KEY = {kind.key: kind for kind in STORED_KINDS}
 
@@ -104,6 +103,9 @@ class ResourceRepository(Protocol):
     def dependants(self, ref: str) -> list[str]: ...
     def changes_since(self, revision: int, limit: int) -> list[Change]: ...
     def head_revision(self) -> int: ...
+    def transaction(self) -> Any:
+        """The open transaction writes elsewhere in the database can join (None: none)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -117,31 +119,6 @@ class Change:
 def stored_name(kind: str, project: str, resource_id: str, version: int) -> str:
     """The resource name of one stored row (a child kind's name includes its number)."""
     return KINDS_BY_KEY[kind].name(project, resource_id, version)
-
-
-def encode_version_token(last_version: int) -> str:
-    return base64.urlsafe_b64encode(f"version:{last_version}".encode()).decode()
-
-
-def decode_version_token(token: str) -> int:
-    """The last version number of the previous page; ValueError for a foreign token."""
-    text = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    prefix, _, number = text.partition(":")
-    if prefix != "version" or not number.isdigit():
-        raise ValueError(f"not a page token: {token!r}")
-    return int(number)
-
-
-def encode_page_token(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode()
-
-
-def decode_page_token(token: str) -> str:
-    """The last id of the previous page; ValueError for anything this server did not issue."""
-    last_id = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    if not ID_PATTERN.fullmatch(last_id):
-        raise ValueError(f"not a page token: {token!r}")
-    return last_id
 
 
 class PostgresResourceRepository:
@@ -289,6 +266,11 @@ class PostgresResourceRepository:
             revision = self._connection.execute(revision_sequence.next_value()).scalar_one()
             self._log_change(revision, kind, project, resource_id, version or 0)
         return deleted
+
+    def transaction(self) -> Any:
+        """The unit of work's open psycopg connection, for writes to the same database (the
+        online tables of feature-view versions) that must commit with the registry's."""
+        return self._connection.connection.driver_connection
 
     def head_revision(self) -> int:
         query = sa.select(sa.func.coalesce(sa.func.max(changes.c.revision), 0))
