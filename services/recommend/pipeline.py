@@ -28,6 +28,7 @@ from shared.values import VT
 
 if TYPE_CHECKING:
     from services.recommend.item_cache import ItemTable
+    from services.recommend.recall.vector_index import VectorIndexes
     from services.recommend.user_features import UserFeatureReader
     from shared.model_server import ModelServer
 
@@ -235,6 +236,13 @@ class Definitions(Protocol):
         ...
 
 
+def _vector_indexes() -> VectorIndexes:
+    # Imported here: the index module builds on this one (ItemSource).
+    from services.recommend.recall.vector_index import VectorIndexes
+
+    return VectorIndexes()
+
+
 @dataclass(frozen=True)
 class StageDeps:
     items: ItemSource
@@ -243,6 +251,8 @@ class StageDeps:
     definitions: Definitions
     # Shared by every scene's rank stage: one server outage, one backoff.
     model_breaker: ModelBreaker = field(default_factory=ModelBreaker)
+    # The vector recalls' indexes, shared by every scene of the service.
+    vectors: VectorIndexes = field(default_factory=_vector_indexes)
 
 
 @dataclass(frozen=True)

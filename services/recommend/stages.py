@@ -23,12 +23,16 @@ from services.recommend.pipeline import (
     UserFeatures,
 )
 from services.recommend.rank import model
-from services.recommend.recall import popularity
+from services.recommend.recall import category_affinity, item_to_item, popular, popularity, vector
 from services.recommend.rerank import boost, category_diversity, mmr, stock, top_n
 from shared.errors import FailedPrecondition, NotFound
 
 BUILTIN_STAGES: tuple[StageType, ...] = (
     popularity.STAGE,
+    popular.STAGE,
+    vector.STAGE,
+    item_to_item.STAGE,
+    category_affinity.STAGE,
     exclude_items.STAGE,
     already_seen.STAGE,
     item_state.STAGE,

@@ -1,0 +1,191 @@
+"""Recall `item_to_item`: items similar to the user's recent ones, from precomputed lists.
+
+params:
+- `feature_view`: an item view holding each item's similar items (e.g. the MovieLens
+  `item_similar`, computed by a materialization job from co-rating);
+- `items_feature` (default `similar_items`): their ids, ARRAY<INT64> or ARRAY<STRING>, best
+  first; `scores_feature` (default `similar_scores`): their similarities, ARRAY<DOUBLE>;
+- `user_history`: a user ARRAY<INT64|STRING> feature of recent item ids, newest first;
+- `history_length` (default 50): how many of the newest history items are expanded;
+- `recency_decay` (default 1, in (0, 1]): the i-th newest item's lists weigh decay^i.
+
+An item's score is the sum, over the expanded history items listing it, of its similarity
+times that item's weight; items of the history itself are left out; ties go by item id. A
+history item without a list (a cold item) adds nothing; a user without history gets nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from services.recommend.item_cache import ItemTable
+from services.recommend.pipeline import (
+    ITEM_ID,
+    BuildContext,
+    ItemSource,
+    StageKind,
+    StageRequest,
+    StageSettings,
+    StageType,
+)
+from services.recommend.recall.history import recent_items
+from services.recommend.recall.params import Params
+from shared.errors import FailedPrecondition
+from shared.values import VT
+
+PARAMS = (
+    "feature_view",
+    "items_feature",
+    "scores_feature",
+    "user_history",
+    "history_length",
+    "recency_decay",
+)
+ID_LISTS = frozenset({VT.VALUE_TYPE_INT64_LIST, VT.VALUE_TYPE_STRING_LIST})
+SCORE_LISTS = frozenset({VT.VALUE_TYPE_DOUBLE_LIST, VT.VALUE_TYPE_FLOAT_LIST})
+Decoded = tuple[np.ndarray, np.ndarray]
+
+
+class ItemToItemRecall:
+    def __init__(
+        self,
+        items: ItemSource,
+        project: str,
+        quota: int,
+        *,
+        feature_view: str,
+        items_feature: str,
+        scores_feature: str,
+        user_history: str,
+        history_length: int,
+        recency_decay: float,
+    ) -> None:
+        self._items = items
+        self._project = project
+        self._quota = quota
+        self._view = feature_view
+        self._items_feature = items_feature
+        self._scores_feature = scores_feature
+        self._history = user_history
+        self._history_length = history_length
+        self._decay = recency_decay
+        # The current table's lists, decoded as requests reach them (tables never change).
+        self._decoded: tuple[ItemTable, dict[int, Decoded]] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def user_refs(self) -> tuple[str, ...]:
+        return (self._history,)
+
+    def recall(self, request: StageRequest) -> Sequence[str]:
+        history = recent_items(request, self._history)
+        if not history:
+            return []
+        table = self._items.table(self._project, self._view)
+        rows = table.rows(history[: self._history_length])
+        lists = self._lists(table, rows[rows >= 0])
+        weights = self._decay ** np.flatnonzero(rows >= 0)
+        parts = [
+            (ids, scores * weight) for (ids, scores), weight in zip(lists, weights, strict=True)
+        ]
+        parts = [(ids, scores) for ids, scores in parts if len(ids)]
+        if not parts:
+            return []
+        candidates, inverse = np.unique(
+            np.concatenate([ids for ids, _ in parts]), return_inverse=True
+        )
+        totals = np.bincount(inverse, weights=np.concatenate([s for _, s in parts]))
+        fresh = ~np.isin(candidates, np.asarray(history, dtype=str))
+        candidates, totals = candidates[fresh], totals[fresh]
+        order = np.lexsort((candidates, -totals))[: self._quota]
+        return candidates[order].tolist()
+
+    def _lists(self, table: ItemTable, rows: np.ndarray) -> list[Decoded]:
+        decoded = self._decoded_of(table)
+        missing = [int(row) for row in rows if int(row) not in decoded]
+        if missing:
+            index = np.asarray(missing, dtype=np.int64)
+            ids = table.column(self._items_feature, index)
+            scores = table.column(self._scores_feature, index)
+            for row, row_ids, row_scores in zip(missing, ids, scores, strict=True):
+                decoded[row] = _decode(row_ids, row_scores)
+        return [decoded[int(row)] for row in rows]
+
+    def _decoded_of(self, table: ItemTable) -> dict[int, Decoded]:
+        current = self._decoded
+        if current is not None and current[0] is table:
+            return current[1]
+        _check_types(table, self._items_feature, self._scores_feature)
+        with self._lock:
+            self._decoded = (table, {})
+            return self._decoded[1]
+
+
+def _decode(ids: Any, scores: Any) -> Decoded:
+    """One item's list as (ids as text, scores); a missing score counts 0, a list without
+    scores counts 1 for each item."""
+    if ids is None:
+        return np.empty(0, dtype=str), np.empty(0)
+    names = np.asarray([str(item) for item in ids if item is not None], dtype=str)
+    if scores is None:
+        return names, np.ones(len(names))
+    values = np.asarray([0.0 if s is None else float(s) for s in scores], dtype=np.float64)
+    count = min(len(names), len(values))
+    return names[:count], np.nan_to_num(values[:count], nan=0.0)
+
+
+def _check_types(table: ItemTable, items_feature: str, scores_feature: str) -> None:
+    declared = {feature.name: feature.value_type for feature in table.view.features}
+    for feature, allowed, what in (
+        (items_feature, ID_LISTS, "ARRAY<INT64> or ARRAY<STRING>"),
+        (scores_feature, SCORE_LISTS, "ARRAY<DOUBLE> or ARRAY<FLOAT>"),
+    ):
+        if feature not in declared:
+            raise FailedPrecondition(
+                f"feature view {table.view.name!r} has no feature {feature!r}; it has "
+                f"{sorted(declared)}",
+                reason="FEATURE_NOT_FOUND",
+            )
+        if declared[feature] not in allowed:
+            raise FailedPrecondition(
+                f"feature {table.view.name}:{feature} is {VT.Name(declared[feature])}; "
+                f"item_to_item needs {what}",
+                reason="FEATURE_TYPE_MISMATCH",
+            )
+
+
+def _read(settings: StageSettings, path: str) -> dict[str, Any]:
+    params = Params(settings.params, path)
+    params.only(PARAMS)
+    return {
+        "feature_view": params.view("feature_view"),
+        "items_feature": params.string("items_feature", "similar_items"),
+        "scores_feature": params.string("scores_feature", "similar_scores"),
+        "user_history": params.ref("user_history"),
+        "history_length": params.integer("history_length", 50, 1, 1000),
+        "recency_decay": params.number("recency_decay", 1.0, 1e-6, 1.0),
+    }
+
+
+def build(settings: StageSettings, context: BuildContext) -> ItemToItemRecall:
+    return ItemToItemRecall(
+        context.deps.items, context.scene.project, settings.quota, **_read(settings, "recall")
+    )
+
+
+def check(settings: StageSettings, path: str) -> None:
+    _read(settings, path)
+
+
+STAGE = StageType(
+    StageKind.RECALL,
+    "item_to_item",
+    build,
+    produces=frozenset({ITEM_ID}),
+    check=check,
+    item_views=lambda settings: [settings.params["feature_view"]],
+)
