@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.feature_generator import FeatureConfigError, FeatureGenerator
+from training.embeddings import fg_entry
 from training.samples import SampleConfig
 
 
@@ -65,6 +66,14 @@ class GbdtConfig(Strict):
     min_child_samples: int = Field(default=20, ge=1)
 
 
+class ItemEmbeddingsConfig(Strict):
+    """Write the trained dnn's embedding row of every item (see `training.embeddings`)."""
+
+    # The FG id feature of the item whose embedding table is exported.
+    feature: str = "item_id"
+    output: Path
+
+
 class TrainingConfig(Strict):
     project: str
     model: str
@@ -82,6 +91,7 @@ class TrainingConfig(Strict):
     timestamp_column: str = "event_ts"
     dnn: DnnConfig = DnnConfig()
     gbdt: GbdtConfig = GbdtConfig()
+    item_embeddings: ItemEmbeddingsConfig | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -95,6 +105,8 @@ class TrainingConfig(Strict):
             raise ValueError("the dnn trainer has two heads: labels needs probs_ctr and probs_cvr")
         if not self.labels:
             raise ValueError("labels must name at least one output")
+        if self.item_embeddings is not None and self.trainer != "dnn":
+            raise ValueError("item_embeddings: only a dnn learns item embeddings")
         return self
 
     @property
@@ -120,6 +132,9 @@ def load(path: Path) -> TrainingConfig:
     for key in ("fg", "train_rows", "test_rows"):
         if isinstance(raw.get(key), str):
             raw[key] = base / raw[key]
+    embeddings = raw.get("item_embeddings")
+    if isinstance(embeddings, dict) and isinstance(embeddings.get("output"), str):
+        embeddings["output"] = base / embeddings["output"]
     samples = raw.get("samples")
     if isinstance(samples, dict) and isinstance(samples.get("interactions"), str):
         samples["interactions"] = base / samples["interactions"]
@@ -137,4 +152,9 @@ def load(path: Path) -> TrainingConfig:
         raise ConfigError(f"{path}: fg {config.fg}: {exc}") from None
     except FeatureConfigError as exc:
         raise ConfigError(f"{config.fg}: {exc}") from None
+    if config.item_embeddings is not None:
+        try:
+            fg_entry(config.fg_config, config.item_embeddings.feature)
+        except FeatureConfigError as exc:
+            raise ConfigError(f"{path}: item_embeddings.feature: {exc}") from None
     return config

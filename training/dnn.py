@@ -230,6 +230,15 @@ def predict(
     return {"probs_ctr": np.concatenate(ctr), "probs_cvr": np.concatenate(cvr)}
 
 
+def embedding_rows(model: DinEsmm, table: str, rows: np.ndarray) -> np.ndarray:
+    """Rows of the embedding table `table`, [len(rows), width] float32; index -1 ("no value")
+    is the zero vector, as in the forward pass."""
+    weights = model.tables[table].weight.detach().numpy()
+    vectors = weights[np.clip(rows, 0, None)].astype(np.float32)
+    vectors[rows < 0] = 0.0
+    return vectors
+
+
 def to_onnx(model: DinEsmm, example: Mapping[str, np.ndarray]) -> bytes:
     """The model as ONNX bytes with inputs named after the FG outputs and a dynamic batch."""
     buffer = io.BytesIO()

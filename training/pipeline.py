@@ -29,7 +29,7 @@ from shared.feature_generator import (
     TensorSpec,
     bind_inputs,
 )
-from training import evaluate, samples
+from training import embeddings, evaluate, samples
 from training.config import TrainingConfig
 from training.data import FeatureColumns, SnapshotLookup, labels
 
@@ -78,6 +78,8 @@ class TrainedModel:
     metrics: dict[str, float]
     window: tuple[datetime, datetime]
     timings: dict[str, float] = field(default_factory=dict)
+    # The item embeddings file written (config `item_embeddings`), and how many items.
+    item_embeddings: Path | None = None
     # A few test rows' FG outputs, for Triton's warm-up and the deployment check.
     sample: dict[str, np.ndarray] = field(default_factory=dict)
     sample_scores: dict[str, np.ndarray] = field(default_factory=dict)
@@ -148,6 +150,7 @@ def train(
         trainer.fit(generated[0], train_labels)
     predicted = trainer.predict(generated[1])
     item_key = services.entity_key(config.project, config.item_entity).feature
+    embeddings_path = _write_item_embeddings(config, trainer, tables, item_key, log)
     test_clicked = test_labels.get(evaluate.CLICK_OUTPUT, next(iter(test_labels.values())))
     model_scores = {}
     for output in config.labels:
@@ -175,8 +178,9 @@ def train(
         metrics,
         _window(tables[0], config.timestamp_column),
         timings,
-        sample,
-        sample_scores,
+        item_embeddings=embeddings_path,
+        sample=sample,
+        sample_scores=sample_scores,
     )
 
 
@@ -224,6 +228,14 @@ class DnnTrainer:
 
     def to_onnx(self) -> bytes:
         return self._dnn.to_onnx(self._model, self._example)
+
+    @property
+    def signature(self) -> tuple[TensorSpec, ...]:
+        return self._signature
+
+    def embedding_rows(self, table: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of one learnt embedding table ([n, width] float32; zeros where row is -1)."""
+        return self._dnn.embedding_rows(self._model, table, rows)
 
 
 class GbdtTrainer:
@@ -290,6 +302,30 @@ def _item_lookup(
     services.export(config.project, config.model_feature_set, path, snapshot_time=end)
     item_key = services.entity_key(config.project, config.item_entity).feature
     return SnapshotLookup(pq.read_table(path), item_key, prepared.binding)
+
+
+def _write_item_embeddings(
+    config: TrainingConfig,
+    trainer: Trainer,
+    tables: Sequence[pa.Table],
+    item_key: str,
+    log: Log,
+) -> Path | None:
+    """The item id embedding of every item in the train and test rows (see
+    `training.embeddings`), when the config asks for it."""
+    wanted = config.item_embeddings
+    if wanted is None:
+        return None
+    assert isinstance(trainer, DnnTrainer), "the config admits item_embeddings with a dnn only"
+    column = pa.chunked_array([table.column(item_key) for table in tables])
+    item_ids = pc.unique(column.drop_null()).sort().to_numpy(zero_copy_only=False)
+    fg = config.fg_config
+    rows = embeddings.item_rows(fg, wanted.feature, item_ids)
+    vectors = trainer.embedding_rows(embeddings.table_of(trainer.signature, wanted.feature), rows)
+    _, end = _window(tables[0], config.timestamp_column)
+    path = embeddings.write(wanted.output, item_key, item_ids, vectors, end, column.type)
+    log(f"item embeddings: {len(item_ids):,} items x {vectors.shape[1]} written to {path}")
+    return path
 
 
 def _window(table: pa.Table, column: str) -> tuple[datetime, datetime]:

@@ -8,9 +8,10 @@ against in-process services and check every intermediate result.
    user's features back.
 2. MovieLens-100k: apply its feature repository and materialize its views
    (`infra.local.movielens`); train the `dnn` ranker when no version is active (`make train`
-   does it alone); create the home-feed scene (popularity recall, the ranker on Triton,
-   top 10) and print recommendations for a few users with their recall sources, both model
-   outputs and the variant that served them.
+   does it alone); create the home-feed scene (vector, item-to-item, category-affinity and
+   popular recalls, 500 candidates, the ranker on Triton, top 10) and print recommendations
+   for a few users with their recall sources, both model outputs and the variant that
+   served them.
 3. Embeddings: push raw review texts to a real-time view whose embedding field the platform
    computes with the `minilm` model on Triton, and compare the stored vectors.
 """
@@ -28,7 +29,7 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from recstack.common.v1 import time_window_pb2, value_pb2
 from recstack.materialization.v1 import job_pb2, materialization_service_pb2_grpc
 from recstack.materialization.v1 import materialization_service_pb2 as mpb
@@ -217,21 +218,52 @@ def read_user_features(
     )
 
 
+def movielens_recalls() -> list[scene_pb2.StageConfig]:
+    """The home feed's four recalls, 500 candidates in all: movies near the user's recent ones
+    in the ranker's item space, movies co-rated with them, the popular movies of the user's
+    favourite genres, and the month's most rated."""
+    history = "user_history:recent_items"
+    popularity = {"feature_view": "item_popularity", "feature": "item_ratings_30d"}
+    stages = (
+        (
+            "vector",
+            150,
+            {"feature_view": "item_embeddings", "feature": "embedding", "user_history": history},
+        ),
+        ("item_to_item", 200, {"feature_view": "item_similar", "user_history": history}),
+        (
+            "category_affinity",
+            100,
+            {
+                "user_categories": "user_history:genre_counts",
+                "category": "movie_attributes:genres",
+                **popularity,
+            },
+        ),
+        ("popular", 50, popularity),
+    )
+    configs = []
+    for stage_type, quota, values in stages:
+        params = struct_pb2.Struct()
+        params.update(values)
+        configs.append(scene_pb2.StageConfig(type=stage_type, quota=quota, params=params))
+    return configs
+
+
 def movielens_scene(stubs: Stubs, project: str, model: str, scene_id: str) -> scene_pb2.Scene:
-    """MovieLens' home feed: the 300 most rated movies of the last year, ranked by the
-    trained `model` (its active version), top 10. Created once; a rerun keeps it."""
-    params = struct_pb2.Struct()
-    params.update({"feature_view": "item_popularity", "feature": "item_ratings_365d"})
+    """MovieLens' home feed: four recalls (`movielens_recalls`), ranked by the trained
+    `model` (its active version), top 10. Created once; a rerun brings a scene stored by an
+    older demo to this definition."""
     scene = scene_pb2.Scene(
         project=project,
         user_entity="user",
         item_entity="item",
-        recalls=[scene_pb2.StageConfig(type="popularity", quota=300, params=params)],
+        recalls=movielens_recalls(),
         filters=[scene_pb2.StageConfig(type="exclude_items")],
         rank=scene_pb2.RankConfig(model=model),
         reranks=[scene_pb2.StageConfig(type="top_n")],
         top_n=10,
-        description="MovieLens home feed ranked by the trained ranker",
+        description="MovieLens home feed: four recalls ranked by the trained ranker",
     )
     try:
         return stubs.recommend.CreateScene(
@@ -240,7 +272,13 @@ def movielens_scene(stubs: Stubs, project: str, model: str, scene_id: str) -> sc
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
-    return stubs.recommend.GetScene(cpb.GetSceneRequest(name=f"scenes/{scene_id}")).scene
+    name = f"scenes/{scene_id}"
+    stored = stubs.recommend.GetScene(cpb.GetSceneRequest(name=name)).scene
+    if [r.type for r in stored.recalls] == [r.type for r in scene.recalls]:
+        return stored
+    scene.name, scene.etag = name, stored.etag
+    mask = field_mask_pb2.FieldMask(paths=["recalls", "description"])
+    return stubs.recommend.UpdateScene(cpb.UpdateSceneRequest(scene=scene, update_mask=mask)).scene
 
 
 def active_version(stubs: Stubs, project: str, model: str) -> model_pb2.ModelVersion | None:
@@ -362,8 +400,9 @@ def show_movielens(stubs: Stubs) -> int:
     try:
         movielens.prepare()
         version = active_version(stubs, movielens.PROJECT, movielens.MODEL)
-        if version is None:
-            print("no active MovieLens ranker yet: training one (`make train`, ~3 min)")
+        if version is None or not movielens.data(movielens.EMBEDDINGS_VIEW).is_file():
+            # The vector recall reads the item embeddings a training run writes.
+            print("no active MovieLens ranker or item embeddings yet: training (~3 min)")
             movielens.train()
             version = active_version(stubs, movielens.PROJECT, movielens.MODEL)
     except movielens.StepFailed as exc:

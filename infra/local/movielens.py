@@ -3,6 +3,10 @@
     python -m infra.local.movielens prepare   # apply the feature repo, backfill every view
     python -m infra.local.movielens train     # prepare, then `recstack train` (`make train`)
 
+`item_embeddings` is published from the file training writes, so it is materialized after a
+training run (again after each: a retrain rewrites the file), and by `prepare` once the file
+exists.
+
 Everything goes through the `recstack` CLI and the services' public APIs; reruns are cheap:
 the backfill only fills intervals that are not materialized yet.
 """
@@ -20,7 +24,8 @@ from infra.local.tritonserver import REPO_ROOT
 EXAMPLE = REPO_ROOT / "examples" / "movielens"
 PROJECT = "movielens"
 MODEL = "ranker"
-VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history")
+VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history", "item_similar")
+EMBEDDINGS_VIEW = "item_embeddings"
 # The ratings span 1997-09-20..1998-04-22.
 WINDOW = ("1997-09-20", "1998-04-23")
 
@@ -44,27 +49,39 @@ def prepare(project: str = PROJECT, connection: Sequence[str] = ()) -> None:
     run("apply", str(EXAMPLE / "feature_repo"), "--project", project, *connection)
     started = time.perf_counter()
     for view in VIEWS:
-        run(
-            "materialize",
-            "backfill",
-            f"{project}/{view}",
-            "--start",
-            WINDOW[0],
-            "--end",
-            WINDOW[1],
-            "--status",
-            "none",
-            "incomplete",
-            "--wait",
-            *connection,
-        )
+        backfill(project, view, connection)
     print(f"{project}: {len(VIEWS)} views materialized in {time.perf_counter() - started:.1f}s")
+    if data(EMBEDDINGS_VIEW).is_file():
+        backfill(project, EMBEDDINGS_VIEW, connection)
+
+
+def backfill(
+    project: str,
+    view: str,
+    connection: Sequence[str] = (),
+    statuses: Sequence[str] = ("none", "incomplete"),
+) -> None:
+    run(
+        "materialize",
+        "backfill",
+        f"{project}/{view}",
+        "--start",
+        WINDOW[0],
+        "--end",
+        WINDOW[1],
+        "--status",
+        *statuses,
+        "--wait",
+        *connection,
+    )
 
 
 def train(project: str = PROJECT, connection: Sequence[str] = ()) -> None:
     started = time.perf_counter()
     run("train", str(EXAMPLE / "train.yaml"), "--project", project, *connection)
     print(f"{project}/{MODEL}: trained and deployed in {time.perf_counter() - started:.1f}s")
+    # The new model's item embeddings replace the previous ones.
+    backfill(project, EMBEDDINGS_VIEW, connection, ("none", "incomplete", "complete"))
 
 
 def data(name: str) -> Path:

@@ -1,6 +1,8 @@
 """The MovieLens ranker end to end: `recstack train` (dnn) on features the platform
-materialized, the version deployed to Triton and activated, a scene ranked by it, offline and
-online features identical (`recstack fg check`), and activation and rollback under traffic.
+materialized, the version deployed to Triton and activated, a scene of four recalls (vector
+over the ranker's item embeddings, item-to-item, category affinity, popular) ranked by it,
+each recall checked against the features it reads, offline and online features identical
+(`recstack fg check`), and activation and rollback under traffic.
 
 A deterministic tenth of the users (every 10th) keeps it fast; `make train` runs the same on
 the full data.
@@ -22,20 +24,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from recstack.common.v1 import value_pb2
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
 from recstack.recommend.v1 import recommend_service_pb2_grpc
 from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
 from recstack.registry.v1 import registry_service_pb2 as rpb
+from recstack.serving.v1 import serving_service_pb2 as spb
 
 from infra.local import demo
-from shared.values import generated_array
+from shared.values import from_proto, generated_array
 from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "movielens"
-VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history")
+VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history", "item_similar")
 USER_STEP = 10
 State = model_pb2.ModelVersion.State
+RECALLS = {"vector": 150, "item_to_item": 200, "category_affinity": 100, "popular": 50}
+# A user of the subset, and one no view knows (every 10th user is kept: 1, 11, 21, ...).
+KNOWN_USER, UNKNOWN_USER = 11, 12
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +76,23 @@ def project(base, registry_address, materialization_address, cli_environment) ->
     applied = run_cli("apply", str(base / "feature_repo"), "--project", project, *connection[:2])
     assert applied.code == 0, applied.err
     for view in VIEWS:
-        backfill = run_cli(
-            "materialize",
-            "backfill",
-            f"{project}/{view}",
-            "--start",
-            "1997-09-20",
-            "--end",
-            "1998-04-23",
-            "--wait",
-            *connection,
-        )
-        assert backfill.code == 0, backfill.out + backfill.err
+        backfill(project, view, connection)
     return project
+
+
+def backfill(project: str, view: str, connection: tuple[str, ...]) -> None:
+    result = run_cli(
+        "materialize",
+        "backfill",
+        f"{project}/{view}",
+        "--start",
+        "1997-09-20",
+        "--end",
+        "1998-04-23",
+        "--wait",
+        *connection,
+    )
+    assert result.code == 0, result.out + result.err
 
 
 def train(
@@ -116,6 +127,12 @@ def first(base, project, registry_address, materialization_address, trained_mode
         base, project, (registry_address, materialization_address), trained_model_repository
     )
     assert result.code == 0, result.out + result.err
+    # The item embeddings the training wrote, published for the vector recall.
+    backfill(
+        project,
+        "item_embeddings",
+        ("--registry", registry_address, "--materialization", materialization_address),
+    )
     return result
 
 
@@ -146,7 +163,7 @@ def stubs(
 
 @pytest.fixture(scope="module")
 def scene(project, first, stubs) -> str:
-    """The demo's MovieLens scene (popularity recall, the ranker, top 10)."""
+    """The demo's MovieLens scene (four recalls, the ranker, top 10)."""
     return demo.movielens_scene(stubs, project, "ranker", project).name.rsplit("/", 1)[-1]
 
 
@@ -187,7 +204,8 @@ def test_recommendations_are_ranked_by_the_model_with_every_output(scene, stubs,
         assert set(item.model_scores) == {"probs_ctr", "probs_cvr"}
         assert item.score == item.model_scores["probs_ctr"]
         assert 0 < item.model_scores["probs_cvr"] < 1
-        assert list(item.recall_sources) == ["popularity"]
+        assert item.recall_sources
+        assert set(item.recall_sources) <= set(RECALLS)
     titles = demo.titles(stubs, project, [item.item_id for item in response.items])
     assert all(titles.values())
     assert demo.active_version(stubs, project, "ranker").version == 1
@@ -304,3 +322,156 @@ def test_triton_serves_the_dnn_like_onnxruntime_on_the_same_inputs(
         [item.model_scores["probs_cvr"] for item in scored.items], cvr[:, 0], rtol=1e-5
     )
     assert inputs["history"].dtype == np.int64 and inputs["history"].shape == (200, 20)
+
+
+# --- the four recalls -----------------------------------------------------------------------
+
+
+def online(stubs, project: str, refs: list[str], keys: list[int]) -> dict[str, list]:
+    """`refs` of `keys`, decoded, in key order (GetOnlineFeatures takes 1,000 keys a call)."""
+    values: dict[str, list] = {ref: [] for ref in refs}
+    for start in range(0, len(keys), 1000):
+        response = stubs.serving.GetOnlineFeatures(
+            spb.GetOnlineFeaturesRequest(
+                project=project,
+                features=refs,
+                entity_keys=[value_pb2.Value(int64_value=k) for k in keys[start : start + 1000]],
+            ),
+            timeout=30,
+        )
+        for ref, column in zip(refs, response.columns, strict=True):
+            values[ref] += [from_proto(value) for value in column.values]
+    return values
+
+
+@pytest.fixture(scope="module")
+def every_candidate(scene, stubs):
+    """The known user's whole candidate set (size 500 = the four quotas), ranked, with its
+    sources, and the per-stage counts."""
+    response = stubs.recommend.Recommend(
+        cpb.RecommendRequest(scene=scene, user_id=str(KNOWN_USER), size=500, debug=True),
+        timeout=60,
+    )
+    return {item.item_id: tuple(item.recall_sources) for item in response.items}, dict(
+        response.stage_counts
+    )
+
+
+@pytest.fixture(scope="module")
+def catalogue(project, stubs, every_candidate) -> dict[str, list]:
+    keys = list(range(1, 1683))
+    return online(
+        stubs,
+        project,
+        [
+            "item_popularity:item_ratings_30d",
+            "movie_attributes:genres",
+            "item_similar:similar_items",
+            "item_similar:similar_scores",
+            "item_embeddings:embedding",
+        ],
+        keys,
+    )
+
+
+@pytest.fixture(scope="module")
+def known_user(project, stubs) -> dict[str, object]:
+    values = online(
+        stubs,
+        project,
+        ["user_history:recent_items", "user_history:genre_counts"],
+        [KNOWN_USER],
+    )
+    return {ref: column[0] for ref, column in values.items()}
+
+
+def found_by(sources: dict[str, tuple[str, ...]], recall: str) -> set[str]:
+    return {item for item, names in sources.items() if recall in names}
+
+
+def test_every_recall_fills_its_quota_for_a_known_user(every_candidate):
+    sources, counts = every_candidate
+
+    assert {name: counts[name] for name in RECALLS} == RECALLS
+    assert all(found_by(sources, name) for name in RECALLS)
+    # Recalls overlap, so the merged set is smaller than the quotas' sum.
+    assert counts["exclude_items"] == len(sources) < sum(RECALLS.values())
+    assert any(len(names) > 1 for names in sources.values())
+
+
+def test_popular_is_the_months_most_rated(every_candidate, catalogue):
+    sources, _ = every_candidate
+    counts = catalogue["item_popularity:item_ratings_30d"]
+    ranked = sorted(
+        (-count, item) for item, count in enumerate(counts, start=1) if count is not None
+    )
+    # Ties go by id as text, as the item cache ranks them.
+    ranked = sorted(ranked, key=lambda pair: (pair[0], str(pair[1])))
+
+    assert found_by(sources, "popular") == {str(item) for _, item in ranked[:50]}
+
+
+def test_item_to_item_expands_the_users_recent_movies(every_candidate, catalogue, known_user):
+    sources, _ = every_candidate
+    history = known_user["user_history:recent_items"]
+    totals: dict[int, float] = {}
+    for item in history:
+        similar = catalogue["item_similar:similar_items"][item - 1] or []
+        scores = catalogue["item_similar:similar_scores"][item - 1] or []
+        for other, score in zip(similar, scores, strict=True):
+            totals[other] = totals.get(other, 0.0) + score
+    fresh = {item: score for item, score in totals.items() if item not in history}
+    found = found_by(sources, "item_to_item")
+    # Sums in another order may differ in the last bit: compare scores at the 200th place.
+    threshold = sorted(fresh.values(), reverse=True)[199]
+
+    assert len(history) == 50
+    assert len(found) == 200
+    assert min(fresh[int(item)] for item in found) >= threshold - 1e-9
+
+
+def test_vector_finds_the_movies_nearest_to_the_mean_of_the_recent_ones(
+    every_candidate, catalogue, known_user
+):
+    sources, _ = every_candidate
+    history = known_user["user_history:recent_items"]
+    embeddings = catalogue["item_embeddings:embedding"]
+    query = np.mean([embeddings[item - 1] for item in history[:20]], axis=0)
+    scores = {
+        item: float(np.dot(vector, query))
+        for item, vector in enumerate(embeddings, start=1)
+        if vector is not None and item not in history
+    }
+    found = found_by(sources, "vector")
+    # Hashed ids share embedding rows: compare scores, not ids, at the 150th place.
+    threshold = sorted(scores.values(), reverse=True)[149]
+
+    assert len(found) == 150
+    assert min(scores[int(item)] for item in found) >= threshold - 1e-5
+    assert not found & {str(item) for item in history}
+
+
+def test_category_affinity_takes_the_popular_movies_of_the_users_genres(
+    every_candidate, catalogue, known_user
+):
+    sources, _ = every_candidate
+    counts = known_user["user_history:genre_counts"]
+    top = sorted(counts, key=lambda genre: (-counts[genre], genre))[:3]
+    found = found_by(sources, "category_affinity")
+    genres = catalogue["movie_attributes:genres"]
+
+    assert len(found) == 100
+    assert all(set(genres[int(item) - 1]) & set(top) for item in found)
+    # The heaviest genre's items fill at least its share of the quota.
+    heaviest = sum(top[0] in genres[int(item) - 1] for item in found)
+    assert heaviest >= int(100 * counts[top[0]] / sum(counts[genre] for genre in top))
+
+
+def test_a_user_no_view_knows_gets_the_popular_movies_only(scene, stubs):
+    response = stubs.recommend.Recommend(
+        cpb.RecommendRequest(scene=scene, user_id=str(UNKNOWN_USER), debug=True), timeout=30
+    )
+
+    assert len(response.items) == 10
+    assert {item for i in response.items for item in i.recall_sources} == {"popular"}
+    assert [response.stage_counts[name] for name in RECALLS] == [0, 0, 0, 50]
