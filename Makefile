@@ -191,7 +191,7 @@ train: up $(MOVIELENS_DATA) ## Train the MovieLens ranker (dnn) on the running s
 	$(PY) -m infra.local.movielens train
 
 .PHONY: bench
-bench: bench-serving bench-materialization bench-embeddings bench-movielens bench-fg ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-materialization bench-embeddings bench-movielens bench-recall bench-fg ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
@@ -204,6 +204,10 @@ bench-materialization: $(VENV_STAMP) $(PROTO_STAMP) ## Materialization and expor
 .PHONY: bench-movielens
 bench-movielens: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## MovieLens-100k: every view materialized, the train set exported vs a bare ASOF join (~1 min).
 	$(PY) -m bench.movielens
+
+.PHONY: bench-recall
+bench-recall: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## The recall stages on MovieLens, and flat/IVF/HNSW at 100,000 x 64 (~3 min).
+	$(PY) -m bench.recall
 
 .PHONY: bench-fg
 bench-fg: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## The feature generator on 500 MovieLens items vs the bare column gathers (~30 s).

@@ -2,9 +2,10 @@
 
 Through real registry and materialization service processes on a scratch database:
 - `materialize_all`: the example repository (`examples/movielens/feature_repo`) applied with
-  the CLI, all four views backfilled over 1997-09-20..1998-04-23 at once (the service runs
-  two jobs at a time), seconds from the first Backfill until every job SUCCEEDED; each view's
-  own job time as `materialize_<view>` (its start to its end, as the job reports them);
+  the CLI, its five views over ratings, movies and users backfilled over
+  1997-09-20..1998-04-23 at once (the service runs two jobs at a time), seconds from the
+  first Backfill until every job SUCCEEDED; each view's own job time as
+  `materialize_<view>` (its start to its end, as the job reports them);
 - `samples`: `training.samples` on the 100,000 ratings (4 negatives each, per-user split);
 - `export_train`: ExportTrainingSet of the `ranking` feature set (12 features of 4 views)
   over the train rows, over gRPC, until the Parquet file is in place;
@@ -48,7 +49,7 @@ from training.samples import write_samples
 NAME = "movielens"
 EXAMPLE = REPO_ROOT / "examples" / "movielens"
 RATINGS = EXAMPLE / "data" / "ratings.parquet"
-VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history")
+VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history", "item_similar")
 # The features of the `ranking` set, per view and join key (see model_feature_sets.yaml).
 RANKING = {
     ("user_profile", "user_id"): ("age", "gender", "occupation"),
