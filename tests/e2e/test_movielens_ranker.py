@@ -475,3 +475,23 @@ def test_a_user_no_view_knows_gets_the_popular_movies_only(scene, stubs):
     assert len(response.items) == 10
     assert {item for i in response.items for item in i.recall_sources} == {"popular"}
     assert [response.stage_counts[name] for name in RECALLS] == [0, 0, 0, 50]
+
+
+def test_item_similar_is_the_cosine_of_co_rating_over_the_whole_history(base, catalogue):
+    ratings = pq.read_table(base / "data" / "ratings.parquet", columns=["user_id", "item_id"])
+    raters: dict[int, set[int]] = {}
+    for user, item in zip(
+        *(ratings.column(c).to_pylist() for c in ratings.column_names), strict=True
+    ):
+        raters.setdefault(item, set()).add(user)
+    for item in (1, 50, 100):
+        expected = sorted(
+            (-len(raters[item] & users) / np.sqrt(len(raters[item]) * len(users)), other)
+            for other, users in raters.items()
+            if other != item and raters[item] & users
+        )[:100]
+        similar = catalogue["item_similar:similar_items"][item - 1]
+        scores = catalogue["item_similar:similar_scores"][item - 1]
+
+        assert similar == [other for _, other in expected]
+        np.testing.assert_allclose(scores, [-score for score, _ in expected], rtol=1e-9)
