@@ -783,3 +783,31 @@ def test_a_scene_with_every_recall_reads_the_user_once_and_lists_each_source():
         0,
         0,
     ]
+
+
+def test_a_first_hnsw_index_is_built_in_the_background_and_finds_nothing_until_then():
+    items = Items(table(EMBEDDINGS, vectors(*([1.0, float(i)] for i in range(50)))))
+    indexes = VectorIndexes(background=True)
+    recall = vector_recall(items, quota=1, indexes=indexes, user_vector="u:v", index="hnsw")
+    user = request(**{"u:v": [0.0, 1.0]})
+
+    first = recall.recall(user)
+    deadline = time.monotonic() + 10
+    while not (found := recall.recall(user)):
+        assert time.monotonic() < deadline, "the HNSW index was never built"
+        time.sleep(0.01)
+
+    assert first == []
+    assert found == ["50"]
+
+
+def test_the_least_recently_used_index_is_dropped_beyond_the_limit():
+    current = table(EMBEDDINGS, vectors([1, 0], [0, 1]))
+    indexes = VectorIndexes(background=False, max_indexes=1)
+    flat, cosine = IndexSpec(), IndexSpec(metric="cosine")
+
+    kept = indexes.get(PROJECT, current, "embedding", flat)
+    assert indexes.get(PROJECT, current, "embedding", flat) is kept
+    indexes.get(PROJECT, current, "embedding", cosine)
+
+    assert indexes.get(PROJECT, current, "embedding", flat) is not kept
