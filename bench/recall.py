@@ -154,7 +154,7 @@ def _time_recalls(url: str, registry_address: str, project: str) -> dict[str, An
     try:
         cache = ItemCache(store, definitions, refresh_seconds=3600)
         users = _users(store, definitions, project)
-        deps = StageDeps(cache, None, None, definitions, VectorIndexes(background=False))  # type: ignore[arg-type]
+        deps = StageDeps(cache, None, None, definitions, vectors=VectorIndexes(background=False))  # type: ignore[arg-type]
         scene = scene_pb2.Scene(project=project, recalls=movielens_recalls())
         registry = default_stage_registry()
         figures: dict[str, Any] = {}

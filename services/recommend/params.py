@@ -78,6 +78,15 @@ class Params:
             raise InvalidArgument(self.at(key), f"{value!r} is not one of {list(options)}")
         return str(value)
 
+    def one_of(self, *keys: str) -> str:
+        """The one of `keys` that is given (alternative ways to say one thing)."""
+        given = [key for key in keys if key in self.params]
+        if len(given) != 1:
+            raise InvalidArgument(
+                f"{self.path}.params", f"give exactly one of {list(keys)}, got {given or 'none'}"
+            )
+        return given[0]
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self.params.get(key, default)
         if not isinstance(value, bool):

@@ -89,6 +89,19 @@ VIEWS = {
     "item_popularity": view("item_popularity", ratings_30d=VT.VALUE_TYPE_INT64),
     "item_attributes": view("item_attributes", genres=VT.VALUE_TYPE_STRING_LIST),
 }
+# The user features the scenes read (served by the stand-in reader below).
+USER_HISTORY = ViewSchema(
+    PROJECT,
+    "user_history",
+    1,
+    "user_id",
+    VT.VALUE_TYPE_INT64,
+    (
+        Feature("recent_items", VT.VALUE_TYPE_INT64_LIST),
+        Feature("genre_counts", VT.VALUE_TYPE_STRING_DOUBLE_MAP),
+    ),
+)
+SCHEMAS = {**VIEWS, "user_history": USER_HISTORY}
 USERS = {
     1: {
         "user_history:recent_items": [1],
@@ -99,16 +112,20 @@ USERS = {
 
 class Definitions:
     def feature_view(self, project, view_id, version=0):
-        if view_id not in VIEWS:
+        if view_id not in SCHEMAS:
             raise NotFound(f"projects/{project}/featureViews/{view_id} does not exist")
-        return feature_view_pb2.FeatureView(name=view_id, entity="item")
+        entity = "user" if view_id == "user_history" else "item"
+        return feature_view_pb2.FeatureView(name=view_id, entity=entity)
 
     def view_schema(self, project, view_id, version=0):
         self.feature_view(project, view_id)
-        return VIEWS[view_id]
+        return SCHEMAS[view_id]
 
     def entity(self, project, entity_id):
         return entity_pb2.Entity(join_key=f"{entity_id}_id", key_type=VT.VALUE_TYPE_INT64)
+
+    def model(self, project, model_id):
+        raise NotFound(f"projects/{project}/models/{model_id} does not exist")
 
     def active_model(self, project, model_id):
         raise NotFound(f"projects/{project}/models/{model_id} does not exist")
@@ -337,3 +354,43 @@ def test_bad_recall_params_are_refused_at_save_naming_the_field(stub):
         stub.CreateScene(pb.CreateSceneRequest(scene_id="bad", scene=scene))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("scene.recalls[1].params: give exactly one of")
+
+
+@pytest.mark.parametrize(
+    ("stage", "missing"),
+    [
+        (
+            recall(
+                "vector",
+                feature_view="item_review_text",
+                feature="review_embedding",
+                user_history="user_history:recent_items",
+            ),
+            "no feature 'review_embedding'",
+        ),
+        (
+            recall("item_to_item", feature_view="item_similar", user_history="user_history:items"),
+            "no feature 'items'",
+        ),
+        (
+            recall(
+                "category_affinity",
+                user_categories="user_history:genre_counts",
+                feature_view="item_popularity",
+                feature="ratings_30d",
+                category="item_genres:genres",
+            ),
+            "item_genres does not exist",
+        ),
+    ],
+)
+def test_a_recall_naming_a_missing_feature_is_refused_at_save(stub, stage, missing):
+    scene = scene_pb2.Scene(
+        project=PROJECT, user_entity="user", item_entity="item", recalls=[stage], top_n=5
+    )
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateScene(pb.CreateSceneRequest(scene_id="missing", scene=scene))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details().startswith("scene.recalls[0].params: ")
+    assert missing in caught.value.details()

@@ -747,7 +747,7 @@ def test_a_scene_with_every_recall_reads_the_user_once_and_lists_each_source():
             }
         }
     )
-    deps = StageDeps(items, users, None, Definitions(), VectorIndexes(background=False))  # type: ignore[arg-type]
+    deps = StageDeps(items, users, None, Definitions(), vectors=VectorIndexes(background=False))  # type: ignore[arg-type]
     scene = all_recalls_scene()
     validate_scene(scene, default_stage_registry())
     pipeline = build_pipeline("home", scene, default_stage_registry(), deps)

@@ -16,7 +16,6 @@ import numpy as np
 
 from services.recommend.item_cache import ItemTable
 from services.recommend.pipeline import ItemSource
-from services.recommend.recall.params import split_ref
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,8 @@ class PopularityRankings:
     ) -> None:
         self._items = items
         self._project = project
-        self._popularity = split_ref(popularity)
-        self._category = split_ref(category) if category else None
+        self._popularity = _split(popularity)
+        self._category = _split(category) if category else None
         self._current: Rankings | None = None
         self._lock = threading.Lock()
 
@@ -68,6 +67,11 @@ class PopularityRankings:
             for category in _categories(value):
                 by_category.setdefault(category, []).append(item)
         return Rankings(popularity, categories, overall, by_category)
+
+
+def _split(ref: str) -> tuple[str, str]:
+    view, _, feature = ref.partition(":")
+    return view, feature
 
 
 def _same(current: Rankings, popularity: ItemTable, categories: ItemTable | None) -> bool:

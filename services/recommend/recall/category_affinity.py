@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from services.recommend.params import Params
 from services.recommend.pipeline import (
     ITEM_ID,
     BuildContext,
@@ -31,7 +32,6 @@ from services.recommend.pipeline import (
     StageType,
 )
 from services.recommend.recall.categories import PopularityRankings
-from services.recommend.recall.params import Params
 from shared.errors import FailedPrecondition
 
 PARAMS = ("user_categories", "top_categories", "feature_view", "feature", "category")
@@ -123,13 +123,12 @@ def _next_unseen(items: Sequence[str], cursors: list[int], i: int, seen: set[str
 
 
 def _read(settings: StageSettings, path: str) -> dict[str, Any]:
-    params = Params(settings.params, path)
-    params.only(PARAMS)
+    params = Params(settings.params, path, PARAMS)
     return {
-        "user_categories": params.ref("user_categories"),
-        "top_categories": params.integer("top_categories", 3, 1, 100),
-        "popularity": f"{params.view('feature_view')}:{params.string('feature')}",
-        "category": params.ref("category"),
+        "user_categories": ":".join(params.ref("user_categories")),
+        "top_categories": params.whole("top_categories", 3, low=1, high=100),
+        "popularity": f"{params.text('feature_view')}:{params.text('feature')}",
+        "category": ":".join(params.ref("category")),
     }
 
 
@@ -156,5 +155,8 @@ STAGE = StageType(
     item_views=lambda settings: [
         settings.params["feature_view"],
         settings.params["category"].split(":", 1)[0],
+    ],
+    references=lambda settings: [
+        _read(settings, settings.name)[key] for key in ("popularity", "category", "user_categories")
     ],
 )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from services.recommend.item_cache import ItemTable
+from services.recommend.params import Params
 from services.recommend.pipeline import (
     ITEM_ID,
     BuildContext,
@@ -33,8 +34,7 @@ from services.recommend.pipeline import (
     StageType,
 )
 from services.recommend.recall.history import recent_items
-from services.recommend.recall.params import Params
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, InvalidArgument
 from shared.values import VT
 
 PARAMS = (
@@ -159,16 +159,27 @@ def _check_types(table: ItemTable, items_feature: str, scores_feature: str) -> N
 
 
 def _read(settings: StageSettings, path: str) -> dict[str, Any]:
-    params = Params(settings.params, path)
-    params.only(PARAMS)
+    params = Params(settings.params, path, PARAMS)
+    decay = params.number("recency_decay", 1.0, low=0.0, high=1.0)
+    if decay == 0:
+        raise InvalidArgument(params.at("recency_decay"), "must be above 0 (1: no decay)")
     return {
-        "feature_view": params.view("feature_view"),
-        "items_feature": params.string("items_feature", "similar_items"),
-        "scores_feature": params.string("scores_feature", "similar_scores"),
-        "user_history": params.ref("user_history"),
-        "history_length": params.integer("history_length", 50, 1, 1000),
-        "recency_decay": params.number("recency_decay", 1.0, 1e-6, 1.0),
+        "feature_view": params.text("feature_view"),
+        "items_feature": params.text("items_feature", "similar_items"),
+        "scores_feature": params.text("scores_feature", "similar_scores"),
+        "user_history": ":".join(params.ref("user_history")),
+        "history_length": params.whole("history_length", 50, low=1, high=1000),
+        "recency_decay": decay,
     }
+
+
+def _references(read: dict[str, Any]) -> list[str]:
+    view = read["feature_view"]
+    return [
+        f"{view}:{read['items_feature']}",
+        f"{view}:{read['scores_feature']}",
+        read["user_history"],
+    ]
 
 
 def build(settings: StageSettings, context: BuildContext) -> ItemToItemRecall:
@@ -188,4 +199,5 @@ STAGE = StageType(
     produces=frozenset({ITEM_ID}),
     check=check,
     item_views=lambda settings: [settings.params["feature_view"]],
+    references=lambda settings: _references(_read(settings, settings.name)),
 )

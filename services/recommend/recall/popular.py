@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.recommend.params import Params
 from services.recommend.pipeline import (
     ITEM_ID,
     BuildContext,
@@ -26,7 +27,6 @@ from services.recommend.pipeline import (
     StageType,
 )
 from services.recommend.recall.categories import PopularityRankings
-from services.recommend.recall.params import Params
 from shared.errors import InvalidArgument
 
 PARAMS = ("feature_view", "feature", "category", "category_value", "category_context_key")
@@ -56,22 +56,20 @@ class PopularRecall:
 
 
 def _read(settings: StageSettings, path: str) -> dict[str, Any]:
-    params = Params(settings.params, path)
-    params.only(PARAMS)
-    view = params.view("feature_view")
-    read = {
-        "popularity": f"{view}:{params.string('feature')}",
-        "category": params.optional_ref("category"),
+    params = Params(settings.params, path, PARAMS)
+    read: dict[str, Any] = {
+        "popularity": f"{params.text('feature_view')}:{params.text('feature')}",
+        "category": ":".join(params.ref("category")) if "category" in params.params else None,
         "category_value": None,
         "category_context_key": None,
     }
     if read["category"] is None:
         for key in ("category_value", "category_context_key"):
-            if params.has(key):
-                raise InvalidArgument(params.field(key), "applies with `category` only")
+            if key in params.params:
+                raise InvalidArgument(params.at(key), "applies with `category` only")
         return read
-    chosen = params.exactly_one("category_value", "category_context_key")
-    read[chosen] = params.string(chosen)
+    chosen = params.one_of("category_value", "category_context_key")
+    read[chosen] = params.text(chosen)
     return read
 
 
@@ -89,6 +87,10 @@ def check(settings: StageSettings, path: str) -> None:
     _read(settings, path)
 
 
+def _references(read: dict[str, Any]) -> list[str]:
+    return [read["popularity"], *([read["category"]] if read["category"] else [])]
+
+
 def _views(settings: StageSettings) -> list[str]:
     category = settings.params.get("category")
     views = [settings.params["feature_view"]]
@@ -102,4 +104,5 @@ STAGE = StageType(
     produces=frozenset({ITEM_ID}),
     check=check,
     item_views=_views,
+    references=lambda settings: _references(_read(settings, settings.name)),
 )

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from services.recommend.params import Params
 from services.recommend.pipeline import (
     ITEM_ID,
     BuildContext,
@@ -38,7 +39,6 @@ from services.recommend.pipeline import (
     StageType,
 )
 from services.recommend.recall.history import recent_items
-from services.recommend.recall.params import Params
 from services.recommend.recall.vector_index import (
     INDEX_TYPES,
     METRICS,
@@ -116,28 +116,32 @@ def spec_of(params: Params) -> IndexSpec:
     return IndexSpec(
         index=params.choice("index", INDEX_TYPES, "flat"),
         metric=params.choice("metric", METRICS, "inner_product"),
-        nlist=params.integer("nlist", 0, 0, 1 << 20),
-        nprobe=params.integer("nprobe", 32, 1, 1 << 20),
-        hnsw_m=params.integer("hnsw_m", 32, 4, 128),
-        ef_construction=params.integer("ef_construction", 40, 8, 4096),
-        ef_search=params.integer("ef_search", 128, 8, 16384),
-        dimension=params.integer("dimension", 0, 0, 65536),
+        nlist=params.whole("nlist", 0, low=0, high=1 << 20),
+        nprobe=params.whole("nprobe", 32, low=1, high=1 << 20),
+        hnsw_m=params.whole("hnsw_m", 32, low=4, high=128),
+        ef_construction=params.whole("ef_construction", 40, low=8, high=4096),
+        ef_search=params.whole("ef_search", 128, low=8, high=16384),
+        dimension=params.whole("dimension", 0, low=0, high=65536),
     )
 
 
 def _read(settings: StageSettings, path: str) -> dict[str, Any]:
-    params = Params(settings.params, path)
-    params.only(PARAMS)
-    source = params.exactly_one("user_vector", "user_history")
-    if source == "user_vector" and params.has("history_length"):
-        raise InvalidArgument(params.field("history_length"), "applies to `user_history` only")
+    params = Params(settings.params, path, PARAMS)
+    source = params.one_of("user_vector", "user_history")
+    if source == "user_vector" and "history_length" in params.params:
+        raise InvalidArgument(params.at("history_length"), "applies to `user_history` only")
     return {
-        "feature_view": params.view("feature_view"),
-        "feature": params.string("feature"),
+        "feature_view": params.text("feature_view"),
+        "feature": params.text("feature"),
         "spec": spec_of(params),
-        source: params.ref(source),
-        "history_length": params.integer("history_length", DEFAULT_HISTORY_LENGTH, 1, 1000),
+        source: ":".join(params.ref(source)),
+        "history_length": params.whole("history_length", DEFAULT_HISTORY_LENGTH, low=1, high=1000),
     }
+
+
+def _references(read: dict[str, Any]) -> list[str]:
+    user = [read[key] for key in ("user_vector", "user_history") if key in read]
+    return [f"{read['feature_view']}:{read['feature']}", *user]
 
 
 def build(settings: StageSettings, context: BuildContext) -> VectorRecall:
@@ -161,4 +165,5 @@ STAGE = StageType(
     produces=frozenset({ITEM_ID}),
     check=check,
     item_views=lambda settings: [settings.params["feature_view"]],
+    references=lambda settings: _references(_read(settings, settings.name)),
 )
