@@ -152,7 +152,8 @@ def _time_recalls(url: str, registry_address: str, project: str) -> dict[str, An
     store = PostgresOnlineStore(to_libpq(url), min_size=1, max_size=2)
     definitions = RegistryDefinitions(RegistryClient(registry_address))
     try:
-        cache = ItemCache(store, definitions, refresh_seconds=3600)
+        # Never started: no refresh runs while the stages are timed.
+        cache = ItemCache(store, definitions)
         users = _users(store, definitions, project)
         deps = StageDeps(cache, None, None, definitions, vectors=VectorIndexes(background=False))  # type: ignore[arg-type]
         scene = scene_pb2.Scene(project=project, recalls=movielens_recalls())
