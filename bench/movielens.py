@@ -42,6 +42,7 @@ from bench.harness import (
     write_result,
 )
 from cli import main as recstack
+from infra.local import movielens
 from infra.local.ports import free_port
 from shared.channels import open_channel
 from training.samples import write_samples
@@ -178,7 +179,9 @@ def measure(scratch: Path, repeats: int) -> dict[str, dict[str, float]]:
         ):
             wait_serving(registry_address, registry_process)
             wait_serving(materialization_address, materialization_process)
-            repo = str(EXAMPLE / "feature_repo")
+            # The scenes are the recommend service's, which this benchmark does not run.
+            repo = str(movielens.copy_feature_repo(scratch / "feature_repo"))
+            (scratch / "data").symlink_to(EXAMPLE / "data")
             if recstack(["apply", repo, "--project", project, "--registry", registry_address]):
                 raise RuntimeError("recstack apply failed")
             materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)

@@ -3,7 +3,7 @@
 1. MovieLens (`recall_<type>`): the example repository applied and every view materialized
    by real registry and materialization processes on a scratch database; the recommend
    service's item cache then loads the item views from that online store, and each recall
-   stage of the demo's home feed (`infra.local.demo.movielens_recalls`) runs for every one
+   stage of the example's home feed (`feature_repo/scenes/home_feed.yaml`) runs for every one
    of the 943 users, their features read from the same store beforehand (the pipeline reads
    them once per request, outside the stages). Figures: p50/p99 per call, as the service's
    per-stage histogram would see it. `item_embeddings` is the file `make train` writes; with
@@ -37,7 +37,6 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from recstack.recommend.v1 import scene_pb2
 
 from bench.harness import (
     RESULTS_DIR,
@@ -50,7 +49,6 @@ from bench.harness import (
 )
 from cli import main as recstack
 from infra.local import movielens
-from infra.local.demo import movielens_recalls
 from infra.local.ports import free_port
 from services.recommend.adapters.registry import RegistryDefinitions
 from services.recommend.item_cache import ItemCache, ItemTable
@@ -121,7 +119,7 @@ def movielens_figures(scratch: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _repository(scratch: Path) -> tuple[Path, str]:
     """The example repository beside copies of its data, with the trained item embeddings
     or, without them, a random stand-in of the same shape."""
-    shutil.copytree(movielens.EXAMPLE / "feature_repo", scratch / "feature_repo")
+    movielens.copy_feature_repo(scratch / "feature_repo")
     (scratch / "data").mkdir()
     for name in ("ratings", "movies", "users"):
         shutil.copy(movielens.data(name), scratch / "data" / f"{name}.parquet")
@@ -156,7 +154,7 @@ def _time_recalls(url: str, registry_address: str, project: str) -> dict[str, An
         cache = ItemCache(store, definitions)
         users = _users(store, definitions, project)
         deps = StageDeps(cache, None, None, definitions, vectors=VectorIndexes(background=False))  # type: ignore[arg-type]
-        scene = scene_pb2.Scene(project=project, recalls=movielens_recalls())
+        scene = movielens.home_scene(project)
         registry = default_stage_registry()
         figures: dict[str, Any] = {}
         for config in scene.recalls:

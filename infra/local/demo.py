@@ -6,12 +6,13 @@ against in-process services and check every intermediate result.
 1. Feature store: register a project, user and item entities, two FILE sources over
    generated Parquet and two batch feature views; backfill both into the stores; read a
    user's features back.
-2. MovieLens-100k: apply its feature repository and materialize its views
-   (`infra.local.movielens`); train the `dnn` ranker when no version is active (`make train`
-   does it alone); create the home-feed scene (vector, item-to-item, category-affinity and
-   popular recalls, 500 candidates, the ranker on Triton, top 10) and print recommendations
-   for a few users with their recall sources, both model outputs and the variant that
-   served them.
+2. MovieLens-100k: apply its feature repository, the home-feed scene and its A/B experiment
+   included (`examples/movielens/feature_repo/scenes/`: vector, item-to-item,
+   category-affinity and popular recalls, 500 candidates, the ranker on Triton, genre
+   diversity, top 10), and materialize its views (`infra.local.movielens`); train the `dnn`
+   ranker when no version is active (`make train` does it alone); print recommendations for
+   a few users with their recall sources, both model outputs and the variant that served
+   them.
 3. Embeddings: push raw review texts to a real-time view whose embedding field the platform
    computes with the `minilm` model on Triton, and compare the stored vectors.
 """
@@ -29,12 +30,11 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from google.protobuf import field_mask_pb2, struct_pb2
 from recstack.common.v1 import time_window_pb2, value_pb2
 from recstack.materialization.v1 import job_pb2, materialization_service_pb2_grpc
 from recstack.materialization.v1 import materialization_service_pb2 as mpb
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
-from recstack.recommend.v1 import recommend_service_pb2_grpc, scene_pb2
+from recstack.recommend.v1 import recommend_service_pb2_grpc
 from recstack.registry.v1 import (
     data_source_pb2,
     embedding_model_pb2,
@@ -60,7 +60,7 @@ DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 7
 WINDOW = (DAY0, DAY0 + timedelta(days=DAYS))
 State = model_pb2.ModelVersion.State
-MOVIELENS_SCENE = "movielens_home"
+MOVIELENS_SCENE = movielens.HOME_SCENE
 MOVIELENS_USERS = (1, 42, 500)
 REVIEWS = {
     1: "This dog food is great, my puppy loves it and finishes every bowl.",
@@ -218,69 +218,6 @@ def read_user_features(
     )
 
 
-def movielens_recalls() -> list[scene_pb2.StageConfig]:
-    """The home feed's four recalls, 500 candidates in all: movies near the user's recent ones
-    in the ranker's item space, movies co-rated with them, the popular movies of the user's
-    favourite genres, and the month's most rated."""
-    history = "user_history:recent_items"
-    popularity = {"feature_view": "item_popularity", "feature": "item_ratings_30d"}
-    stages = (
-        (
-            "vector",
-            150,
-            {"feature_view": "item_embeddings", "feature": "embedding", "user_history": history},
-        ),
-        ("item_to_item", 200, {"feature_view": "item_similar", "user_history": history}),
-        (
-            "category_affinity",
-            100,
-            {
-                "user_categories": "user_history:genre_counts",
-                "category": "movie_attributes:genres",
-                **popularity,
-            },
-        ),
-        ("popular", 50, popularity),
-    )
-    configs = []
-    for stage_type, quota, values in stages:
-        params = struct_pb2.Struct()
-        params.update(values)
-        configs.append(scene_pb2.StageConfig(type=stage_type, quota=quota, params=params))
-    return configs
-
-
-def movielens_scene(stubs: Stubs, project: str, model: str, scene_id: str) -> scene_pb2.Scene:
-    """MovieLens' home feed: four recalls (`movielens_recalls`), ranked by the trained
-    `model` (its active version), top 10. Created once; a rerun brings a scene stored by an
-    older demo to this definition."""
-    scene = scene_pb2.Scene(
-        project=project,
-        user_entity="user",
-        item_entity="item",
-        recalls=movielens_recalls(),
-        filters=[scene_pb2.StageConfig(type="exclude_items")],
-        rank=scene_pb2.RankConfig(model=model),
-        reranks=[scene_pb2.StageConfig(type="top_n")],
-        top_n=10,
-        description="MovieLens home feed: four recalls ranked by the trained ranker",
-    )
-    try:
-        return stubs.recommend.CreateScene(
-            cpb.CreateSceneRequest(scene_id=scene_id, scene=scene)
-        ).scene
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
-    name = f"scenes/{scene_id}"
-    stored = stubs.recommend.GetScene(cpb.GetSceneRequest(name=name)).scene
-    if [r.type for r in stored.recalls] == [r.type for r in scene.recalls]:
-        return stored
-    scene.name, scene.etag = name, stored.etag
-    mask = field_mask_pb2.FieldMask(paths=["recalls", "description"])
-    return stubs.recommend.UpdateScene(cpb.UpdateSceneRequest(scene=scene, update_mask=mask)).scene
-
-
 def active_version(stubs: Stubs, project: str, model: str) -> model_pb2.ModelVersion | None:
     """The model's ACTIVE version, None when the model or an active version is missing."""
     name = f"projects/{project}/models/{model}"
@@ -417,7 +354,8 @@ def show_movielens(stubs: Stubs) -> int:
         f"{metrics['probs_cvr_auc']:.3f} (popularity "
         f"{metrics['baseline_popularity_probs_cvr_auc']:.3f})"
     )
-    scene = movielens_scene(stubs, movielens.PROJECT, movielens.MODEL, MOVIELENS_SCENE)
+    # `prepare` applied the scene and its experiment with the feature repository.
+    scene = stubs.recommend.GetScene(cpb.GetSceneRequest(name=f"scenes/{MOVIELENS_SCENE}")).scene
     for user in MOVIELENS_USERS:
         response = recommend(stubs, MOVIELENS_SCENE, user)
         served = ", ".join(response.variants) or "no experiment (the scene as stored)"

@@ -3,6 +3,12 @@
     python -m infra.local.movielens prepare   # apply the feature repo, backfill every view
     python -m infra.local.movielens train     # prepare, then `recstack train` (`make train`)
 
+The feature repository declares the home-feed scene and its experiment beside the features
+(`feature_repo/scenes/`), so applying it needs the recommend service too. Scene ids are
+global to that service: a test or benchmark applying the repository in a project of its own
+applies `copy_feature_repo`'s copy, which leaves the scenes out, and builds its scene from
+`home_scene`.
+
 `item_embeddings` is published from the file training writes, so it is materialized after a
 training run (again after each: a retrain rewrites the file), and by `prepare` once the file
 exists.
@@ -14,14 +20,21 @@ the backfill only fills intervals that are not materialized yet.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from recstack.recommend.v1 import scene_pb2
+
+from cli import definitions
 from cli import main as recstack
 from infra.local.tritonserver import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "movielens"
+FEATURE_REPO = EXAMPLE / "feature_repo"
+SCENES = "scenes"
+HOME_SCENE = "movielens_home"
 PROJECT = "movielens"
 MODEL = "ranker"
 VIEWS = ("movie_attributes", "user_profile", "item_popularity", "user_history", "item_similar")
@@ -46,7 +59,7 @@ def prepare(project: str = PROJECT, connection: Sequence[str] = ()) -> None:
         raise StepFailed(
             f"{', '.join(map(str, map(data, missing)))} missing: run `make movielens-data`"
         )
-    run("apply", str(EXAMPLE / "feature_repo"), "--project", project, *connection)
+    run("apply", str(FEATURE_REPO), "--project", project, *connection)
     started = time.perf_counter()
     for view in VIEWS:
         backfill(project, view, connection)
@@ -82,6 +95,22 @@ def train(project: str = PROJECT, connection: Sequence[str] = ()) -> None:
     print(f"{project}/{MODEL}: trained and deployed in {time.perf_counter() - started:.1f}s")
     # The new model's item embeddings replace the previous ones.
     backfill(project, EMBEDDINGS_VIEW, connection, ("none", "incomplete", "complete"))
+
+
+def copy_feature_repo(target: Path) -> Path:
+    """The feature repository's registry definitions, without its scenes, copied to `target`
+    (its FILE sources' `../data` paths then resolve beside `target`)."""
+    shutil.copytree(FEATURE_REPO, target, ignore=shutil.ignore_patterns(SCENES))
+    return target
+
+
+def home_scene(project: str) -> scene_pb2.Scene:
+    """The home-feed scene as the repository declares it, in `project`."""
+    repo = definitions.load(FEATURE_REPO / SCENES, project)
+    [scene] = [item.spec for item in repo.served if item.resource_id == HOME_SCENE]
+    assert isinstance(scene, scene_pb2.Scene)
+    scene.project = project
+    return scene
 
 
 def data(name: str) -> Path:

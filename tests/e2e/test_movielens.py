@@ -10,7 +10,6 @@ computed directly from the ratings. (`make movielens-data` writes the Parquet fi
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from recstack.materialization.v1 import materialization_service_pb2_grpc
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
+from infra.local import movielens
 from tests.cli import run_cli
 from training.samples import SampleConfig, build_samples
 
@@ -71,7 +71,7 @@ def run(
     tmp_path_factory, registry_address, materialization_address, connect, cli_environment
 ) -> Run:
     base = tmp_path_factory.mktemp("movielens")
-    shutil.copytree(EXAMPLE / "feature_repo", base / "feature_repo")
+    movielens.copy_feature_repo(base / "feature_repo")
     (base / "data").mkdir()
     tables = {}
     for name in ("ratings", "movies", "users"):

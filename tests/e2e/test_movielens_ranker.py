@@ -31,7 +31,8 @@ from recstack.registry.v1 import model_pb2, registry_service_pb2_grpc
 from recstack.registry.v1 import registry_service_pb2 as rpb
 from recstack.serving.v1 import serving_service_pb2 as spb
 
-from infra.local import demo
+from infra.local import demo, movielens
+from services.recommend.experiments import choose_variant
 from shared.values import from_proto, generated_array
 from tests.cli import run_cli
 
@@ -70,11 +71,24 @@ def base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(base, registry_address, materialization_address, cli_environment) -> str:
+def project(
+    base, registry_address, materialization_address, recommend_address, cli_environment
+) -> str:
+    """The whole example repository applied: its views, the ranker, the home-feed scene and
+    its experiment (this stack's only `movielens_home`)."""
     project = f"movielens_{uuid.uuid4().hex[:6]}"
     connection = ("--registry", registry_address, "--materialization", materialization_address)
-    applied = run_cli("apply", str(base / "feature_repo"), "--project", project, *connection[:2])
+    applied = run_cli(
+        "apply",
+        str(base / "feature_repo"),
+        "--project",
+        project,
+        *connection[:2],
+        "--recommend",
+        recommend_address,
+    )
     assert applied.code == 0, applied.err
+    assert re.search(r"create\s+Scene\s+movielens_home", applied.out), applied.out
     for view in VIEWS:
         backfill(project, view, connection)
     return project
@@ -163,8 +177,16 @@ def stubs(
 
 @pytest.fixture(scope="module")
 def scene(project, first, stubs) -> str:
-    """The demo's MovieLens scene (four recalls, the ranker, top 10)."""
-    return demo.movielens_scene(stubs, project, "ranker", project).name.rsplit("/", 1)[-1]
+    """The example's four recalls and ranker without the filter and rerank that drop or
+    reorder candidates, so that each recall can be checked against what it reads."""
+    scene = movielens.home_scene(project)
+    del scene.filters[1:]
+    del scene.reranks[:]
+    scene.reranks.add(type="top_n")
+    scene.rank.score_formula = ""
+    assert [f.type for f in scene.filters] == ["exclude_items"]
+    stubs.recommend.CreateScene(cpb.CreateSceneRequest(scene_id=project, scene=scene))
+    return project
 
 
 def metrics_of(output: str) -> dict[str, tuple[float, ...]]:
@@ -209,6 +231,39 @@ def test_recommendations_are_ranked_by_the_model_with_every_output(scene, stubs,
     titles = demo.titles(stubs, project, [item.item_id for item in response.items])
     assert all(titles.values())
     assert demo.active_version(stubs, project, "ranker").version == 1
+
+
+def test_the_examples_scene_and_experiment_serve_as_the_repository_declares(first, project, stubs):
+    """`movielens_home` from `feature_repo/scenes/`: the user's recent movies filtered, at
+    most 2 movies of a genre in any 5 positions, and the experiment's variant choosing the
+    score (the click alone, or times the conversion)."""
+    scene = stubs.recommend.GetScene(cpb.GetSceneRequest(name="scenes/movielens_home")).scene
+    experiment = stubs.recommend.GetExperiment(
+        cpb.GetExperimentRequest(name="experiments/movielens_home_score")
+    ).experiment
+    assert scene.project == project and scene.rank.model == "ranker"
+    users = list(range(1, 200, USER_STEP))
+    history = online(stubs, project, ["user_history:recent_items"], users)
+    served: dict[str, int] = {}
+    for user, recent in zip(users, history["user_history:recent_items"], strict=True):
+        response = demo.recommend(stubs, "movielens_home", user)
+        variant = choose_variant(experiment, str(user))
+        assert variant is not None
+        assert list(response.variants) == [f"movielens_home_score/{variant.name}"]
+        served[variant.name] = served.get(variant.name, 0) + 1
+        assert len(response.items) == 10 and not response.degraded
+        assert not {item.item_id for item in response.items} & {str(i) for i in recent or []}
+        for item in response.items:
+            ctr, cvr = item.model_scores["probs_ctr"], item.model_scores["probs_cvr"]
+            expected = ctr * cvr if variant.name == "conversion" else ctr
+            assert item.score == pytest.approx(expected, rel=1e-6)
+        genres = online(
+            stubs, project, ["movie_attributes:genres"], [int(i.item_id) for i in response.items]
+        )["movie_attributes:genres"]
+        for start in range(len(genres) - 4):
+            window = [genre for movie in genres[start : start + 5] for genre in movie]
+            assert max(window.count(genre) for genre in window) <= 2, (user, genres)
+    assert set(served) == {"control", "conversion"}
 
 
 def test_fg_check_finds_offline_and_online_features_identical(
