@@ -1,6 +1,7 @@
 """Recommend on live data: items and interactions written through serving reach the pipeline
-(the item cache's incremental refresh, the per-request user read), filters and reranks on
-real PostgreSQL, cold-start users and the empty-result reason, over the real services."""
+(the item cache's incremental refresh, the per-request user read), every filter and rerank
+type on real PostgreSQL, cold-start users and the empty-result reason, over the real
+services."""
 
 from __future__ import annotations
 
@@ -39,19 +40,11 @@ def stage(kind: str, **params) -> scene_pb2.StageConfig:
     return scene_pb2.StageConfig(type=kind, params=struct(**params))
 
 
-@pytest.fixture(scope="module")
-def project(registry_address, connect) -> str:
-    project = f"live_{uuid.uuid4().hex[:8]}"
-    item_fields = [
-        Field(name="item_id", value_type=VT.VALUE_TYPE_INT64),
-        Field(name="popularity", value_type=VT.VALUE_TYPE_DOUBLE),
-        Field(name="genre", value_type=VT.VALUE_TYPE_STRING),
-        Field(name="in_stock", value_type=VT.VALUE_TYPE_BOOL),
-    ]
-    event_fields = [
-        Field(name="user_id", value_type=VT.VALUE_TYPE_INT64),
-        Field(name="seen_items", value_type=VT.VALUE_TYPE_INT64_LIST),
-    ]
+def apply_push_views(
+    registry_address, connect, project: str, views: dict[str, tuple[str, list[Field]]]
+) -> None:
+    """Entities `user` and `item`, and per view (its entity, its fields) a REAL_TIME view
+    over a push source of its own."""
     definitions = [
         rpb.Definition(
             id="user", entity=entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64)
@@ -60,10 +53,7 @@ def project(registry_address, connect) -> str:
             id="item", entity=entity_pb2.Entity(join_key="item_id", key_type=VT.VALUE_TYPE_INT64)
         ),
     ]
-    for view, entity, fields in (
-        ("catalog", "item", item_fields),
-        ("events", "user", event_fields),
-    ):
+    for view, (entity, fields) in views.items():
         definitions += [
             rpb.Definition(
                 id=f"{view}_push",
@@ -86,6 +76,23 @@ def project(registry_address, connect) -> str:
         registry_service_pb2_grpc.RegistryServiceStub(channel).Apply(
             rpb.ApplyRequest(parent=f"projects/{project}", definitions=definitions)
         )
+
+
+@pytest.fixture(scope="module")
+def project(registry_address, connect) -> str:
+    project = f"live_{uuid.uuid4().hex[:8]}"
+    item_fields = [
+        Field(name="item_id", value_type=VT.VALUE_TYPE_INT64),
+        Field(name="popularity", value_type=VT.VALUE_TYPE_DOUBLE),
+        Field(name="genre", value_type=VT.VALUE_TYPE_STRING),
+        Field(name="in_stock", value_type=VT.VALUE_TYPE_BOOL),
+    ]
+    event_fields = [
+        Field(name="user_id", value_type=VT.VALUE_TYPE_INT64),
+        Field(name="seen_items", value_type=VT.VALUE_TYPE_INT64_LIST),
+    ]
+    views = {"catalog": ("item", item_fields), "events": ("user", event_fields)}
+    apply_push_views(registry_address, connect, project, views)
     return project
 
 
@@ -236,3 +243,101 @@ def test_when_every_candidate_is_filtered_the_list_is_empty_with_the_reason(
 
     assert list(response.items) == []
     assert response.empty_reason == "every candidate was removed by stage 'already_seen'"
+
+
+# --- the score-driven reranks on their own catalogue -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shop(registry_address, connect, serving) -> str:
+    """Items 1..4 by popularity 90, 80, 70, 60: 1, 2 and 4 nearly the same embedding, 3
+    another; 3 released in 2024; 1 out of stock, 4 with no stock figure."""
+    project = f"shop_{uuid.uuid4().hex[:8]}"
+    fields = [
+        Field(name="item_id", value_type=VT.VALUE_TYPE_INT64),
+        Field(name="popularity", value_type=VT.VALUE_TYPE_DOUBLE),
+        Field(name="release_year", value_type=VT.VALUE_TYPE_INT64),
+        Field(name="stock", value_type=VT.VALUE_TYPE_INT64),
+        Field(name="embedding", value_type=VT.VALUE_TYPE_FLOAT_LIST),
+    ]
+    apply_push_views(registry_address, connect, project, {"goods": ("item", fields)})
+    rows = []
+    for item_id, popularity, year, stock, embedding in (
+        (1, 90.0, 2010, 0, [1.0, 0.0]),
+        (2, 80.0, 2010, 5, [1.0, 0.0]),
+        (3, 70.0, 2024, 5, [0.0, 1.0]),
+        (4, 60.0, 2010, None, [1.0, 0.05]),
+    ):
+        values = {
+            "item_id": value_pb2.Value(int64_value=item_id),
+            "popularity": value_pb2.Value(double_value=popularity),
+            "release_year": value_pb2.Value(int64_value=year),
+            "embedding": value_pb2.Value(float_list_value=value_pb2.FloatList(values=embedding)),
+        }
+        if stock is not None:
+            values["stock"] = value_pb2.Value(int64_value=stock)
+        row = spb.FeatureRow(values=values)
+        row.event_time.GetCurrentTime()
+        rows.append(row)
+    serving.WriteFeatures(
+        spb.WriteFeaturesRequest(project=project, feature_view="goods", rows=rows)
+    )
+    return project
+
+
+def ranked_after(recommend, project: str, rerank: scene_pb2.StageConfig) -> list[str]:
+    """The shop's items, recalled by popularity, after `rerank`."""
+    scene_id = f"{project}_{rerank.type}"
+    recommend.CreateScene(
+        cpb.CreateSceneRequest(
+            scene_id=scene_id,
+            scene=scene_pb2.Scene(
+                project=project,
+                user_entity="user",
+                item_entity="item",
+                recalls=[
+                    scene_pb2.StageConfig(
+                        type="popularity",
+                        quota=10,
+                        params=struct(feature_view="goods", feature="popularity"),
+                    )
+                ],
+                reranks=[rerank, scene_pb2.StageConfig(type="top_n")],
+                top_n=10,
+            ),
+        )
+    )
+    return [item.item_id for item in recommended(recommend, scene_id, 1).items]
+
+
+def test_boost_multiplies_the_score_of_what_its_rule_matches(shop, recommend):
+    rule = {"field": "goods:release_year", "op": ">=", "value": 2020}
+    # Recall order scores 1, 0.75, 0.5, 0.25: item 3's 0.5 x 3 goes first.
+    assert ranked_after(recommend, shop, stage("boost", rules=[rule], factor=3)) == [
+        "3",
+        "1",
+        "2",
+        "4",
+    ]
+
+
+def test_mmr_places_the_different_item_before_the_near_duplicates(shop, recommend):
+    # lambda 0.5: after item 1, item 3 (relevance 1/3, similarity 0) beats item 2 (2/3, 1).
+    assert ranked_after(
+        recommend, shop, stage("mmr", feature="goods:embedding", **{"lambda": 0.5})
+    ) == [
+        "1",
+        "3",
+        "2",
+        "4",
+    ]
+
+
+def test_stock_moves_items_without_enough_behind_the_others(shop, recommend):
+    # Item 1 has none, item 4 no figure (demoted by default); each group keeps its order.
+    assert ranked_after(recommend, shop, stage("stock", feature="goods:stock")) == [
+        "2",
+        "3",
+        "1",
+        "4",
+    ]
