@@ -191,7 +191,7 @@ train: up $(MOVIELENS_DATA) ## Train the MovieLens ranker (dnn) on the running s
 	$(PY) -m infra.local.movielens train
 
 .PHONY: bench
-bench: bench-serving bench-materialization bench-embeddings bench-movielens bench-recall bench-fg ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-materialization bench-embeddings bench-movielens bench-recall bench-fg bench-recommend ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
@@ -212,6 +212,10 @@ bench-recall: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## The recall stage
 .PHONY: bench-fg
 bench-fg: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## The feature generator on 500 MovieLens items vs the bare column gathers (~30 s).
 	$(PY) -m bench.fg
+
+.PHONY: bench-recommend
+bench-recommend: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(MOVIELENS_DATA) ## Recommend over gRPC at 100,000 items (the trained ranker on Triton) vs its bare parts (~8 min).
+	$(PY) -m bench.recommend
 
 .PHONY: bench-embeddings
 bench-embeddings: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## 5,000 reviews embedded through materialization + Triton vs in-process (~3 min).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -101,6 +101,13 @@ class StageRequest:
     size: int
     user: Mapping[str, Any] = field(default_factory=dict)
     user_key: Any = None
+    # The pipeline's timer while it runs the request; None outside a pipeline.
+    timer: _Timer | None = field(default=None, compare=False, repr=False)
+
+    def timed(self, part: str) -> AbstractContextManager[None]:
+        """Times a part of the stage that is running, reported as `<stage>.<part>` beside
+        the stage's own time (which includes it), e.g. `rank.fg`."""
+        return self.timer.part(part) if self.timer is not None else nullcontext()
 
 
 @dataclass(frozen=True)
@@ -407,7 +414,7 @@ class Pipeline:
     def run(self, request: StageRequest, variant: str = NO_VARIANT) -> PipelineResult:
         counts: dict[str, int] = {}
         timer = _Timer(self.scene_id, variant)
-        request = self._with_user(request, timer)
+        request = self._with_user(replace(request, timer=timer), timer)
         candidates = self._recall(request, timer, counts)
         for named in self.filters:
             with timer(named.name):
@@ -429,7 +436,7 @@ class Pipeline:
     def score(self, request: StageRequest, item_ids: Sequence[str]) -> Candidates:
         """Only the rank stage, on the given items in the given order (the Score API)."""
         timer = _Timer(self.scene_id, NO_VARIANT)
-        request = self._with_user(request, timer, (self.rank,))
+        request = self._with_user(replace(request, timer=timer), timer, (self.rank,))
         return self._rank(request, Candidates.of(item_ids), timer)
 
     def _with_user(
@@ -483,16 +490,26 @@ def by_score(candidates: Candidates) -> Candidates:
 
 @dataclass(frozen=True)
 class _Timer:
+    """Seconds per stage of one request, each also observed in STAGE_SECONDS."""
+
     scene: str
     variant: str
     seconds: dict[str, float] = field(default_factory=dict)
+    # The stages being timed, innermost last (a request runs its stages one at a time).
+    _running: list[str] = field(default_factory=list)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         started = time.perf_counter()
+        self._running.append(stage)
         try:
             yield
         finally:
+            self._running.pop()
             elapsed = time.perf_counter() - started
             self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
             STAGE_SECONDS.labels(self.scene, self.variant, stage).observe(elapsed)
+
+    def part(self, part: str) -> AbstractContextManager[None]:
+        """Times `part` of the running stage as `<stage>.<part>`; outside a stage, `part`."""
+        return self(f"{self._running[-1]}.{part}" if self._running else part)

@@ -543,6 +543,25 @@ def test_pipeline_runs_every_stage_in_order(world):
     assert after == (before or 0) + 1
 
 
+def test_the_rank_stage_times_its_feature_generation_and_model_call_apart(world):
+    pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
+
+    seconds = pipeline.run(request(size=3)).stage_seconds
+
+    assert {"rank", "rank.fg", "rank.model"} <= set(seconds)
+    assert seconds["rank.fg"] + seconds["rank.model"] <= seconds["rank"]
+    # Score runs the same rank stage.
+    assert REGISTRY.get_sample_value(
+        "recstack_recommend_stage_seconds_count",
+        {"scene": "home", "variant": "default", "stage": "rank.model"},
+    )
+
+
+def test_a_stage_run_outside_a_pipeline_times_nothing():
+    with StageRequest("home", PROJECT, "7", {}, 3).timed("fg"):
+        pass
+
+
 def test_an_item_found_by_two_recalls_lists_both(world):
     scene = make_scene()
     scene.recalls[1].params.update({"feature": "popularity"})

@@ -139,13 +139,16 @@ class ModelRank:
         scorer = self._scorer()
         if scorer is None:
             return candidates.with_columns(**{SCORE: _recall_order(count)})
-        generated = self._generate(scorer, request, candidates)
+        # Timed apart (`rank.fg`, `rank.model`): our own work next to the call we delegate.
+        with request.timed("fg"):
+            generated = self._generate(scorer, request, candidates)
         columns = {MODEL_INPUT_PREFIX + name: array for name, array in generated.items()}
         if not scorer.triton_model:
             # Bare features without a model: generated (for Score's debug output), unscored.
             return candidates.with_columns(**columns, **{SCORE: _recall_order(count)})
         try:
-            outputs = self._infer(scorer, scorer.model_inputs(generated), count)
+            with request.timed("model"):
+                outputs = self._infer(scorer, scorer.model_inputs(generated), count)
         except (Unavailable, DeadlineExceeded, ResourceExhausted) as exc:
             return self._degraded(candidates, columns, exc)
         columns |= {MODEL_OUTPUT_PREFIX + name: column for name, column in outputs.items()}
