@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
@@ -119,6 +121,24 @@ def test_vector_recall_orders_by_inner_product_with_the_user_vector():
 
     assert recall.user_refs == ("user_towers:vector",)
     assert recall.recall(request(**{"user_towers:vector": [1.0, 0.0]})) == ["2", "4", "1"]
+
+
+def test_a_search_on_a_new_thread_runs_on_that_thread_alone():
+    """OpenMP's thread count is per calling thread: the import-time setting does not reach
+    gRPC's request threads, so each searching thread sets its own."""
+    items = Items(table(EMBEDDINGS, vectors([1, 0], [3, 0], [0, 1])))
+    recall = vector_recall(items, quota=2, user_vector="user_towers:vector")
+    seen: list[tuple[list[str], int]] = []
+
+    def search() -> None:
+        found = recall.recall(request(**{"user_towers:vector": [1.0, 0.0]}))
+        seen.append((found, faiss.omp_get_max_threads()))
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    thread.join()
+
+    assert seen == [(["2", "1"], 1)]
 
 
 def test_cosine_ranks_by_angle_not_length():
