@@ -20,6 +20,7 @@ not have either are remembered until the next refresh, so they cost no read per 
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -122,7 +123,9 @@ class ItemTable:
 
     def rows(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row of each item id, -1 where the view has no row for it."""
-        return np.fromiter((self._index.get(i, -1) for i in item_ids), np.int64, len(item_ids))
+        return np.fromiter(
+            map(self._index.get, item_ids, itertools.repeat(-1)), np.int64, len(item_ids)
+        )
 
     def column(self, feature: str, rows: np.ndarray) -> np.ndarray:
         """A feature's values at `rows`; NaN (numeric) or None (other types) where row is -1."""

@@ -232,9 +232,13 @@ def _normalizer(entry: Entry) -> Normalize | None:
 def _broadcast_rows(columns: Sequence[list[Any]]) -> list[tuple[Any, ...]]:
     """Rows of several inputs side by side; an input with one entry pairs with every row."""
     count = min(len(column) for column in columns) and max(len(column) for column in columns)
-    return [
-        tuple(column[row if len(column) > 1 else 0] for column in columns) for row in range(count)
-    ]
+    if not count:
+        return []
+    # zip runs the loop in C: a request crosses one user entry with hundreds of items.
+    spread = (
+        column if len(column) > 1 else itertools.repeat(column[0], count) for column in columns
+    )
+    return list(zip(*spread, strict=True))
 
 
 def _memoized(

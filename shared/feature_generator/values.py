@@ -197,8 +197,8 @@ def pad(indices: Iterable[Sequence[int]], width: int) -> np.ndarray:
         firsts = [values[0] if values else -1 for values in rows_list]
         matrix[:, 0] = firsts
         return matrix
-    for row, values in enumerate(rows_list):
-        kept = values[:width]
-        if kept:
-            matrix[row, : len(kept)] = kept
+    # One masked assignment in row order instead of a slice assignment per row.
+    kept = [values[:width] for values in rows_list]
+    lengths = np.fromiter(map(len, kept), np.int64, len(kept))
+    matrix[np.arange(width) < lengths[:, None]] = [value for values in kept for value in values]
     return matrix
