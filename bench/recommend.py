@@ -17,11 +17,12 @@ bulk-loaded into the `movie_attributes` and `item_popularity` online tables, and
 copied: the item-to-item recall reads only the rows of a user's recent movies, which are the
 real ones. The users are the 943 MovieLens users with their materialized features.
 
-The scene is the demo's home feed at top_k 500: recalls `vector` (flat, cosine, over the
-100,000 x 64) 150, `item_to_item` 200, `category_affinity` 100 and `popular` 50, the
-`already_seen` and `exclude_items` filters, the ranker (`RankConfig.model`, its ACTIVE
-version on Triton), `top_n` 20. Measurement starts when the service's item cache holds all
-100,000 items of every view it reads (its `recstack_recommend_item_cache_items` gauge).
+The scene is the example's home feed (`feature_repo/scenes/home_feed.yaml`) at top_k 500:
+recalls `vector` (here flat, cosine, over the 100,000 x 64) 150, `item_to_item` 200,
+`category_affinity` 100 and `popular` 50, the `exclude_items` and `already_seen` filters, the
+ranker (`RankConfig.model`, its ACTIVE version on Triton), `category_diversity`, `top_n` 20.
+Measurement starts when the service's item cache holds all 100,000 items of every view it
+reads (its `recstack_recommend_item_cache_items` gauge).
 
 Figures, interleaved in blocks of the same random users after a warm-up (this process is
 the load; the servers are other processes):
@@ -74,7 +75,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tritonclient.grpc as triton_grpc
 import yaml
-from google.protobuf import struct_pb2
 from psycopg import sql
 from recstack.common.v1 import value_pb2
 from recstack.recommend.v1 import recommend_service_pb2 as cpb
@@ -143,11 +143,12 @@ STAGE_ORDER = (
     "item_to_item",
     "category_affinity",
     "popular",
-    "already_seen",
     "exclude_items",
+    "already_seen",
     "rank",
     "rank.fg",
     "rank.model",
+    "category_diversity",
     "top_n",
 )
 TARGETS = {"recommend_vs_bare_sum": "<= 2"}
@@ -176,7 +177,7 @@ def clustered_vectors(items: int, dimension: int, seed: int = 7) -> np.ndarray:
 def write_repository(scratch: Path, vectors: np.ndarray, epochs: int) -> Path:
     """The example repository and training config beside copies of the data, with the
     64-d vector view added (in the copy only)."""
-    shutil.copytree(movielens.EXAMPLE / "feature_repo", scratch / "feature_repo")
+    movielens.copy_feature_repo(scratch / "feature_repo")
     shutil.copy(movielens.EXAMPLE / "fg.json", scratch / "fg.json")
     (scratch / "data").mkdir()
     for name in ("ratings", "movies", "users"):
@@ -255,55 +256,16 @@ def scale_catalogue(store: PostgresOnlineStore, views: Sequence[ViewSchema], ite
 
 
 def scene(project: str) -> scene_pb2.Scene:
-    """The demo's home feed (infra.local.demo.movielens_recalls) at top_k 500 over the 64-d
-    vectors, with the already-seen filter and top 20."""
-    history = "user_history:recent_items"
-    popularity = {"feature_view": "item_popularity", "feature": "item_ratings_30d"}
-    recalls = (
-        (
-            "vector",
-            150,
-            {
-                "feature_view": VECTORS_VIEW,
-                "feature": "embedding",
-                "user_history": history,
-                "metric": "cosine",
-                "index": "flat",
-            },
-        ),
-        ("item_to_item", 200, {"feature_view": "item_similar", "user_history": history}),
-        (
-            "category_affinity",
-            100,
-            {
-                "user_categories": "user_history:genre_counts",
-                "category": "movie_attributes:genres",
-                **popularity,
-            },
-        ),
-        ("popular", 50, popularity),
-    )
-    assert sum(quota for _, quota, _ in recalls) == TOP_K
-    return scene_pb2.Scene(
-        project=project,
-        user_entity="user",
-        item_entity="item",
-        recalls=[stage(kind, quota, params) for kind, quota, params in recalls],
-        filters=[
-            stage("already_seen", 0, {"features": [history]}),
-            stage("exclude_items", 0, {}),
-        ],
-        rank=scene_pb2.RankConfig(model=movielens.MODEL),
-        reranks=[stage("top_n", 0, {})],
-        top_n=TOP_N,
-        description="bench.recommend: the MovieLens home feed at 100,000 items",
-    )
-
-
-def stage(kind: str, quota: int, values: dict[str, Any]) -> scene_pb2.StageConfig:
-    params = struct_pb2.Struct()
-    params.update(values)
-    return scene_pb2.StageConfig(type=kind, quota=quota, params=params)
+    """The example's home feed (`feature_repo/scenes/home_feed.yaml`: four recalls, 500
+    candidates, both filters, the ranker, genre diversity) with its vector recall over the
+    64-d vectors (flat, cosine) and the top 20."""
+    home = movielens.home_scene(project)
+    [vector] = [config for config in home.recalls if config.type == "vector"]
+    vector.params.update({"feature_view": VECTORS_VIEW, "metric": "cosine", "index": "flat"})
+    assert sum(config.quota for config in home.recalls) == TOP_K
+    home.top_n = TOP_N
+    home.description = "bench.recommend: the MovieLens home feed at 100,000 items"
+    return home
 
 
 # --- the stack -------------------------------------------------------------------------------
