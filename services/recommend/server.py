@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import Field
 from recstack.recommend.v1 import recommend_service_pb2, recommend_service_pb2_grpc
 
+from services.recommend.adapters.online_user_features import OnlineStoreUserFeatures
 from services.recommend.adapters.registry import RegistryDefinitions
 from services.recommend.adapters.repository import SCHEMA, postgres_unit_of_work
 from services.recommend.adapters.serving_client import ServingUserFeatures
@@ -52,6 +54,10 @@ class RecommendSettings(ServiceSettings):
     scene_cache_seconds: float = Field(default=1.0, ge=0)
     # Per inference call; Triton answers a 500-item ranking in about a millisecond on CPU.
     triton_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Where user features are read: straight from the online store this service already
+    # holds (one round trip), or through the serving service's GetOnlineFeatures (a gRPC hop
+    # more; for deployments that keep recommend off the store's user tables).
+    user_features_source: Literal["online_store", "serving"] = "online_store"
     # Per user-feature read from the serving service.
     serving_timeout_seconds: float = Field(default=2.0, gt=0)
     # Latest registry definitions are re-read at most this often.
@@ -121,9 +127,7 @@ def open_deps(settings: RecommendSettings) -> RecommendDeps:
         )
     )
     model_server = TritonModelServer(settings.triton_addr, settings.triton_timeout_seconds)
-    user_features = ServingUserFeatures(
-        settings.serving_addr, client=client, timeout_seconds=settings.serving_timeout_seconds
-    )
+    user_features = _user_features(settings, store, registry)
     return RecommendDeps(
         engine,
         store,
@@ -138,6 +142,18 @@ def open_deps(settings: RecommendSettings) -> RecommendDeps:
             engine.dispose,
         ),
     )
+
+
+def _user_features(
+    settings: RecommendSettings, store: OnlineStore, registry: RegistryDefinitions
+) -> OnlineStoreUserFeatures | ServingUserFeatures:
+    if settings.user_features_source == "serving":
+        return ServingUserFeatures(
+            settings.serving_addr,
+            client=settings.client_settings(),
+            timeout_seconds=settings.serving_timeout_seconds,
+        )
+    return OnlineStoreUserFeatures(store, registry, plan_seconds=settings.registry_cache_seconds)
 
 
 def main() -> None:

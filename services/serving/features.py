@@ -7,18 +7,18 @@ definitions every `definitions_seconds`), then costs one store round trip.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from services.serving.produced import ProducedFields
 from shared.embeddings import TextEmbedder
 from shared.errors import DomainError, InvalidArgument, quoted
 from shared.feature_views import ViewSchema
+from shared.online_features import FeatureRef, Status, micros, now_micros, statuses
 from shared.online_store import OnlineStore, ViewColumns, WriteResult
 from shared.values import proto_kind, type_name
 
@@ -26,14 +26,6 @@ MAX_KEYS = 1000
 MAX_WRITE_ROWS = 10_000
 # Distinct request shapes kept resolved; beyond this the cache starts over (bounded memory).
 MAX_PLANS = 10_000
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND = timedelta(microseconds=1)
-
-
-class Status(enum.IntEnum):
-    PRESENT = 1
-    NOT_FOUND = 2
-    OUTSIDE_TTL = 3
 
 
 class Definitions(Protocol):
@@ -42,28 +34,6 @@ class Definitions(Protocol):
     def view_schema(self, project: str, view_id: str, version: int = 0) -> ViewSchema: ...
     def model_feature_set(self, project: str, set_id: str) -> Any: ...
     def embedding_model(self, project: str, model_id: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class FeatureRef:
-    view: str
-    version: int
-    feature: str
-
-    @classmethod
-    def parse(cls, text: str, field: str) -> FeatureRef:
-        view_part, separator, feature = text.partition(":")
-        view, _, version = view_part.partition("@")
-        if not separator or not view or not feature or (version and not version.isdigit()):
-            raise InvalidArgument(
-                field, f"{quoted(text)} is not `view:feature`, `view:*` or `view@N:f`"
-            )
-        return cls(view, int(version or 0), feature)
-
-    @property
-    def view_label(self) -> str:
-        """How the ref named its view: `view`, or `view@N` when it pinned a version."""
-        return f"{self.view}@{self.version}" if self.version else self.view
 
 
 @dataclass(frozen=True)
@@ -179,7 +149,7 @@ class FeatureServer:
         started = time.perf_counter()
         columns = self._store.read(plan.requests, key_values)
         seconds = time.perf_counter() - started
-        now_us = ((now or datetime.now(UTC)) - EPOCH) // ONE_MICROSECOND
+        now_us = now_micros(now)
         views = [
             _view_read(view_plan, view_columns, now_us)
             for view_plan, view_columns in zip(plan.views, columns, strict=True)
@@ -282,14 +252,14 @@ def _view_plan(view: ViewSchema, label: str, features: list[str]) -> _ViewPlan:
 
 def _view_read(plan: _ViewPlan, columns: ViewColumns, now_us: int) -> ViewRead:
     # Event times as integer microseconds: statuses, ages and the wire encoding all need them.
-    micros = [None if t is None else (t - EPOCH) // ONE_MICROSECOND for t in columns.event_times]
+    event_micros = [micros(t) for t in columns.event_times]
     return ViewRead(
         plan.view,
         plan.names,
         plan.value_types,
         [columns.values[feature] for feature in plan.features],
-        _statuses(plan.view, micros, now_us),
-        micros,
+        statuses(plan.view, event_micros, now_us),
+        event_micros,
     )
 
 
@@ -325,15 +295,6 @@ def _check_keys(keys: EntityKeys, view: ViewSchema) -> Sequence[Any]:
             f"{view.join_key} is {type_name(view.key_type)}; send it as {expected}",
         )
     return keys.values
-
-
-def _statuses(view: ViewSchema, micros: list[int | None], now_us: int) -> list[Status]:
-    """NOT_FOUND without a row; OUTSIDE_TTL when older than the view's TTL (0: no TTL)."""
-    present, missing, stale = Status.PRESENT, Status.NOT_FOUND, Status.OUTSIDE_TTL
-    if not view.ttl_seconds:
-        return [missing if m is None else present for m in micros]
-    cutoff = now_us - round(view.ttl_seconds * 1_000_000)
-    return [missing if m is None else stale if m < cutoff else present for m in micros]
 
 
 def _row_tuple(view: ViewSchema, row: RowInput, path: str) -> tuple[Any, ...]:

@@ -7,17 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.serving.features import (
-    EPOCH,
-    EntityKeys,
-    FeatureRef,
-    FeatureServer,
-    RowInput,
-    Status,
-    TypedValue,
-)
+from services.serving.features import EntityKeys, FeatureServer, RowInput, TypedValue
 from shared.errors import InvalidArgument
 from shared.feature_views import Feature, ViewSchema
+from shared.online_features import EPOCH, FeatureRef, Status
 from shared.online_store import ViewColumns, WriteResult
 from shared.values import VT
 
