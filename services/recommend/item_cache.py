@@ -24,10 +24,10 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import structlog
@@ -44,10 +44,18 @@ NUMERIC_TYPES = frozenset(
     {VT.VALUE_TYPE_INT64, VT.VALUE_TYPE_FLOAT, VT.VALUE_TYPE_DOUBLE, VT.VALUE_TYPE_BOOL}
 )
 ViewKey = tuple[str, str]
+T = TypeVar("T")
 
 
 class ViewDefinitions(Protocol):
     def view_schema(self, project: str, view_id: str, version: int = 0) -> ViewSchema: ...
+
+
+class Carried(Protocol):
+    """A structure derived per row of a table that an incremental refresh need not rebuild:
+    the merged table gets a copy with the replaced rows marked stale and room for new ones."""
+
+    def carried(self, replaced_rows: np.ndarray, size: int) -> Carried: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class ItemTable:
     _index: dict[str, int] = field(repr=False)
     # Rankings by feature, computed on first use; a table never changes, so they stay valid.
     _rankings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # Structures other modules derive from the table (see `derived`).
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
     # Item ids whose rows differ from the table this one replaced (an incremental refresh), so
     # derived structures (a vector index) can update only those; None: a full load.
     changed: frozenset[str] | None = None
@@ -98,14 +108,28 @@ class ItemTable:
             (item_id, len(self.item_ids) + offset)
             for offset, item_id in enumerate(update.item_ids[new].tolist())
         )
+        carried = {
+            key: value.carried(rows[~new], len(item_ids))
+            for key, value in self._derived.items()
+            if hasattr(value, "carried")
+        }
         return ItemTable(
             self.view,
             item_ids,
             columns,
             time.monotonic(),
             index,
+            _derived=carried,
             changed=frozenset(update.item_ids.tolist()),
         )
+
+    def derived(self, key: Hashable, build: Callable[[ItemTable], T]) -> T:
+        """The structure `build` derives from this table, built on first use and kept with
+        it; a `Carried` one passes to the table an incremental refresh merges from this."""
+        found = self._derived.get(key)
+        if found is None:
+            found = self._derived.setdefault(key, build(self))
+        return found
 
     @property
     def nbytes(self) -> int:

@@ -20,7 +20,7 @@ input tensors named after it: int64 embedding rows (-1 = no value) or float32 va
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,20 @@ class FeatureGenerator:
 
     def to_config(self) -> dict[str, Any]:
         return {"features": [dict(entry) for entry in self._config["features"]]}
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return self._features
+
+    def subset(self, names: Collection[str]) -> FeatureGenerator:
+        """The generator of these features alone. It holds the same feature objects, so each
+        of its outputs is exactly the whole generator's output of that name."""
+        chosen = set(names)
+        entries = self._config["features"]
+        return FeatureGenerator(
+            [feature for feature in self._features if feature.name in chosen],
+            {"features": [entry for entry in entries if entry.get("feature_name") in chosen]},
+        )
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ from services.recommend.pipeline import (
     StageType,
 )
 from services.recommend.rank.formula import parse as parse_formula
+from services.recommend.rank.item_side import SplitGenerator
 from shared.errors import (
     DeadlineExceeded,
     DomainError,
@@ -91,6 +92,14 @@ class Scorer:
     score: Callable[[Mapping[str, np.ndarray]], np.ndarray]
     # Bare mode sends the FG outputs as one matrix.
     bare: bool = False
+    # The generator as online ranking runs it: per item row, per distinct value, per request.
+    split: SplitGenerator | None = None
+
+    def __post_init__(self) -> None:
+        if self.split is None:
+            object.__setattr__(
+                self, "split", SplitGenerator.split(self.generator, self.item_inputs)
+            )
 
     @property
     def item_views(self) -> tuple[str, ...]:
@@ -198,18 +207,27 @@ class ModelRank:
             name: request.user_key if feature.is_key else request.user.get(feature.ref)
             for name, feature in scorer.user_inputs.items()
         }
-        items = {
-            name: candidates.item_ids if feature.is_key else tables.column(feature, item_ids)
-            for name, feature in scorer.item_inputs.items()
-        }
+
+        def columns(names: Sequence[str], positions: np.ndarray | None) -> dict[str, Any]:
+            found = {}
+            for name in names:
+                feature = scorer.item_inputs[name]
+                column = candidates.item_ids if feature.is_key else tables.column(feature, item_ids)
+                found[name] = column if positions is None else column[positions]
+            return found
 
         def lookup(name: str, ids: Sequence[str]) -> Sequence[Any]:
             feature = scorer.item_inputs[name]
             return tables.column(feature, list(ids)).tolist()
 
         try:
-            return scorer.generator.generate(
-                user, items, request.context, num_items=len(candidates), item_lookup=lookup
+            return scorer.split.generate(
+                user,
+                request.context,
+                item_ids,
+                columns,
+                lambda view: tables.lookup(view, item_ids),
+                lookup,
             )
         except FeatureValueError as exc:
             raise FailedPrecondition(
@@ -287,13 +305,16 @@ class _ItemTables:
         self._project = project
         self._found: dict[tuple[str, tuple[str, ...]], tuple[ItemTable, np.ndarray]] = {}
 
-    def column(self, feature: AvailableFeature, item_ids: list[str]) -> np.ndarray:
-        key = (feature.view, tuple(item_ids))
+    def lookup(self, view: str, item_ids: list[str]) -> tuple[ItemTable, np.ndarray]:
+        key = (view, tuple(item_ids))
         found = self._found.get(key)
         if found is None:
-            found = self._deps.items.lookup(self._project, feature.view, item_ids)
+            found = self._deps.items.lookup(self._project, view, item_ids)
             self._found[key] = found
-        table, rows = found
+        return found
+
+    def column(self, feature: AvailableFeature, item_ids: list[str]) -> np.ndarray:
+        table, rows = self.lookup(feature.view, item_ids)
         return table.column(feature.feature, rows)
 
 
