@@ -101,6 +101,9 @@ class StageRequest:
     size: int
     user: Mapping[str, Any] = field(default_factory=dict)
     user_key: Any = None
+    # Keep the generated model inputs as candidate columns (Score's debug output); off, they
+    # are not carried through the stages after rank.
+    keep_model_inputs: bool = False
     # The pipeline's timer while it runs the request; None outside a pipeline.
     timer: _Timer | None = field(default=None, compare=False, repr=False)
 
@@ -484,8 +487,15 @@ def by_score(candidates: Candidates) -> Candidates:
     """Best score first, ties by item id; NaN scores last."""
     if SCORE not in candidates.columns:
         return candidates
-    # lexsort sorts by the last key first; NaN sorts after every number.
-    return candidates.take(np.lexsort((candidates.item_ids, -candidates.columns[SCORE])))
+    keys = -candidates.columns[SCORE]
+    # argsort puts NaN after every number; the ids are compared (a string sort, several
+    # times slower) only when some scores tie.
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    if (ranked[1:] == ranked[:-1]).any() or np.isnan(ranked[-2:]).all():
+        # lexsort sorts by the last key first.
+        order = np.lexsort((candidates.item_ids, keys))
+    return candidates.take(order)
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,12 @@ class Recommender:
         scene = self._catalog.snapshot(query.scene).scene
         pipeline = self._pipelines.get(query.scene, scene)
         request = StageRequest(
-            query.scene, scene.project, query.user_id, query.context, len(query.item_ids)
+            query.scene,
+            scene.project,
+            query.user_id,
+            query.context,
+            len(query.item_ids),
+            keep_model_inputs=query.debug_level == 1,
         )
         candidates = pipeline.score(request, query.item_ids)
         if candidates.degraded:

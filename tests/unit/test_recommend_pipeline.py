@@ -479,6 +479,25 @@ def test_ranked_candidates_sort_by_score_then_item_id_and_top_n_cuts():
     assert result.columns["score"].tolist() == [0.9, 0.5, 0.5, 0.1]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_by_score_is_score_then_item_id_with_or_without_ties(seed):
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(0, 60))
+    # Few distinct scores (ties), many (none), and NaNs, by seed.
+    choices = [0.1, 0.5, 0.5, np.nan] if seed % 3 == 0 else rng.random(8)
+    scores = rng.random(count) if seed % 3 == 1 else rng.choice(choices, count)
+    ids = [f"i{n}" for n in rng.permutation(count)]
+
+    ranked = by_score(Candidates.of(ids, score=scores))
+
+    def order(i: int) -> tuple[bool, float, str]:
+        missing = bool(np.isnan(scores[i]))
+        return missing, 0.0 if missing else -scores[i], ids[i]
+
+    expected = sorted(range(count), key=order)
+    assert ranked.item_ids.tolist() == [ids[i] for i in expected]
+
+
 def test_top_n_keeps_the_order_earlier_reranks_gave():
     reordered = Candidates.of(["x", "y", "z"], score=np.array([0.1, 0.9, 0.5]))
 
@@ -491,8 +510,10 @@ def test_top_n_keeps_the_order_earlier_reranks_gave():
 def test_rank_builds_the_feature_matrix_in_configured_order(world):
     pipeline = build_pipeline("home", make_scene(), world.stages, world.deps)
 
-    scored = pipeline.score(request(), ["6", "1", "99"])
+    scored = pipeline.score(replace(request(), keep_model_inputs=True), ["6", "1", "99"])
+    unkept = pipeline.score(request(), ["6", "1", "99"])
 
+    assert unkept.model_inputs() == {}  # carried through later stages only when asked for
     generated = scored.model_inputs()
     assert list(generated) == [
         "user_profile:age",
@@ -508,7 +529,7 @@ def test_rank_builds_the_feature_matrix_in_configured_order(world):
     np.testing.assert_array_equal(sent, matrix)
     assert (model, outputs) == ("ranker", ["probs_ctr"])
     assert sent.dtype == np.float32
-    assert world.users.calls == [
+    assert world.users.calls == 2 * [
         (PROJECT, ("user_profile:age", "user_profile:activity"), 7, VT.VALUE_TYPE_INT64)
     ]
 
@@ -875,7 +896,7 @@ def test_a_registered_model_gets_one_typed_tensor_per_feature_and_keeps_every_ou
     deps = replace(world.deps, model_server=model)
     pipeline = build_pipeline("home", registered_scene(), world.stages, deps)
 
-    scored = pipeline.score(request(hour=12), ["2", "1", "99"])
+    scored = pipeline.score(replace(request(hour=12), keep_model_inputs=True), ["2", "1", "99"])
 
     name, sent, outputs, version = model.calls[0]
     assert (name, outputs, version) == ("shop__ctr__v3", ["probs_ctr", "probs_cvr"], "1")

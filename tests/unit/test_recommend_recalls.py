@@ -463,6 +463,44 @@ def test_item_to_item_quota_lists_without_scores_and_cold_items():
     assert i2i(history_length=1).recall(history(4, 1)) == []
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_item_to_item_matches_its_definition_with_ties_and_a_quota(seed):
+    rng = np.random.default_rng(seed)
+    # Without decay, scores on a coarse grid so that totals tie often; with it, finely spread.
+    # Ids cross digit counts (9 < 10).
+    rows = {
+        item: {
+            "similar_items": rng.choice(40, int(rng.integers(0, 12)), replace=False).tolist(),
+            "similar_scores": None,
+        }
+        for item in range(1, 30)
+    }
+    for row in rows.values():
+        grid = 4 if seed % 2 == 0 else 1000
+        row["similar_scores"] = (rng.integers(1, grid, len(row["similar_items"])) / grid).tolist()
+    quota, decay = int(rng.integers(1, 25)), [1.0, 0.5][seed % 2]
+    settings = StageSettings(
+        "item_to_item", "i2i", quota,
+        {"feature_view": "item_similar", "user_history": "user_history:recent_items",
+         "recency_decay": decay},
+    )  # fmt: skip
+    recall = item_to_item.ItemToItemRecall(
+        Items(table(SIMILAR, rows)), PROJECT, quota, **item_to_item._read(settings, "recall")
+    )
+    recent = rng.choice(45, 8, replace=False).tolist()
+
+    totals: dict[str, float] = {}
+    for age, item in enumerate(recent):  # the i-th newest weighs decay^i, listed or not
+        similar = rows.get(item, {"similar_items": [], "similar_scores": []})
+        for other, score in zip(*similar.values(), strict=True):
+            totals[str(other)] = totals.get(str(other), 0.0) + score * decay**age
+    for item in recent:
+        totals.pop(str(item), None)
+    expected = sorted(totals, key=lambda item: (-totals[item], item))[:quota]
+
+    assert recall.recall(history(*recent)) == expected
+
+
 def test_item_to_item_with_features_of_the_wrong_type_is_failed_precondition():
     with pytest.raises(
         FailedPrecondition,

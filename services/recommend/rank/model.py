@@ -151,7 +151,11 @@ class ModelRank:
         # Timed apart (`rank.fg`, `rank.model`): our own work next to the call we delegate.
         with request.timed("fg"):
             generated = self._generate(scorer, request, candidates)
-        columns = {MODEL_INPUT_PREFIX + name: array for name, array in generated.items()}
+        columns = (
+            {MODEL_INPUT_PREFIX + name: array for name, array in generated.items()}
+            if request.keep_model_inputs
+            else {}
+        )
         if not scorer.triton_model:
             # Bare features without a model: generated (for Score's debug output), unscored.
             return candidates.with_columns(**columns, **{SCORE: _recall_order(count)})

@@ -47,7 +47,26 @@ PARAMS = (
 )
 ID_LISTS = frozenset({VT.VALUE_TYPE_INT64_LIST, VT.VALUE_TYPE_STRING_LIST})
 SCORE_LISTS = frozenset({VT.VALUE_TYPE_DOUBLE_LIST, VT.VALUE_TYPE_FLOAT_LIST})
+# One item's list: its similar items as codes into `_Lists.names`, and their scores.
 Decoded = tuple[np.ndarray, np.ndarray]
+
+
+class _Lists:
+    """A table's similar-item lists, decoded as requests reach them, with item ids coded as
+    integers: merging a history's lists then sorts numbers, not strings."""
+
+    def __init__(self, table: ItemTable) -> None:
+        self.table = table
+        self.decoded: dict[int, Decoded] = {}
+        self.codes: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def code(self, item_id: str) -> int:
+        code = self.codes.get(item_id)
+        if code is None:
+            code = self.codes[item_id] = len(self.names)
+            self.names.append(item_id)
+        return code
 
 
 class ItemToItemRecall:
@@ -74,7 +93,7 @@ class ItemToItemRecall:
         self._history_length = history_length
         self._decay = recency_decay
         # The current table's lists, decoded as requests reach them (tables never change).
-        self._decoded: tuple[ItemTable, dict[int, Decoded]] | None = None
+        self._decoded: _Lists | None = None
         self._lock = threading.Lock()
 
     @property
@@ -87,7 +106,8 @@ class ItemToItemRecall:
             return []
         table = self._items.table(self._project, self._view)
         rows = table.rows(history[: self._history_length])
-        lists = self._lists(table, rows[rows >= 0])
+        decoded = self._decoded_of(table)
+        lists = self._lists(decoded, rows[rows >= 0])
         weights = self._decay ** np.flatnonzero(rows >= 0)
         parts = [
             (ids, scores * weight) for (ids, scores), weight in zip(lists, weights, strict=True)
@@ -99,38 +119,55 @@ class ItemToItemRecall:
             np.concatenate([ids for ids, _ in parts]), return_inverse=True
         )
         totals = np.bincount(inverse, weights=np.concatenate([s for _, s in parts]))
-        fresh = ~np.isin(candidates, np.asarray(history, dtype=str))
-        candidates, totals = candidates[fresh], totals[fresh]
-        order = np.lexsort((candidates, -totals))[: self._quota]
-        return candidates[order].tolist()
+        seen = [code for item in history if (code := decoded.codes.get(item)) is not None]
+        if seen:
+            fresh = ~np.isin(candidates, seen)
+            candidates, totals = candidates[fresh], totals[fresh]
+        return _best(candidates, totals, decoded.names, self._quota)
 
-    def _lists(self, table: ItemTable, rows: np.ndarray) -> list[Decoded]:
-        decoded = self._decoded_of(table)
-        missing = [int(row) for row in rows if int(row) not in decoded]
+    def _lists(self, decoded: _Lists, rows: np.ndarray) -> list[Decoded]:
+        found = decoded.decoded
+        missing = [int(row) for row in rows if int(row) not in found]
         if missing:
             index = np.asarray(missing, dtype=np.int64)
-            ids = table.column(self._items_feature, index)
-            scores = table.column(self._scores_feature, index)
-            for row, row_ids, row_scores in zip(missing, ids, scores, strict=True):
-                decoded[row] = _decode(row_ids, row_scores)
-        return [decoded[int(row)] for row in rows]
+            ids = decoded.table.column(self._items_feature, index)
+            scores = decoded.table.column(self._scores_feature, index)
+            with self._lock:
+                for row, row_ids, row_scores in zip(missing, ids, scores, strict=True):
+                    names, values = _decode(row_ids, row_scores)
+                    codes = np.fromiter(map(decoded.code, names), np.int64, len(names))
+                    found[row] = (codes, values)
+        return [found[int(row)] for row in rows]
 
-    def _decoded_of(self, table: ItemTable) -> dict[int, Decoded]:
+    def _decoded_of(self, table: ItemTable) -> _Lists:
         current = self._decoded
-        if current is not None and current[0] is table:
-            return current[1]
+        if current is not None and current.table is table:
+            return current
         _check_types(table, self._items_feature, self._scores_feature)
         with self._lock:
-            self._decoded = (table, {})
-            return self._decoded[1]
+            self._decoded = _Lists(table)
+            return self._decoded
 
 
-def _decode(ids: Any, scores: Any) -> Decoded:
+def _best(codes: np.ndarray, totals: np.ndarray, names: list[str], quota: int) -> list[str]:
+    """The `quota` best by total, ties by item id; only the items at or above the quota's
+    cut are sorted by id."""
+    if quota <= 0:
+        return []
+    if len(codes) > quota:
+        cut = totals[np.argpartition(-totals, quota - 1)[quota - 1]]
+        keep = totals >= cut
+        codes, totals = codes[keep], totals[keep]
+    ranked = sorted(zip((-totals).tolist(), [names[code] for code in codes.tolist()], strict=True))
+    return [name for _, name in ranked[:quota]]
+
+
+def _decode(ids: Any, scores: Any) -> tuple[list[str], np.ndarray]:
     """One item's list as (ids as text, scores); a missing score counts 0, a list without
     scores counts 1 for each item."""
     if ids is None:
-        return np.empty(0, dtype=str), np.empty(0)
-    names = np.asarray([str(item) for item in ids if item is not None], dtype=str)
+        return [], np.empty(0)
+    names = [str(item) for item in ids if item is not None]
     if scores is None:
         return names, np.ones(len(names))
     values = np.asarray([0.0 if s is None else float(s) for s in scores], dtype=np.float64)

@@ -42,8 +42,9 @@ class CategoryDiversity:
 
     def rerank(self, request: StageRequest, candidates: Candidates) -> Candidates:
         ids = candidates.item_ids.tolist()
-        values = self.items.values(self.project, self.view, self.feature, ids)
-        categories = [set(_categories(value)) for value in values.tolist()]
+        values = self.items.values(self.project, self.view, self.feature, ids).tolist()
+        # Tokenized on first look: the greedy pass reads only the best-scored few dozen.
+        categories = _Lazy(values)
         order = np.argsort(-candidates.columns[SCORE], kind="stable").tolist()
         placed: list[int] = []
         recent: deque[set[str]] = deque(maxlen=self.window - 1)
@@ -61,6 +62,18 @@ class CategoryDiversity:
             recent.append(categories[pick])
             counts.update(categories[pick])
         return candidates.take(np.asarray(placed + order, dtype=np.int64))
+
+
+class _Lazy(dict[int, frozenset[str]]):
+    """Candidate position → its categories, tokenized when first asked for."""
+
+    def __init__(self, values: list[object]) -> None:
+        super().__init__()
+        self._values = values
+
+    def __missing__(self, position: int) -> frozenset[str]:
+        found = self[position] = frozenset(_categories(self._values[position]))
+        return found
 
 
 def _categories(value: object) -> list[str]:
