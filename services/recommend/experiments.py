@@ -56,12 +56,20 @@ def choose_variant(
 def assign(
     scene: scene_pb2.Scene, experiments: Iterable[experiment_pb2.Experiment], user_id: str
 ) -> Assignment:
-    """Apply at most one variant per layer, layers in name order, to a copy of the scene.
+    """Apply at most one variant per layer, layers in name order, to a copy of the scene."""
+    return assignment_of(scene, chosen_variants(experiments, user_id))
+
+
+Chosen = list[tuple[str, experiment_pb2.Variant]]
+
+
+def chosen_variants(experiments: Iterable[experiment_pb2.Experiment], user_id: str) -> Chosen:
+    """(experiment id, variant) serving the user, at most one per layer, layers in name order.
 
     Within a layer the first experiment (by name) whose variant takes the user wins, so
     experiments sharing a layer never both serve one request.
     """
-    chosen: list[tuple[str, experiment_pb2.Variant]] = []
+    chosen: Chosen = []
     served_layers: set[str] = set()
     for experiment in sorted(experiments, key=lambda e: (e.layer, e.name)):
         if experiment.layer and experiment.layer in served_layers:
@@ -71,6 +79,11 @@ def assign(
             continue
         served_layers.add(experiment.layer)
         chosen.append((experiment_id(experiment), variant))
+    return chosen
+
+
+def assignment_of(scene: scene_pb2.Scene, chosen: Chosen) -> Assignment:
+    """The scene with the chosen variants' overrides applied, in order."""
     effective = scene
     for _, variant in chosen:
         effective = apply_overrides(effective, variant_overrides(variant))

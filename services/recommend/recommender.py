@@ -4,6 +4,7 @@ request. Knows nothing of gRPC: queries in, plain results out.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,14 +12,20 @@ from typing import Any
 import numpy as np
 import structlog
 
-from services.recommend.catalog import Catalog
-from services.recommend.experiments import OverrideError, assign
+from services.recommend.catalog import Catalog, ServingSnapshot
+from services.recommend.experiments import (
+    Assignment,
+    OverrideError,
+    assignment_of,
+    chosen_variants,
+)
 from services.recommend.item_cache import ViewKey
 from services.recommend.pipeline import (
     NO_VARIANT,
     RECALL_SOURCES,
     SCORE,
     Candidates,
+    Pipeline,
     StageRequest,
 )
 from services.recommend.stages import PipelineCache
@@ -28,6 +35,8 @@ from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
 log = structlog.get_logger(__name__)
 
 MAX_SCORE_ITEMS = 1000
+# Built (snapshot, variants) → scene and pipeline entries kept before starting over.
+MAX_ASSIGNMENTS = 1024
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class Recommender:
     def __init__(self, catalog: Catalog, pipelines: PipelineCache) -> None:
         self._catalog = catalog
         self._pipelines = pipelines
+        self._assignments: dict[tuple[int, ...], tuple[ServingSnapshot, Assignment, Pipeline]] = {}
+        self._lock = threading.Lock()
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
         _require(query.scene, "scene")
@@ -87,15 +98,8 @@ class Recommender:
         if not 0 <= query.size <= MAX_TOP_N:
             raise InvalidArgument("size", f"must be 0 (the scene's top_n) to {MAX_TOP_N}")
         snapshot = self._catalog.snapshot(query.scene)
-        try:
-            assignment = assign(snapshot.scene, snapshot.experiments, query.user_id)
-        except OverrideError as exc:
-            raise FailedPrecondition(
-                f"an experiment on scene {query.scene!r} no longer applies: {exc}",
-                reason="EXPERIMENT_MISCONFIGURED",
-            ) from None
+        assignment, pipeline = self._served(query.scene, snapshot, query.user_id)
         scene = assignment.scene
-        pipeline = self._pipelines.get(query.scene, scene)
         request = StageRequest(
             query.scene, scene.project, query.user_id, query.context, query.size or scene.top_n
         )
@@ -110,6 +114,33 @@ class Recommender:
             if query.debug
             else {},
         )
+
+    def _served(
+        self, scene_id: str, snapshot: ServingSnapshot, user_id: str
+    ) -> tuple[Assignment, Pipeline]:
+        """The user's variants of the scene and their pipeline. Built once per snapshot and
+        variant combination: the overrides' JSON round trip and the pipeline's cache key cost
+        about a millisecond, and a snapshot's objects stay the same until the scene changes."""
+        chosen = chosen_variants(snapshot.experiments, user_id)
+        key = (id(snapshot), *(id(variant) for _, variant in chosen))
+        found = self._assignments.get(key)
+        if found is not None and found[0] is snapshot:
+            return found[1], found[2]
+        try:
+            assignment = assignment_of(snapshot.scene, chosen)
+        except OverrideError as exc:
+            raise FailedPrecondition(
+                f"an experiment on scene {scene_id!r} no longer applies: {exc}",
+                reason="EXPERIMENT_MISCONFIGURED",
+            ) from None
+        pipeline = self._pipelines.get(scene_id, assignment.scene)
+        with self._lock:
+            if len(self._assignments) >= MAX_ASSIGNMENTS:
+                # Snapshots replaced by a refresh leave theirs behind; rebuilding is cheap.
+                self._assignments.clear()
+            # The entry holds the snapshot, so the ids in its key cannot be reused.
+            self._assignments[key] = (snapshot, assignment, pipeline)
+        return assignment, pipeline
 
     def score(self, query: ScoreQuery) -> Scores:
         """Scores with the scene as stored: experiments route Recommend traffic only, so a
