@@ -74,15 +74,8 @@ class Services:
 
     @property
     def connection(self) -> tuple[str, ...]:
-        """The CLI's flags for these services."""
-        return (
-            "--registry",
-            self.registry,
-            "--materialization",
-            self.materialization,
-            "--recommend",
-            self.recommend,
-        )
+        """The CLI's flags for the registry and materialization (materialize, train)."""
+        return ("--registry", self.registry, "--materialization", self.materialization)
 
 
 @contextmanager
@@ -152,9 +145,10 @@ def prepare(s: Services, scratch: Path, project: str, views: Sequence[str]) -> d
     ranker; seconds per step."""
     seconds = {}
     started = time.perf_counter()
-    run("apply", str(scratch / "feature_repo"), "--project", project, *s.connection)
+    repo = str(scratch / "feature_repo")
+    run("apply", repo, "--project", project, "--registry", s.registry, "--recommend", s.recommend)
     for view in views:
-        movielens.backfill(project, view, s.connection[:4])
+        movielens.backfill(project, view, s.connection)
     seconds["materialize"] = time.perf_counter() - started
     print(f"materialized in {seconds['materialize']:.1f}s")
     started = time.perf_counter()
@@ -167,7 +161,7 @@ def prepare(s: Services, scratch: Path, project: str, views: Sequence[str]) -> d
         str(scratch / "training"),
         "--model-repository",
         str(scratch / "models"),
-        *s.connection[:4],
+        *s.connection,
     )
     seconds["train"] = time.perf_counter() - started
     print(f"trained and deployed in {seconds['train']:.1f}s")

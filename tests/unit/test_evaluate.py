@@ -181,23 +181,50 @@ def test_tuning_picks_the_best_validation_setting_and_refits_on_all_of_training(
 # --- served systems ------------------------------------------------------------------------
 
 
-def test_recall_scenes_hold_one_home_feed_recall_each_and_load_as_scenes(tmp_path):
-    documents = list(
+def home_feed_documents():
+    return list(
         yaml.safe_load_all((movielens.FEATURE_REPO / "scenes" / "home_feed.yaml").read_text())
     )
+
+
+def load_scenes(tmp_path, documents):
+    (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump_all(documents))
+    return {item.resource_id: item.spec for item in definitions.load(tmp_path, "p").served}
+
+
+def test_each_recall_alone_is_a_scene_of_that_recall_then_exclusions_and_top_n(tmp_path):
+    documents = home_feed_documents()
     home = served.home_scene(documents)
-    written = served.recall_scenes(home, 500)
-    (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump_all(written))
-    loaded = {item.resource_id: item.spec for item in definitions.load(tmp_path, "p").served}
-    assert set(loaded) == {f"evaluate_{r['type']}" for r in home["recalls"]}
+    evaluated = served.scenes(documents, 500)
+    loaded = load_scenes(tmp_path, evaluated.documents)
     for recall in home["recalls"]:
-        scene = loaded[f"evaluate_{recall['type']}"]
+        scene = loaded[evaluated.systems[recall["type"]]]
         assert isinstance(scene, scene_pb2.Scene)
         [only] = scene.recalls
         assert (only.type, only.quota) == (recall["type"], 500)
         assert dict(only.params) == recall["params"]
         assert [f.type for f in scene.filters] == ["exclude_items"]
         assert not scene.rank.model and scene.top_n == 20
+    [popular] = loaded[evaluated.systems["popular_365d"]].recalls
+    assert popular.type == "popular" and popular.params["feature"] == "item_ratings_365d"
+
+
+def test_the_home_feed_is_served_as_declared_and_each_experiment_variant_as_its_own_scene(
+    tmp_path,
+):
+    documents = home_feed_documents()
+    evaluated = served.scenes(documents, 500)
+    assert list(evaluated.systems)[:2] == ["pipeline", "pipeline_conversion"]
+    assert evaluated.systems["pipeline"] == "movielens_home"
+    # No experiment is applied: it would serve each user only one of the variants.
+    assert all(document["kind"] == "Scene" for document in evaluated.documents)
+    loaded = load_scenes(tmp_path, evaluated.documents)
+    home, conversion = loaded["movielens_home"], loaded[evaluated.systems["pipeline_conversion"]]
+    assert home.rank.score_formula == "probs_ctr"
+    assert conversion.rank.score_formula == "probs_ctr * probs_cvr"
+    conversion.rank.score_formula = home.rank.score_formula
+    conversion.description = home.description
+    assert conversion == home
 
 
 class FakeStub:
@@ -224,7 +251,8 @@ def test_serve_excludes_the_training_items_and_retries_a_degraded_answer(monkeyp
     got = served.Recommender(stub).serve("s", {1: {9, 10}, 2: set()})
     assert got.lists == {1: [4, 3], 2: []}
     assert got.retried_degraded == 1 and got.empty == 1
-    assert got.variants[1] == ("exp/control",)
+    # Every answer listed an experiment variant: counted, as none should route them.
+    assert got.routed == 3
     first = stub.requests[0]
     assert (first.scene, first.user_id, first.size) == ("s", "1", 20)
     assert list(first.context[served.EXCLUDE_KEY].string_list_value.values) == ["9", "10"]
