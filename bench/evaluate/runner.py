@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -81,11 +83,14 @@ def write_repository(scratch: Path, split: Split, epochs: int) -> dict[str, str]
 
 
 def wait_ready(
-    s: Services, project: str, client: served.Recommender, systems: Mapping[str, str]
+    s: Services,
+    project: str,
+    client: served.Recommender,
+    systems: Mapping[str, str],
+    expected: Mapping[str, int],
 ) -> None:
-    """Until the item cache holds every online row of the scenes' views, every recall scene
-    returns a full list and the pipeline is ranked by the trained model (not degraded)."""
-    expected = _online_rows(s, project)
+    """Until the item cache holds the `expected` rows of each view, every scene returns a
+    full list and the pipeline is ranked by the trained model (not degraded)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         sizes = cached_items(s.recommend_metrics, project)
@@ -107,28 +112,61 @@ def wait_ready(
         time.sleep(2)
 
 
-def _online_rows(s: Services, project: str) -> dict[str, int]:
+def online_rows(s: Services, project: str, split: Split) -> dict[str, int]:
+    """The online rows of each item view the scenes read, once the online store is checked
+    to hold the training part's counts: each user's and item's 365-day rating count (the whole
+    data set) is their training count, and no user's `recent_items` holds a test item."""
     store = PostgresOnlineStore(to_libpq(s.url), min_size=1, max_size=1)
     definitions = RegistryClient(s.registry)
     try:
+        for entity, view, feature in (
+            ("user_id", "user_history", "user_ratings_365d"),
+            ("item_id", "item_popularity", "item_ratings_365d"),
+        ):
+            keys, columns = store.scan(definitions.view_schema(project, view), [feature])
+            online = dict(zip(keys, columns.values[feature], strict=True))
+            _check_counts(view, online, _counts(split.train, entity))
+        keys, columns = store.scan(
+            definitions.view_schema(project, "user_history"), ["recent_items"]
+        )
+        seen = items_by_user(split.train)
+        for user, recent in zip(keys, columns.values["recent_items"], strict=True):
+            if not set(recent or ()) <= seen.get(user, set()):
+                raise RuntimeError(f"user_history of user {user} holds a test-period item")
         rows = {}
         for name in ITEM_VIEWS:
             view = definitions.view_schema(project, name)
-            keys, _ = store.scan(view, [view.features[0].name])
-            rows[name] = len(keys)
+            rows[name] = len(store.scan(view, [view.features[0].name])[0])
         return rows
     finally:
         store.close()
         definitions.close()
 
 
+def _counts(ratings: pa.Table, column: str) -> dict[int, int]:
+    keys, counts = np.unique(ratings.column(column).to_numpy(), return_counts=True)
+    return dict(zip(keys.tolist(), counts.tolist(), strict=True))
+
+
+def _check_counts(view: str, online: Mapping[int, int], training: Mapping[int, int]) -> None:
+    if online != training:
+        wrong = sorted(
+            key for key in online.keys() | training.keys() if online.get(key) != training.get(key)
+        )
+        raise RuntimeError(
+            f"{view} online does not count the training ratings alone: keys {wrong[:5]} "
+            f"({len(wrong)} in all) differ"
+        )
+
+
 def serve_all(
     s: Services, project: str, split: Split, systems: Mapping[str, str]
 ) -> dict[str, served.Served]:
+    expected = online_rows(s, project, split)
     seen = items_by_user(split.train)
     client = served.Recommender.connect(s.recommend)
     try:
-        wait_ready(s, project, client, systems)
+        wait_ready(s, project, client, systems, expected)
         found = {}
         for system, scene in systems.items():
             found[system] = client.serve(scene, seen)
@@ -146,9 +184,9 @@ def figure(quality: Quality) -> dict[str, Any]:
     }
 
 
-def ndcg_ratios(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+def ndcg_ratios(qualities: Mapping[str, Quality]) -> dict[str, float]:
     """The targets' ratios, then the pipeline against classical most-popular (informative)."""
-    ndcg = {name: found[f"ndcg_at_{K}"] for name, found in figures.items()}
+    ndcg = {name: quality.ndcg for name, quality in qualities.items()}
     pipeline = ndcg[served.PIPELINE]
     return {
         "pipeline_vs_popular_ndcg": pipeline / ndcg["popular"],
@@ -247,8 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         **{name: got.lists for name, got in lists.items()},
         **{name: found.lists for name, found in tuned.items()},
     }
-    figures = {name: figure(evaluate(found, relevant)) for name, found in every.items()}
-    ratios = ndcg_ratios(figures)
+    qualities = {name: evaluate(found, relevant) for name, found in every.items()}
+    figures = {name: figure(quality) for name, quality in qualities.items()}
+    ratios = ndcg_ratios(qualities)
     report(figures, ratios)
     seconds["total"] = time.perf_counter() - started
     extra = details(split, lists, tuned, seconds)
