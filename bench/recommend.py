@@ -1,11 +1,12 @@
 """Recommend over gRPC at 100,000 items next to the bare parts it delegates, in one run.
 
 Set-up (every process real, on a scratch database and a scratch Triton model repository):
-registry, materialization, serving and recommend run as their own processes
-(`bench.harness.service_process`), Triton from `infra.local.tritonserver` serves the scratch
-repository, and `bench.echo_server` is the bare gRPC server. The MovieLens example repository
-is applied to a fresh project, its views are materialized (`infra.local.movielens.backfill`)
-and the `dnn` ranker is trained by `recstack train` with the production FG and architecture
+registry, materialization, serving and recommend run as their own processes and Triton
+from `infra.local.tritonserver` serves the scratch repository (`bench.stack.services`, the
+stack `bench.evaluate` runs too), and `bench.echo_server` is the bare gRPC server. The
+MovieLens example repository is applied to a fresh project, its views are materialized
+(`bench.stack.prepare`) and the `dnn` ranker is trained by `recstack train` with the
+production FG and architecture
 (on every 4th user's ratings, one epoch: this measures speed, not quality), deployed to
 Triton and activated.
 
