@@ -119,13 +119,13 @@ def online_rows(s: Services, project: str, split: Split) -> dict[str, int]:
     store = PostgresOnlineStore(to_libpq(s.url), min_size=1, max_size=1)
     definitions = RegistryClient(s.registry)
     try:
-        for entity, view, feature in (
+        for key, view, feature in (
             ("user_id", "user_history", "user_ratings_365d"),
             ("item_id", "item_popularity", "item_ratings_365d"),
         ):
             keys, columns = store.scan(definitions.view_schema(project, view), [feature])
             online = dict(zip(keys, columns.values[feature], strict=True))
-            _check_counts(view, online, _counts(split.train, entity))
+            _check_counts(view, online, _counts(split.train, key))
         keys, columns = store.scan(
             definitions.view_schema(project, "user_history"), ["recent_items"]
         )
