@@ -218,7 +218,7 @@ bench-recommend: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(MOVIELENS
 	$(PY) -m bench.recommend
 
 .PHONY: evaluate
-evaluate: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(MOVIELENS_DATA) ## Recall@20/NDCG@20 on MovieLens' temporal hold-out: the served pipeline, each recall, ItemKNN, EASE (~8 min).
+evaluate: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(MOVIELENS_DATA) ## Recall@20/NDCG@20 on MovieLens' temporal hold-out: the served pipeline, each recall, ItemKNN, EASE (~4-8 min, most of it training the ranker).
 	$(PY) -m bench.evaluate
 
 .PHONY: bench-embeddings
