@@ -217,6 +217,10 @@ bench-fg: $(VENV_STAMP) $(PROTO_STAMP) $(MOVIELENS_DATA) ## The feature generato
 bench-recommend: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(MOVIELENS_DATA) ## Recommend over gRPC at 100,000 items (the trained ranker on Triton) vs its bare parts (~8 min).
 	$(PY) -m bench.recommend
 
+.PHONY: evaluate
+evaluate: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(MOVIELENS_DATA) ## Recall@20/NDCG@20 on MovieLens' temporal hold-out: the served pipeline, each recall, ItemKNN, EASE (~4-8 min, most of it training the ranker).
+	$(PY) -m bench.evaluate
+
 .PHONY: bench-embeddings
 bench-embeddings: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## 5,000 reviews embedded through materialization + Triton vs in-process (~3 min).
 	$(PY) -m bench.embeddings

@@ -169,7 +169,7 @@ def print_table(
     print(f"\n{'ratio':<24}{'value':>8}  target")
     for name, value in ratios.items():
         target = targets.get(name, "")
-        verdict = "" if not target else ("ok" if _meets(value, target) else "MISSED")
+        verdict = "" if not target else ("ok" if meets(value, target) else "MISSED")
         print(f"{name:<24}{value:>8.3f}  {target:<8}{verdict}")
 
 
@@ -177,6 +177,7 @@ def _cell(figure: Mapping[str, Any], key: str, spec: str) -> str:
     return format(figure[key], spec) if key in figure else ""
 
 
-def _meets(value: float, target: str) -> bool:
+def meets(value: float, target: str) -> bool:
+    """Whether `value` satisfies a target such as `<= 2` or `>= 1.5`."""
     operator, bound = target.split(" ", 1)
     return value <= float(bound) if operator == "<=" else value >= float(bound)

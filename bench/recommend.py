@@ -1,11 +1,12 @@
 """Recommend over gRPC at 100,000 items next to the bare parts it delegates, in one run.
 
 Set-up (every process real, on a scratch database and a scratch Triton model repository):
-registry, materialization, serving and recommend run as their own processes
-(`bench.harness.service_process`), Triton from `infra.local.tritonserver` serves the scratch
-repository, and `bench.echo_server` is the bare gRPC server. The MovieLens example repository
-is applied to a fresh project, its views are materialized (`infra.local.movielens.backfill`)
-and the `dnn` ranker is trained by `recstack train` with the production FG and architecture
+registry, materialization, serving and recommend run as their own processes and Triton
+from `infra.local.tritonserver` serves the scratch repository (`bench.stack.services`, the
+stack `bench.evaluate` runs too), and `bench.echo_server` is the bare gRPC server. The
+MovieLens example repository is applied to a fresh project, its views are materialized
+(`bench.stack.prepare`) and the `dnn` ranker is trained by `recstack train` with the
+production FG and architecture
 (on every 4th user's ratings, one epoch: this measures speed, not quality), deployed to
 Triton and activated.
 
@@ -52,18 +53,15 @@ target <= 2 (our own work no larger than the work we delegate); `fg_share` = p50
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
 import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,21 +84,17 @@ from recstack.serving.v1 import serving_service_pb2_grpc
 
 from bench.echo_server import ECHO
 from bench.harness import (
-    RESULTS_DIR,
-    file_roots_env,
     latency_figure,
     nearest_rank,
     print_table,
     scratch_database,
     service_process,
     wait_port,
-    wait_serving,
     write_result,
 )
-from cli import main as recstack
+from bench.stack import LOG_DIR, Services, cached_items, prepare, services, write_movielens
 from infra.local import movielens
 from infra.local.ports import free_port
-from infra.local.tritonserver import DEFAULT_MODEL_REPOSITORY, TritonServer
 from shared.channels import ClientSettings, open_channel
 from shared.db import to_libpq
 from shared.feature_views import ViewSchema
@@ -110,7 +104,6 @@ from shared.registry_client import RegistryClient
 from shared.values import generated_array
 
 NAME = "recommend"
-LOG_DIR = RESULTS_DIR / "logs"
 ITEMS = 100_000
 MOVIES = 1682
 DIMENSION = 64
@@ -175,23 +168,16 @@ def clustered_vectors(items: int, dimension: int, seed: int = 7) -> np.ndarray:
 
 
 def write_repository(scratch: Path, vectors: np.ndarray, epochs: int) -> Path:
-    """The example repository and training config beside copies of the data, with the
-    64-d vector view added (in the copy only)."""
-    movielens.copy_feature_repo(scratch / "feature_repo")
-    shutil.copy(movielens.EXAMPLE / "fg.json", scratch / "fg.json")
-    (scratch / "data").mkdir()
-    for name in ("ratings", "movies", "users"):
-        shutil.copy(movielens.data(name), scratch / "data" / f"{name}.parquet")
+    """The example repository and training config beside copies of the data (the ranker's
+    samples every 4th user's ratings), with the 64-d vector view added (in the copy only)."""
     ratings = pq.read_table(movielens.data("ratings"))
     users = ratings.column("user_id").to_numpy()
-    pq.write_table(
-        ratings.filter(pa.array((users - 1) % TRAIN_USER_STEP == 0)),
-        scratch / "data" / "ratings_train.parquet",
+    write_movielens(
+        scratch,
+        ratings=ratings,
+        train_ratings=ratings.filter(pa.array((users - 1) % TRAIN_USER_STEP == 0)),
+        dnn={"epochs": epochs},
     )
-    config = yaml.safe_load((movielens.EXAMPLE / "train.yaml").read_text())
-    config["samples"] = {**config["samples"], "interactions": "data/ratings_train.parquet"}
-    config["dnn"] = {**config["dnn"], "epochs": epochs}
-    (scratch / "train.yaml").write_text(yaml.safe_dump(config))
     pq.write_table(
         pa.table(
             {
@@ -272,121 +258,21 @@ def scene(project: str) -> scene_pb2.Scene:
 
 
 @dataclass(frozen=True)
-class Stack:
-    url: str
-    triton: TritonServer
-    registry: str
-    materialization: str
-    serving: str
-    recommend: str
-    recommend_metrics: str
+class Stack(Services):
     echo: str
 
 
 @contextmanager
 def stack(url: str, scratch: Path) -> Iterator[Stack]:
-    models = scratch / "models"
-    models.mkdir()
-    # The repository's own `ranker` is loaded only because Triton starts with one model;
-    # the trained version is loaded into the scratch repository by the registry's deploy.
-    triton = TritonServer(
-        [DEFAULT_MODEL_REPOSITORY, models],
-        models=["ranker"],
-        log_path=LOG_DIR / "recommend-triton.log",
-    )
-    ports = {name: free_port() for name in ("registry", "mat", "serving", "rec", "metrics", "echo")}
-    address = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    base = {
-        "RECSTACK_DATABASE_URL": url,
-        "RECSTACK_LOG_LEVEL": "WARNING",
-        "RECSTACK_REGISTRY_ADDR": address["registry"],
-        "RECSTACK_SERVING_ADDR": address["serving"],
-        "RECSTACK_TRITON_ADDR": triton.grpc_address,
-        **file_roots_env(scratch),
-    }
-    with ExitStack() as stack_:
-        triton.start()
-        stack_.callback(triton.stop)
-        triton.wait_ready(120)
-        processes = {}
-        for name, module, extra in (
-            ("registry", "services.registry.server", {}),
-            ("mat", "services.materialization.server", {}),
-            ("serving", "services.serving.server", {}),
-            (
-                "rec",
-                "services.recommend.server",
-                {
-                    "RECSTACK_METRICS_PORT": str(ports["metrics"]),
-                    "RECSTACK_REQUIRED_MODELS": json.dumps(["ranker"]),
-                },
-            ),
+    """The MovieLens services (`bench.stack`) and the bare gRPC echo server."""
+    with services(url, scratch, NAME) as s:
+        port = free_port()
+        with service_process(
+            "bench.echo_server", {}, LOG_DIR / f"{NAME}-echo.log", args=[str(port)]
         ):
-            env = {**base, "RECSTACK_GRPC_PORT": str(ports[name]), **extra}
-            processes[name] = stack_.enter_context(
-                service_process(module, env, LOG_DIR / f"recommend-{name}.log")
-            )
-            wait_serving(address[name], processes[name], 120)
-        stack_.enter_context(
-            service_process(
-                "bench.echo_server",
-                {},
-                LOG_DIR / "recommend-echo.log",
-                args=[str(ports["echo"])],
-            )
-        )
-        wait_port(address["echo"])
-        yield Stack(
-            url,
-            triton,
-            address["registry"],
-            address["mat"],
-            address["serving"],
-            address["rec"],
-            f"http://127.0.0.1:{ports['metrics']}/metrics",
-            address["echo"],
-        )
-
-
-def run(*args: str) -> None:
-    code = recstack(list(args))
-    if code != 0:
-        raise RuntimeError(f"`recstack {' '.join(args)}` exited {code}")
-
-
-def prepare(s: Stack, scratch: Path, project: str) -> None:
-    connection = ("--registry", s.registry, "--materialization", s.materialization)
-    run("apply", str(scratch / "feature_repo"), "--project", project, *connection[:2])
-    started = time.perf_counter()
-    for view in (*movielens.VIEWS, VECTORS_VIEW):
-        movielens.backfill(project, view, connection)
-    print(f"materialized in {time.perf_counter() - started:.1f}s")
-    started = time.perf_counter()
-    run(
-        "train",
-        str(scratch / "train.yaml"),
-        "--project",
-        project,
-        "--work-dir",
-        str(scratch / "training"),
-        "--model-repository",
-        str(scratch / "models"),
-        *connection,
-    )
-    print(f"trained and deployed in {time.perf_counter() - started:.1f}s")
-
-
-def cached_items(metrics_url: str, project: str) -> dict[str, float]:
-    """The recommend service's item-cache sizes by view, from its metrics endpoint."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("recstack_recommend_item_cache_items{") and project in line:
-            labels, value = line.rsplit(" ", 1)
-            view = labels.split('view="', 1)[1].split('"', 1)[0]
-            found[view] = float(value)
-    return found
+            address = f"127.0.0.1:{port}"
+            wait_port(address)
+            yield Stack(**{f.name: getattr(s, f.name) for f in fields(s)}, echo=address)
 
 
 def wait_cache(s: Stack, stub: Any, project: str, users: Sequence[int], timeout_s: float) -> None:
@@ -749,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         scratch = write_repository(Path(tmp), vectors, args.epochs)
         with stack(url, scratch) as s:
-            prepare(s, scratch, project)
+            prepare(s, scratch, project, (*movielens.VIEWS, VECTORS_VIEW))
             store = PostgresOnlineStore(to_libpq(url), min_size=1, max_size=2)
             definitions = RegistryClient(s.registry)
             try:

@@ -97,10 +97,12 @@ def train(project: str = PROJECT, connection: Sequence[str] = ()) -> None:
     backfill(project, EMBEDDINGS_VIEW, connection, ("none", "incomplete", "complete"))
 
 
-def copy_feature_repo(target: Path) -> Path:
-    """The feature repository's registry definitions, without its scenes, copied to `target`
-    (its FILE sources' `../data` paths then resolve beside `target`)."""
-    shutil.copytree(FEATURE_REPO, target, ignore=shutil.ignore_patterns(SCENES))
+def copy_feature_repo(target: Path, *, scenes: bool = False) -> Path:
+    """The feature repository's registry definitions, without its scenes unless `scenes`
+    (for a recommend service of the caller's own), copied to `target` (its FILE sources'
+    `../data` paths then resolve beside `target`)."""
+    ignore = None if scenes else shutil.ignore_patterns(SCENES)
+    shutil.copytree(FEATURE_REPO, target, ignore=ignore)
     return target
 
 

@@ -1,0 +1,1 @@
+"""Offline quality of the served recommendations against classical baselines (`make evaluate`)."""

@@ -1,0 +1,3 @@
+from bench.evaluate.runner import main
+
+raise SystemExit(main())
