@@ -32,7 +32,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from shared.channels import SERVER_KEEPALIVE_OPTIONS
 from shared.errors import DomainError, InvalidArgument, redact, summary
@@ -52,6 +52,12 @@ RPC_ERRORS = Counter(
     "recstack_rpc_errors_total",
     "RPCs answered with a non-OK status.",
     ["service", "method", "code"],
+)
+# With several workers (shared/workers.py) one series per live worker process, by pid.
+WORKER_UP = Gauge(
+    "recstack_worker_up",
+    "1 for each live server process of the service.",
+    multiprocess_mode="liveall",
 )
 
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
@@ -523,9 +529,11 @@ def create_grpc_server(
         metrics, _ = start_http_server(settings.metrics_port, addr=settings.grpc_host)
     server.start()
     monitor.start()
+    WORKER_UP.set(1)
     log.info(
         "server_started",
         port=port,
+        worker=settings.worker_index,
         metrics_port=settings.metrics_port or None,
         services=names,
         tls=settings.tls.enabled,
