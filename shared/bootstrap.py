@@ -15,7 +15,7 @@ from shared.grpc_server import RunningServer, serve_forever
 from shared.logging import configure_logging
 from shared.migrations import upgrade
 from shared.settings import ServiceSettings
-from shared.workers import supervise, supervises
+from shared.workers import stop_with_supervisor, supervise, supervises
 
 
 def open_database(settings: ServiceSettings, schema: str, migrations: Path) -> sa.Engine:
@@ -45,6 +45,8 @@ def run(settings: ServiceSettings, build: Callable[[], RunningServer]) -> None:
             print(f"{settings.service_name}: cannot start: {exc}", file=sys.stderr)
             code = 1
         raise SystemExit(code)
+    if settings.worker_index is not None:
+        stop_with_supervisor()
     try:
         running = build()
     except ConfigurationError as exc:

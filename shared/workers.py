@@ -213,6 +213,20 @@ class Supervisor:
                 process.wait()
 
 
+def stop_with_supervisor(poll_seconds: float = 1.0) -> None:
+    """In a worker: SIGTERM itself (a graceful stop) once its supervisor is gone, so a killed
+    supervisor never leaves workers holding the port."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(poll_seconds)
+        log.warning("supervisor_gone", supervisor=supervisor)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
 def supervises(settings: ServiceSettings) -> bool:
     """Whether this process is to supervise workers rather than serve itself."""
     return settings.workers > 1 and settings.worker_index is None

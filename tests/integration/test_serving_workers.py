@@ -238,6 +238,29 @@ def test_sigterm_drains_both_workers(
             channel.close()
 
 
+def test_workers_stop_when_their_supervisor_is_killed(
+    database_url, registry_address, service_overrides, client_settings, tmp_path
+):
+    """A supervisor killed outright (no SIGTERM to forward) leaves no worker on the port."""
+    with _start(
+        database_url, registry_address, service_overrides, client_settings, tmp_path / "s.log"
+    ) as running:
+        pids = _worker_pids(running)
+        running.process.kill()
+        running.process.wait(10)
+        assert _wait_for(lambda: not any(_alive(pid) for pid in pids), timeout_s=20)
+        stopped = {event["pid"] for event in running.log_events("server_stopped")}
+        assert stopped == pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def _push(project, key):
     row = spb.FeatureRow(
         values={
