@@ -8,13 +8,18 @@ settings, but no interceptors, servicer or protobuf:
   `= ANY` for more) on its thread's own connection and answers the request bytes. It is the
   composition of the two limits (echo + lookup) with nothing of recstack in between.
 
-    python -m bench.echo_server PORT [CONNINFO TABLE KEY_COLUMN COLUMN,COLUMN,...]
+With `--workers N` (N > 1) it runs N such servers on the one port with SO_REUSEPORT, each its
+own process (the same command with `--worker`), as `RECSTACK_WORKERS` runs a service: the bare
+limit of several processes.
+
+    python -m bench.echo_server [--workers N] PORT [CONNINFO TABLE KEY_COLUMN COLUMN,COLUMN,...]
 """
 
 from __future__ import annotations
 
 import array
 import signal
+import subprocess
 import sys
 import threading
 from concurrent import futures
@@ -73,14 +78,14 @@ class _Lookup:
         return state
 
 
-def serve(port: int, database: list[str]) -> None:
+def serve(port: int, database: list[str], *, reuse_port: bool = False) -> None:
     settings = ServiceSettings()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     methods = {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
@@ -97,5 +102,29 @@ def serve(port: int, database: list[str]) -> None:
     server.stop(0).wait()
 
 
+def serve_workers(workers: int, args: list[str]) -> None:
+    """`workers` copies of this server on one port; SIGTERM stops them all."""
+    command = [sys.executable, "-m", "bench.echo_server", "--worker", *args]
+    processes = [subprocess.Popen(command) for _ in range(workers)]
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    stopping.wait()
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait()
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--workers"] and int(argv[1]) > 1:
+        serve_workers(int(argv[1]), argv[2:])
+    elif argv[:1] == ["--workers"]:
+        serve(int(argv[2]), argv[3:])
+    elif argv[:1] == ["--worker"]:
+        serve(int(argv[1]), argv[2:], reuse_port=True)
+    else:
+        serve(int(argv[0]), argv[1:])
+
+
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[2:])
+    main(sys.argv[1:])

@@ -70,8 +70,13 @@ def file_roots_env(scratch: Path, *more: Path) -> dict[str, str]:
 def service_process(
     module: str, env: Mapping[str, str], log_path: Path, *, args: Sequence[str] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m module` with a clean RECSTACK_* environment; stopped with SIGTERM on exit."""
+    """`python -m module` with a clean RECSTACK_* environment; stopped with SIGTERM on exit.
+
+    One server process unless `env` sets RECSTACK_WORKERS: a benchmark compares a service with
+    bare single-process limits unless it measures workers on purpose (bench.serving does).
+    """
     clean = {key: value for key, value in os.environ.items() if not key.startswith("RECSTACK_")}
+    clean["RECSTACK_WORKERS"] = "1"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 from recstack.common.v1 import value_pb2
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
 from bench.echo_server import ECHO, LOOKUP, lookup_statements
+from bench.harness import nearest_rank
 from shared.channels import ClientSettings, open_channel
 
 Call = Callable[[Any], object]
@@ -38,6 +41,12 @@ BARE = ClientSettings(timeout_seconds=None)
 class Spec:
     serving: str
     echo: str
+    # The same servers as `workers` processes on one port each (SO_REUSEPORT).
+    serving_wn: str
+    echo_wn: str
+    workers: int
+    # Per server above: the pids of its serving processes (CPU accounting).
+    server_pids: dict[str, list[int]]
     conninfo: str
     project: str
     table: str
@@ -149,65 +158,155 @@ def _check(clients: Clients, variants: dict[str, tuple[int, Any, Call]]) -> None
             assert list(column.statuses) == [pb.FEATURE_STATUS_PRESENT] * width, name
 
 
-def run_concurrent(spec: Spec) -> dict[str, dict[str, float]]:
-    """Calls per second with `clients` threads, each on its own connection, 1 entity per call."""
-    totals = {"echo_c8": [0, 0.0], "get_1_c8": [0, 0.0], "echo_pk_c8": [0, 0.0]}
+# Concurrency variants: figure name -> (server, call kind).
+CONCURRENT = {
+    "echo_c8": ("echo", "echo"),
+    "get_1_c8": ("serving", "get"),
+    "echo_pk_c8": ("echo", "lookup"),
+    "echo_pk_c8_wN": ("echo_wn", "lookup"),
+    "get_1_c8_wN": ("serving_wn", "get"),
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class _Totals:
+    calls: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    busy: float = 0.0
+    machine: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+    workers_hit: dict[str, int] = field(default_factory=dict)
+
+
+def run_concurrent(spec: Spec) -> dict[str, dict[str, Any]]:
+    """Calls per second with `clients` threads, each on its own connection, 1 entity per call,
+    with each call's latency and where the machine's CPU went meanwhile."""
+    totals = {name: _Totals() for name in CONCURRENT}
     for _ in range(spec.concurrent_blocks):
         for name in totals:
-            calls, seconds = _concurrent_block(spec, name)
-            totals[name][0] += calls
-            totals[name][1] += seconds
-    return {
-        name: {
-            "per_s": round(calls / seconds, 1),
-            "calls": calls,
-            "clients": spec.clients,
-            "seconds": round(seconds, 2),
-        }
-        for name, (calls, seconds) in totals.items()
-    }
+            _concurrent_block(spec, name, totals[name])
+    return {name: _concurrent_figure(spec, name, total) for name, total in totals.items()}
 
 
-def _concurrent_block(spec: Spec, name: str) -> tuple[int, float]:
+def _concurrent_figure(spec: Spec, name: str, total: _Totals) -> dict[str, Any]:
+    ordered = sorted(total.latencies)
+    calls = max(total.calls, 1)
+    figure: dict[str, Any] = {
+        "per_s": round(total.calls / total.seconds, 1),
+        "calls": total.calls,
+        "clients": spec.clients,
+        "seconds": round(total.seconds, 2),
+        "p50_ms": round(nearest_rank(ordered, 50) * 1000, 4),
+        "p99_ms": round(nearest_rank(ordered, 99) * 1000, 4),
+        "cpu": {
+            # Share of all cores busy (any process: ours, PostgreSQL, other tenants).
+            "machine_busy": round(total.busy / total.machine, 3),
+            "client_us_per_call": round(total.client_cpu / calls * 1e6, 1),
+            "server_us_per_call": round(total.server_cpu / calls * 1e6, 1),
+            # PostgreSQL's backends and everything else running on the machine.
+            "rest_us_per_call": round(
+                (total.busy / CLOCK_TICKS - total.client_cpu - total.server_cpu) / calls * 1e6, 1
+            ),
+        },
+    }  # fmt: skip
+    if name.endswith("_wN"):
+        figure["workers"] = spec.workers
+    if total.workers_hit:
+        figure["connections_per_worker"] = dict(sorted(total.workers_hit.items()))
+    return figure
+
+
+def _client_call(
+    spec: Spec, name: str, channel: grpc.Channel, index: int, counts: list[int]
+) -> tuple[Callable[[], object], str | None]:
+    """The call a client repeats, and (serving only) the pid of the worker its connection hit."""
+    _server, kind = CONCURRENT[name]
+    rng = random.Random(spec.seed + index)
+    keys = [rng.randrange(spec.entities) for _ in range(256)]
+    if kind == "echo":
+        payload = _request(spec, spec.wide_refs, [1]).SerializeToString()
+        echo = channel.unary_unary(ECHO)
+        return (lambda: echo(payload)), None
+    if kind == "lookup":
+        lookup = channel.unary_unary(LOOKUP)
+        packed = [_packed([key]) for key in keys]
+        return (lambda: lookup(packed[counts[index] % 256])), None
+    stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+    requests = [_request(spec, spec.wide_refs, [key]) for key in keys]
+    _response, first = stub.GetOnlineFeatures.with_call(requests[0])
+    worker = dict(first.trailing_metadata()).get("x-recstack-worker")
+    return (lambda: stub.GetOnlineFeatures(requests[counts[index] % 256])), worker
+
+
+def _concurrent_block(spec: Spec, name: str, total: _Totals) -> None:
     counts = [0] * spec.clients
+    latencies: list[list[float]] = [[] for _ in range(spec.clients)]
     start = threading.Barrier(spec.clients + 1)
     stop = threading.Event()
+    target = getattr(spec, CONCURRENT[name][0])
+    workers: list[str | None] = [None] * spec.clients
 
     def client(index: int) -> None:
-        target = spec.serving if name == "get_1_c8" else spec.echo
-        rng = random.Random(spec.seed + index)
-        keys = [rng.randrange(spec.entities) for _ in range(256)]
         with open_channel(target, BARE, options=CLIENT_OPTIONS) as channel:
-            if name == "echo_c8":
-                payload = _request(spec, spec.wide_refs, [1]).SerializeToString()
-                echo = channel.unary_unary(ECHO)
-                call: Callable[[], object] = lambda: echo(payload)  # noqa: E731
-            elif name == "echo_pk_c8":
-                lookup = channel.unary_unary(LOOKUP)
-                packed = [_packed([key]) for key in keys]
-                call = lambda: lookup(packed[counts[index] % 256])  # noqa: E731
-            else:
-                stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
-                requests = [_request(spec, spec.wide_refs, [key]) for key in keys]
-                call = lambda: stub.GetOnlineFeatures(requests[counts[index] % 256])  # noqa: E731
+            call, workers[index] = _client_call(spec, name, channel, index, counts)
+            timings = latencies[index]
             call()
             start.wait()
             while not stop.is_set():
+                began = time.perf_counter()
                 call()
+                timings.append(time.perf_counter() - began)
                 counts[index] += 1
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(spec.clients)]
     for thread in threads:
         thread.start()
     start.wait()
+    machine, client_cpu = _machine_ticks(), time.process_time()
+    server_cpu = _process_seconds(spec.server_pids[CONCURRENT[name][0]])
     began = time.perf_counter()
     time.sleep(spec.concurrent_seconds)
     stop.set()
     elapsed = time.perf_counter() - began
     calls = sum(counts)
+    busy_after, all_after = _machine_ticks()
+    total.client_cpu += time.process_time() - client_cpu
+    total.server_cpu += _process_seconds(spec.server_pids[CONCURRENT[name][0]]) - server_cpu
+    total.busy += busy_after - machine[0]
+    total.machine += all_after - machine[1]
     for thread in threads:
         thread.join()
-    return calls, elapsed
+    total.calls += calls
+    total.seconds += elapsed
+    for timings in latencies:
+        total.latencies.extend(timings)
+    for worker in workers:
+        if worker is not None:
+            total.workers_hit[worker] = total.workers_hit.get(worker, 0) + 1
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core since boot, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # user .. steal; guest time is already counted in user
+    return total - idle, total
+
+
+def _process_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes (all their threads)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return ticks / CLOCK_TICKS
 
 
 def main(argv: list[str]) -> None:

@@ -177,5 +177,6 @@ def cached_items(metrics_url: str, project: str) -> dict[str, float]:
         if line.startswith("recstack_recommend_item_cache_items{") and project in line:
             labels, value = line.rsplit(" ", 1)
             view = labels.split('view="', 1)[1].split('"', 1)[0]
-            found[view] = float(value)
+            # With several workers, one line per worker (pid label): the least-filled counts.
+            found[view] = min(float(value), found.get(view, float("inf")))
     return found

@@ -15,6 +15,7 @@ from shared.grpc_server import RunningServer, serve_forever
 from shared.logging import configure_logging
 from shared.migrations import upgrade
 from shared.settings import ServiceSettings
+from shared.workers import stop_with_supervisor, supervise, supervises
 
 
 def open_database(settings: ServiceSettings, schema: str, migrations: Path) -> sa.Engine:
@@ -28,10 +29,24 @@ def open_database(settings: ServiceSettings, schema: str, migrations: Path) -> s
 
 
 def run(settings: ServiceSettings, build: Callable[[], RunningServer]) -> None:
-    """Configure logging, build the server, serve until SIGTERM; exit 2 on bad settings."""
+    """Configure logging, build the server, serve until SIGTERM; exit 2 on bad settings.
+
+    With `settings.workers` above 1 this process supervises that many workers on one port
+    instead (shared/workers.py), each of which runs this same function as one server.
+    """
     configure_logging(settings.log_level, service=settings.service_name)
     log = structlog.get_logger(__name__)
     log.info("starting", settings=settings.model_dump(mode="json"))
+    if supervises(settings):
+        try:
+            code = supervise(settings)
+        except OSError as exc:
+            log.error("cannot_start", error=str(exc))
+            print(f"{settings.service_name}: cannot start: {exc}", file=sys.stderr)
+            code = 1
+        raise SystemExit(code)
+    if settings.worker_index is not None:
+        stop_with_supervisor()
     try:
         running = build()
     except ConfigurationError as exc:

@@ -8,8 +8,10 @@ optional bearer-token auth, optional TLS, message-size limits and graceful shutd
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import itertools
+import os
 import secrets
 import signal
 import threading
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from random import random
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -29,11 +32,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from shared.channels import SERVER_KEEPALIVE_OPTIONS
 from shared.errors import DomainError, InvalidArgument, redact, summary
-from shared.request_context import set_deadline
+from shared.request_context import RequestInfo, request_id, set_deadline, set_request
 from shared.request_validation import validate
 from shared.settings import ServiceSettings
 
@@ -50,11 +53,19 @@ RPC_ERRORS = Counter(
     "RPCs answered with a non-OK status.",
     ["service", "method", "code"],
 )
+# With several workers (shared/workers.py) one series per live worker process, by pid.
+WORKER_UP = Gauge(
+    "recstack_worker_up",
+    "1 for each live server process of the service.",
+    multiprocess_mode="liveall",
+)
 
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 # An error's message and details reach clients cut to this many characters.
 MAX_MESSAGE_CHARS = 2000
 REQUEST_ID_HEADER = "x-request-id"
+# Trailing metadata naming the process that served a call (services may run several workers).
+WORKER_HEADER = "x-recstack-worker"
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 ReadinessCheck = Callable[[], None]
@@ -163,23 +174,58 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+@dataclass(frozen=True)
+class AccessLog:
+    """Which OK calls get an access line: a random `sample` of them, and every call slower than
+    `slow_seconds`. Calls that fail are always logged."""
+
+    sample: float = 1.0
+    slow_seconds: float = 0.25
+
+
+class _MethodMetrics:
+    """One method's metric children, bound once: `labels()` takes a lock and builds a key."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self._service, self._method = service, method
+        self.ok = RPC_SECONDS.labels(service, method, "OK")
+        self._failed: dict[str, tuple[Any, Any]] = {}
+
+    def failed(self, code: str) -> tuple[Any, Any]:
+        """The (histogram, error counter) children of a non-OK code."""
+        children = self._failed.get(code)
+        if children is None:
+            children = self._failed[code] = (
+                RPC_SECONDS.labels(self._service, self._method, code),
+                RPC_ERRORS.labels(self._service, self._method, code),
+            )
+        return children
+
+
 class ObservabilityInterceptor(grpc.ServerInterceptor):
-    """Request id, logs, metrics, deadline cap and error mapping around every RPC."""
+    """Request id, logs, metrics, deadline cap and error mapping around every RPC.
+
+    The hot path is what every call pays: its request id (the caller's or a generated one,
+    echoed in trailing metadata with the serving process's pid), one `RequestInfo` and its
+    deadline in the call's own `contextvars.Context`, validation, one prebound histogram
+    observation, and an access line only for sampled, slow or failed calls.
+    """
 
     def __init__(
         self,
         service: str,
         max_request_seconds: float,
         redactions: Mapping[str, str] | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._redactions = dict(redactions or {})
         self._service = service
         self._domain = f"recstack.{service}"
         self._max_request_seconds = max_request_seconds
+        self._access = access_log or AccessLog()
+        self._worker = str(os.getpid())
         # Per method: the handler and its wrapper, built once instead of on every call.
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-        # Histogram children by (method, code): `labels()` takes a lock and builds a key.
-        self._timers: dict[tuple[str, str], Any] = {}
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: Any
@@ -190,10 +236,11 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         method: str = details.method
         cached = self._handlers.get(method)
         if cached is None or cached[0] is not handler:
+            metrics = _MethodMetrics(self._service, method)
             wrapped = _wrap_handler(
                 handler,
                 lambda behavior, streaming: self._wrap(
-                    method, behavior, streaming, handler.request_streaming
+                    method, metrics, behavior, streaming, handler.request_streaming
                 ),
                 _tolerant,
             )
@@ -201,81 +248,107 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         return cached[1]
 
     def _wrap(
-        self, method: str, behavior: Behavior, response_streaming: bool, request_streaming: bool
+        self,
+        method: str,
+        metrics: _MethodMetrics,
+        behavior: Behavior,
+        response_streaming: bool,
+        request_streaming: bool,
     ) -> Behavior:
         # Every request is validated before the servicer sees it; a streamed one as it arrives.
         check = _validated_stream if request_streaming else _validated
         if response_streaming:
+            return self._streaming(method, metrics, behavior, check)
 
-            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started = self._begin(method, context)
-                try:
-                    yield from behavior(check(request), context)
-                except BaseException as exc:
-                    self._fail(method, context, exc, started)
-                self._finish(method, context, started)
-
-            return streaming
-
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
             started = self._begin(method, context)
             try:
                 response = behavior(check(request), context)
             except BaseException as exc:
-                self._fail(method, context, exc, started)
-            self._finish(method, context, started)
+                self._fail(metrics, context, exc, started)
+            self._finish(metrics, context, started)
             return response
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            # A context of its own: what the call sets (request info, deadline, structlog
+            # bindings) is gone when it ends, without clearing anything on the next call.
+            return contextvars.Context().run(call, request, context)
 
         return unary
 
+    def _streaming(
+        self, method: str, metrics: _MethodMetrics, behavior: Behavior, check: Any
+    ) -> Behavior:
+        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            scope = contextvars.Context()
+            started = scope.run(self._begin, method, context)
+            try:
+                responses = scope.run(behavior, check(request), context)
+                while True:
+                    try:
+                        response = scope.run(next, responses)
+                    except StopIteration:
+                        break
+                    yield response
+            except BaseException as exc:
+                scope.run(self._fail, metrics, context, exc, started)
+            scope.run(self._finish, metrics, context, started)
+
+        return streaming
+
     def _begin(self, method: str, context: grpc.ServicerContext) -> float:
         request_id = _request_id(context.invocation_metadata()) or _new_request_id()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, rpc=method, peer=context.peer()
+        set_request(RequestInfo(request_id, method, context.peer))
+        context.set_trailing_metadata(
+            ((REQUEST_ID_HEADER, request_id), (WORKER_HEADER, self._worker))
         )
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         remaining = context.time_remaining()
         budget = self._max_request_seconds
-        if remaining is not None:
-            budget = min(remaining, budget)
+        if remaining is not None and remaining < budget:
+            budget = remaining
         started = time.monotonic()
         set_deadline(started + budget)
         return started
 
-    def _finish(self, method: str, context: grpc.ServicerContext, started: float) -> None:
-        code = context.code() or grpc.StatusCode.OK
-        self._record(method, code.name, started)
+    def _finish(
+        self, metrics: _MethodMetrics, context: grpc.ServicerContext, started: float
+    ) -> None:
+        code = context.code()
+        if code is None or code is grpc.StatusCode.OK:
+            seconds = time.monotonic() - started
+            metrics.ok.observe(seconds)
+            access = self._access
+            if seconds >= access.slow_seconds or (access.sample and random() < access.sample):
+                log.info("rpc", code="OK", duration_ms=round(seconds * 1000, 3))
+        else:
+            self._record_failure(metrics, code.name, started)
 
     def _fail(
-        self, method: str, context: grpc.ServicerContext, exc: BaseException, started: float
+        self,
+        metrics: _MethodMetrics,
+        context: grpc.ServicerContext,
+        exc: BaseException,
+        started: float,
     ) -> None:
         if isinstance(exc, DomainError):
-            self._record(method, exc.code, started)
+            self._record_failure(metrics, exc.code, started)
             status = domain_error_status(exc, self._domain, self._redactions)
             context.abort_with_status(rpc_status.to_status(status))
         code = context.code()
         if code is not None and code != grpc.StatusCode.OK:
             # The servicer or gRPC already chose a status (e.g. a cancelled stream).
-            self._record(method, code.name, started)
+            self._record_failure(metrics, code.name, started)
             raise exc
-        self._record(method, "INTERNAL", started)
-        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+        self._record_failure(metrics, "INTERNAL", started)
         log.exception("rpc_internal_error")
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {request_id()}")
 
-    def _record(self, method: str, code: str, started: float) -> None:
+    def _record_failure(self, metrics: _MethodMetrics, code: str, started: float) -> None:
         seconds = time.monotonic() - started
-        timer = self._timers.get((method, code))
-        if timer is None:
-            timer = self._timers[(method, code)] = RPC_SECONDS.labels(self._service, method, code)
+        timer, errors = metrics.failed(code)
         timer.observe(seconds)
-        duration_ms = round(seconds * 1000, 3)
-        if code != "OK":
-            RPC_ERRORS.labels(self._service, method, code).inc()
-            log.warning("rpc", code=code, duration_ms=duration_ms)
-        else:
-            log.info("rpc", code=code, duration_ms=duration_ms)
+        errors.inc()
+        log.warning("rpc", code=code, duration_ms=round(seconds * 1000, 3))
 
 
 # Generated request ids: a random per-process prefix and a counter, 32 hex digits like a
@@ -418,9 +491,13 @@ def create_grpc_server(
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.auth_token_file is not None:
         interceptors.append(BearerTokenInterceptor(settings.auth_token_file))
+    access_log = AccessLog(settings.access_log_sample, settings.slow_rpc_seconds)
     interceptors.append(
         ObservabilityInterceptor(
-            settings.service_name, settings.max_request_seconds, settings.server_paths()
+            settings.service_name,
+            settings.max_request_seconds,
+            settings.server_paths(),
+            access_log,
         )
     )
     server = grpc.server(
@@ -429,7 +506,9 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Only the workers of one service share a port; a single server refuses a port
+            # another process holds instead of splitting its traffic with it.
+            ("grpc.so_reuseport", 0 if settings.worker_index is None else 1),
             *SERVER_KEEPALIVE_OPTIONS,
         ],
     )
@@ -450,9 +529,11 @@ def create_grpc_server(
         metrics, _ = start_http_server(settings.metrics_port, addr=settings.grpc_host)
     server.start()
     monitor.start()
+    WORKER_UP.set(1)
     log.info(
         "server_started",
         port=port,
+        worker=settings.worker_index,
         metrics_port=settings.metrics_port or None,
         services=names,
         tls=settings.tls.enabled,

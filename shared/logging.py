@@ -1,7 +1,10 @@
 """structlog JSON logging, configured once per process.
 
-Request-scoped fields (request_id, rpc, peer) live in structlog's contextvars, bound by the
-server interceptor, so every line a request logs carries them without passing loggers around.
+Request-scoped fields (request_id, rpc, peer) come from `shared.request_context`, set once per
+RPC by the server interceptor, and are merged into a line only when one is logged; other
+fields code binds with structlog's contextvars last for the request that bound them (each RPC
+runs in a context of its own). Every line also names the service and its process id (a
+service may run several worker processes, shared/workers.py).
 
 Rendering JSON and writing to stderr happen on a background thread: a request only hands its
 event dict over, so the access log costs the hot path microseconds, not a syscall.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -19,6 +23,8 @@ from typing import Any, TextIO
 
 import structlog
 import structlog.tracebacks
+
+from shared.request_context import current_request
 
 MAX_BATCH = 512
 # Tracebacks as structured frames, without local variables: `dict_tracebacks` would log every
@@ -79,17 +85,32 @@ class QueueLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+def merge_request(
+    _logger: object, _method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """The current RPC's request id, method and peer (fields given to the call win)."""
+    info = current_request()
+    if info is not None:
+        event.setdefault("request_id", info.request_id)
+        event.setdefault("rpc", info.rpc)
+        event.setdefault("peer", info.peer())
+    return event
+
+
 def configure_logging(level: str = "INFO", *, service: str = "recstack") -> None:
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    pid = os.getpid()
 
     def add_service(
         _logger: object, _method: str, event: structlog.types.EventDict
     ) -> structlog.types.EventDict:
         event.setdefault("service", service)
+        event.setdefault("pid", pid)
         return event
 
     shared_processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        merge_request,
         add_service,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -22,6 +22,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import methodcaller
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -62,6 +63,9 @@ class _FieldCheck:
     is_map: bool
     check: Check
     max_items: int
+    # For repeated fields: True when every item passes, found in one sweep at C speed (no
+    # per-item call or path); None when items are checked one by one.
+    all_pass: Callable[[Any], bool] | None = None
 
 
 def validate(message: Message, path: str = "") -> None:
@@ -111,6 +115,9 @@ def _run_field(check: _FieldCheck, value: Any, path: str) -> None:
     if check.repeated:
         if len(value) > check.max_items:
             raise RequestRejected(path, f"at most {check.max_items} entries, got {len(value)}")
+        if check.all_pass is not None and check.all_pass(value):
+            return
+        # Some item fails (or there is no sweep): find the first, with its path.
         for index, item in enumerate(value):
             check.check(item, f"{path}[{index}]")
         return
@@ -125,7 +132,32 @@ def _field_check(field: FieldDescriptor) -> _FieldCheck | None:
     if check is None and not (field.is_repeated or is_map):
         return None
     max_items = rules.max_items or MAX_ITEMS
-    return _FieldCheck(field.name, field.is_repeated, is_map, check or _no_check, max_items)
+    all_pass = _sweep(target, rules) if field.is_repeated and not is_map else None
+    return _FieldCheck(
+        field.name, field.is_repeated, is_map, check or _no_check, max_items, all_pass
+    )
+
+
+def _sweep(
+    field: FieldDescriptor, rules: field_rules_pb2.FieldRules
+) -> Callable[[Any], bool] | None:
+    """A whole-list test equivalent to checking each item, for the item kinds requests carry
+    by the hundred (strings such as feature refs, feature values such as entity keys)."""
+    if field.type == FieldDescriptor.TYPE_STRING:
+        limit = rules.max_chars or MAX_STRING_CHARS
+        pattern = re.compile(rules.pattern) if rules.pattern else None
+
+        def strings(values: Any) -> bool:
+            items = list(values)  # each read of a protobuf container makes new str objects
+            if "\x00" in "".join(items) or max(map(len, items), default=0) > limit:
+                return False
+            return pattern is None or all(map(pattern.fullmatch, filter(None, items)))
+
+        return strings
+    if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name == VALUE:
+        kind = methodcaller("WhichOneof", "kind")
+        return lambda values: _TEXT_ARMS.isdisjoint(map(kind, values))
+    return None
 
 
 def _value_check(field: FieldDescriptor, rules: field_rules_pb2.FieldRules) -> Check | None:

@@ -6,6 +6,7 @@ builds one instance in its `server.py`. Nothing else reads the environment.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.channels import ClientSettings
 from shared.credentials import Credentials, CredentialSettings
 from shared.paths import FileRoots, FileRootSettings
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset set)."""
+    return len(os.sched_getaffinity(0))
 
 
 class TlsSettings(BaseModel):
@@ -65,7 +71,17 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Upper bound on any request's run time, whatever deadline the client sent.
     max_request_seconds: float = Field(default=30.0, gt=0)
+    # Threads per server process.
     max_workers: int = Field(default=16, ge=1, le=1024)
+    # Server processes on the one gRPC port (SO_REUSEPORT; shared/workers.py). Services that
+    # scale with cores default to the cores this process may use (`available_cores`).
+    workers: int = Field(default=1, ge=1, le=256)
+    # Set by the supervisor of several workers for each of them (0, 1, ...); never by hand.
+    worker_index: int | None = Field(default=None, ge=0)
+    # Share of OK calls that log an access line; failed calls, and calls slower than
+    # `slow_rpc_seconds`, always do. 1 logs every call.
+    access_log_sample: float = Field(default=0.01, ge=0, le=1)
+    slow_rpc_seconds: float = Field(default=0.25, ge=0)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     # How often health probes its dependencies: a database going away turns the service
     # NOT_SERVING within about this long.

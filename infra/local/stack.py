@@ -43,7 +43,7 @@ from shared.channels import ClientSettings
 from shared.errors import Unavailable
 from shared.healthcheck import check
 from shared.model_server import TritonModelServer
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, available_cores
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -71,6 +71,8 @@ class ServiceSpec:
     name: str
     port: int
     metrics_port: int
+    # Whether it runs one server process per core (RECSTACK_WORKERS, shared/workers.py).
+    scales_with_cores: bool = False
 
     @property
     def address(self) -> str:
@@ -90,9 +92,9 @@ class ServiceSpec:
 # calls all three (and Triton, which starts before any service).
 SERVICES = (
     ServiceSpec("registry", 50051, 9091),
-    ServiceSpec("serving", 50053, 9093),
+    ServiceSpec("serving", 50053, 9093, scales_with_cores=True),
     ServiceSpec("materialization", 50052, 9092),
-    ServiceSpec("recommend", 50054, 9094),
+    ServiceSpec("recommend", 50054, 9094, scales_with_cores=True),
 )
 
 
@@ -419,6 +421,12 @@ def service_env(ctx: Context, spec: ServiceSpec, database_url: str) -> dict[str,
     env.setdefault("RECSTACK_FILES__ROOT_TEMPLATE", str(ctx.run_dir / "projects" / "{project}"))
     env.setdefault("RECSTACK_FILES__ROOTS", json.dumps({"*": [str(REPO_ROOT / "examples")]}))
     env.update({f"RECSTACK_{s.name.upper()}_ADDR": s.address for s in SERVICES})
+    # Serving and recommend: one worker per core unless the shell says how many; the
+    # registry and materialization run as one process.
+    if spec.scales_with_cores:
+        env.setdefault("RECSTACK_WORKERS", str(available_cores()))
+    else:
+        env["RECSTACK_WORKERS"] = "1"
     env.update(
         PYTHONUNBUFFERED="1",
         RECSTACK_GRPC_HOST=HOST,

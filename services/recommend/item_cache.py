@@ -192,16 +192,24 @@ class ItemTable:
         return values
 
 
-ITEMS = Gauge("recstack_recommend_item_cache_items", "Items cached per view.", ["project", "view"])
+# Each worker process caches on its own: with several, one series per live worker (pid label).
+ITEMS = Gauge(
+    "recstack_recommend_item_cache_items",
+    "Items cached per view.",
+    ["project", "view"],
+    multiprocess_mode="liveall",
+)
 BYTES = Gauge(
     "recstack_recommend_item_cache_bytes",
     "Approximate memory per cached view.",
     ["project", "view"],
+    multiprocess_mode="liveall",
 )
 STALENESS = Gauge(
     "recstack_recommend_item_cache_staleness_seconds",
     "Seconds since a cached view was last refreshed successfully.",
     ["project", "view"],
+    multiprocess_mode="liveall",
 )
 REFRESHES = Counter(
     "recstack_recommend_item_cache_refreshes_total",

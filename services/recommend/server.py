@@ -36,7 +36,7 @@ from shared.model_server import ModelServer, TritonModelServer, check_models_rea
 from shared.online_store import OnlineStore
 from shared.online_store.postgres import PostgresOnlineStore
 from shared.registry_client import RegistryClient
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, available_cores
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE = recommend_service_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
@@ -45,6 +45,9 @@ SERVICE = recommend_service_pb2.DESCRIPTOR.services_by_name["RecommendService"].
 class RecommendSettings(ServiceSettings):
     service_name: str = "recommend"
     grpc_port: int = 50054
+    # One server process per core this process may use (shared/workers.py); each keeps its
+    # own item cache, so memory grows with the workers.
+    workers: int = Field(default_factory=available_cores, ge=1, le=256)
     # Cached item features: the rows written since the last refresh are read this often ...
     item_cache_incremental_seconds: float = Field(default=2.0, gt=0)
     # ... and every row this often (deletions, TTL expiry, writes that committed late).

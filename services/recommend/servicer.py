@@ -6,7 +6,6 @@ No error handling here: domain errors become statuses in the shared interceptor.
 from __future__ import annotations
 
 import grpc
-import structlog
 from recstack.common.v1 import value_pb2
 from recstack.recommend.v1 import recommend_service_pb2 as pb
 from recstack.recommend.v1 import recommend_service_pb2_grpc
@@ -19,6 +18,7 @@ from services.recommend.recommender import (
     ScoreQuery,
     Scores,
 )
+from shared.request_context import request_id
 from shared.values import from_proto, generated_value
 
 
@@ -47,10 +47,6 @@ def _generated(scores: Scores) -> list[pb.GeneratedFeatures]:
     ]
 
 
-def _request_id() -> str:
-    return str(structlog.contextvars.get_contextvars().get("request_id", ""))
-
-
 class RecommendServicer(recommend_service_pb2_grpc.RecommendServiceServicer):
     def __init__(self, catalog: Catalog, recommender: Recommender) -> None:
         self._catalog = catalog
@@ -73,7 +69,7 @@ class RecommendServicer(recommend_service_pb2_grpc.RecommendServiceServicer):
         return pb.RecommendResponse(
             items=[_item(item) for item in result.items],
             variants=result.variants,
-            request_id=_request_id(),
+            request_id=request_id(),
             stage_counts=result.stage_counts,
             degraded=bool(result.degraded),
             degraded_reason=result.degraded,

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from services.serving.features import Status, ViewRead
 from shared.feature_views import ViewSchema
@@ -26,65 +23,43 @@ from shared.online_store import WriteResult
 LABELS = ("project", "view", "version")
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 AGE_BUCKETS = (1, 10, 60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400, 30 * 86_400)
+AGE_BOUNDS_US = tuple(bound * 1_000_000 for bound in AGE_BUCKETS)
 _STATUS_LABELS = {Status.PRESENT: "present", Status.NOT_FOUND: "not_found",
                   Status.OUTSIDE_TTL: "outside_ttl"}  # fmt: skip
 
 
-class AgeHistogram(Collector):
-    """A labelled histogram of ages in seconds that takes a batch of observations at once."""
+def observe_many_micros(child: Histogram, bounds_us: Sequence[int], ages_us: list[int]) -> None:
+    """`child.observe(age)` for every age (in microseconds), in one pass and one increment per
+    bucket: the same counts, for a fraction of the cost of thousands of `observe` calls.
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._bounds: tuple[float | str, ...] = tuple(buckets)
-        self._bounds_us = tuple(round(bound * 1_000_000) for bound in buckets)
-        self._series: dict[tuple[str, ...], list[float]] = {}
-        self._lock = threading.Lock()
-
-    def observe_micros(self, labels: tuple[str, ...], ages_us: list[int]) -> None:
-        if not ages_us:
-            return
-        # Per-bucket (not yet cumulative) counts: a bisect per value for a few values, one
-        # per bound over the sorted values for many.
-        bounds = self._bounds_us
-        counts = [0] * (len(bounds) + 1)
-        if len(ages_us) < len(bounds):
-            for age in ages_us:
-                counts[bisect_left(bounds, age)] += 1
-        else:
-            ages_us.sort()
-            below = 0
-            for index, bound in enumerate(bounds):
-                upto = bisect_right(ages_us, bound)
-                counts[index], below = upto - below, upto
-            counts[-1] = len(ages_us) - below
-        total = sum(ages_us) / 1_000_000
-        with self._lock:
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = [0] * (len(counts) + 1)
-            for index, amount in enumerate(counts):
-                series[index] += amount
-            series[-1] += total
-
-    def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self._name, self._documentation, labels=LABELS)
-        with self._lock:
-            snapshot = {labels: list(series) for labels, series in self._series.items()}
-        for labels, series in snapshot.items():
-            *counts, total = series
-            cumulative = list(accumulate(counts))
-            buckets = [
-                (str(bound), value)
-                for bound, value in zip([*self._bounds, "+Inf"], cumulative, strict=True)
-            ]
-            family.add_metric(list(labels), buckets, sum_value=total)
-        yield family
+    It adds to the child's own bucket values (non-cumulative, +Inf last, as `observe` does),
+    so it works in prometheus_client's multiprocess mode too, where each value is a slot in
+    the process's file that the metrics endpoint of the supervisor sums (shared/workers.py).
+    """
+    if not ages_us:
+        return
+    # Per-bucket counts: a bisect per value for a few values, one per bound over the sorted
+    # values for many.
+    counts = [0] * (len(bounds_us) + 1)
+    if len(ages_us) < len(bounds_us):
+        for age in ages_us:
+            counts[bisect_left(bounds_us, age)] += 1
+    else:
+        ages_us.sort()
+        below = 0
+        for index, bound in enumerate(bounds_us):
+            upto = bisect_right(ages_us, bound)
+            counts[index], below = upto - below, upto
+        counts[-1] = len(ages_us) - below
+    buckets = child._buckets
+    for index, amount in enumerate(counts):
+        if amount:
+            buckets[index].inc(amount)
+    child._sum.inc(sum(ages_us) / 1_000_000)
 
 
 @dataclass(frozen=True)
 class _ViewSeries:
-    labels: tuple[str, str, str]
     reads: Counter
     keys: dict[Status, Counter]
     read_seconds: Histogram
@@ -92,6 +67,7 @@ class _ViewSeries:
     written: Counter
     stale: Counter
     write_seconds: Histogram
+    ages: Histogram
 
 
 class ServingMetrics:
@@ -120,12 +96,13 @@ class ServingMetrics:
         self._write_seconds = histogram(
             "recstack_online_write_seconds", "Online-store time of write batches into the view."
         )
-        self._ages = AgeHistogram(
+        self._ages = Histogram(
             "recstack_online_served_value_age_seconds",
             "Age (now minus event time) of each served value that the store had.",
-            AGE_BUCKETS,
+            LABELS,
+            buckets=AGE_BUCKETS,
+            registry=registry,
         )
-        registry.register(self._ages)
         self._series: dict[str, _ViewSeries] = {}
         self._lock = threading.Lock()
 
@@ -140,7 +117,7 @@ class ServingMetrics:
                 if found:
                     counter.inc(found)
             ages = [now_micros - m for m in read.event_micros if m is not None]
-            self._ages.observe_micros(series.labels, ages)
+            observe_many_micros(series.ages, AGE_BOUNDS_US, ages)
 
     def write(self, view: ViewSchema, result: WriteResult, seconds: float) -> None:
         series = self._view(view)
@@ -160,7 +137,6 @@ class ServingMetrics:
     def _children(self, view: ViewSchema) -> _ViewSeries:
         labels = (view.project, view.name, str(view.version))
         return _ViewSeries(
-            labels=labels,
             reads=self._reads.labels(*labels),
             keys={s: self._keys.labels(*labels, name) for s, name in _STATUS_LABELS.items()},
             read_seconds=self._read_seconds.labels(*labels),
@@ -168,6 +144,7 @@ class ServingMetrics:
             written=self._rows.labels(*labels, "written"),
             stale=self._rows.labels(*labels, "stale"),
             write_seconds=self._write_seconds.labels(*labels),
+            ages=self._ages.labels(*labels),
         )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+from pydantic import Field
+
 from services.serving.features import FeatureServer
 from services.serving.metrics import default_metrics
 from services.serving.servicer import SERVICE, FeatureServingServicer, add_to_server
@@ -14,12 +16,14 @@ from shared.embeddings import Embedder, PostgresEmbeddingCache, migrate_cache
 from shared.grpc_server import RunningServer, ServiceRegistration, create_grpc_server
 from shared.online_store.postgres import PostgresOnlineStore
 from shared.registry_client import RegistryClient
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, available_cores
 
 
 class ServingSettings(ServiceSettings):
     service_name: str = "serving"
     grpc_port: int = 50053
+    # One server process per core this process may use (shared/workers.py).
+    workers: int = Field(default_factory=available_cores, ge=1, le=256)
     # Latest feature-view definitions are re-read at most this often.
     registry_cache_seconds: float = 5.0
     # A request shape's resolved feature refs are re-checked against those definitions at

@@ -41,6 +41,8 @@ class _ReadPlan:
     """A read statement rendered once, and where each view's columns sit in its rows."""
 
     query: bytes
+    # The same read of exactly one key (a scalar parameter): the common case, made cheaper.
+    one_key_query: bytes
     spans: tuple[tuple[tuple[str, ...], int], ...]  # (features, first column) per view
 
 
@@ -232,7 +234,10 @@ class PostgresOnlineStore:
             if cursor is None:
                 cursor = self._cursors.setdefault(conn, conn.cursor(binary=True))
             try:
-                rows = cursor.execute(plan.query, (keys,), prepare=True).fetchall()
+                if len(keys) == 1:
+                    rows = cursor.execute(plan.one_key_query, (keys[0],), prepare=True).fetchall()
+                else:
+                    rows = cursor.execute(plan.query, (keys,), prepare=True).fetchall()
             except errors.UndefinedTable as exc:
                 self._forget(requests)
                 raise NotFound(
@@ -258,7 +263,8 @@ class PostgresOnlineStore:
             start += len(features) + 1
         with self._connection() as conn:
             query = statements.read(requests).as_bytes(conn)
-        plan = _ReadPlan(query, tuple(spans))
+            one_key_query = statements.read(requests, one=True).as_bytes(conn)
+        plan = _ReadPlan(query, one_key_query, tuple(spans))
         with self._lock:
             if len(self._read_plans) >= MAX_READ_PLANS:
                 self._read_plans.clear()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+
 import grpc
 import pytest
+import structlog
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -13,7 +18,8 @@ from recstack.serving.v1 import serving_service_pb2_grpc
 
 from infra.local.ports import free_port
 from shared.errors import InvalidArgument, NotFound
-from shared.grpc_server import ServiceRegistration, create_grpc_server
+from shared.grpc_server import WORKER_HEADER, ServiceRegistration, create_grpc_server
+from shared.request_context import request_id, seconds_remaining
 from shared.settings import ServiceSettings
 
 SERVICE = "recstack.serving.v1.FeatureServingService"
@@ -23,6 +29,17 @@ class ScriptedServicer(serving_service_pb2_grpc.FeatureServingServiceServicer):
     """Answers GetOnlineFeatures according to the project name, to exercise every path."""
 
     def GetOnlineFeatures(self, request, context):
+        if request.project == "context":
+            # What a call sees of its own context, and of anything an earlier call bound.
+            leaked = structlog.contextvars.get_contextvars().get("bound_by_a_call", "")
+            structlog.contextvars.bind_contextvars(bound_by_a_call=request_id())
+            remaining = seconds_remaining()
+            return pb.GetOnlineFeaturesResponse(
+                feature_names=[request_id(), leaked, f"{remaining:.3f}"]
+            )
+        if request.project == "slow":
+            time.sleep(0.05)
+            return pb.GetOnlineFeaturesResponse()
         if request.project == "missing":
             raise NotFound("projects/missing does not exist")
         if request.project == "":
@@ -32,8 +49,10 @@ class ScriptedServicer(serving_service_pb2_grpc.FeatureServingServiceServicer):
         return pb.GetOnlineFeaturesResponse(feature_names=[request.project])
 
 
-def _start(tmp_path, *, token_file=None, checks=None):
-    settings = ServiceSettings(grpc_port=0, auth_token_file=token_file, service_name="serving")
+def _start(tmp_path, *, token_file=None, checks=None, **more):
+    settings = ServiceSettings(
+        grpc_port=0, auth_token_file=token_file, service_name="serving", **more
+    )
     registration = ServiceRegistration(
         serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server,
         ScriptedServicer(),
@@ -109,6 +128,70 @@ def test_request_id_is_echoed_in_trailers(channel):
         pb.GetOnlineFeaturesRequest(project="ok"), metadata=[("x-request-id", "abc")]
     )
     assert ("x-request-id", "abc") in call.trailing_metadata()
+
+
+def test_trailers_name_the_serving_process(channel):
+    stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+    _, call = stub.GetOnlineFeatures.with_call(pb.GetOnlineFeaturesRequest(project="ok"))
+    assert (WORKER_HEADER, str(os.getpid())) in call.trailing_metadata()
+
+
+def test_each_call_has_its_own_context(tmp_path):
+    """Request id and deadline are the call's; what one call binds never reaches the next,
+    even on the same thread (one worker thread here)."""
+    running = _start(tmp_path, max_workers=1, max_request_seconds=7.0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+            request = pb.GetOnlineFeaturesRequest(project="context")
+            first = stub.GetOnlineFeatures(request, metadata=[("x-request-id", "first")])
+            second = stub.GetOnlineFeatures(
+                request, metadata=[("x-request-id", "second")], timeout=2.0
+            )
+    finally:
+        running.stop(0)
+    assert first.feature_names[:2] == ["first", ""]
+    assert second.feature_names[:2] == ["second", ""]
+    # The server's cap without a client deadline, the client's deadline with one.
+    assert 6.0 < float(first.feature_names[2]) <= 7.0
+    # (The grpc-timeout header rounds the client's 2 s up a little.)
+    assert 1.0 < float(second.feature_names[2]) <= 2.1
+    assert seconds_remaining() is None and request_id() == ""
+
+
+def _rpc_lines(tmp_path, calls, **settings):
+    running = _start(tmp_path, **settings)
+    try:
+        with (
+            structlog.testing.capture_logs() as logged,
+            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+            for project in calls:
+                with contextlib.suppress(grpc.RpcError):
+                    stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(project=project))
+    finally:
+        running.stop(0)
+    return [line for line in logged if line["event"] == "rpc"]
+
+
+def test_access_lines_are_sampled_but_failed_and_slow_calls_always_logged(tmp_path):
+    lines = _rpc_lines(
+        tmp_path,
+        ["ok"] * 50 + ["missing", "slow"],
+        access_log_sample=0.0,
+        slow_rpc_seconds=0.04,
+    )
+    assert [(line["code"], line["log_level"]) for line in lines] == [
+        ("NOT_FOUND", "warning"),
+        ("OK", "info"),
+    ]
+    assert lines[1]["duration_ms"] >= 40
+
+
+def test_a_sample_of_one_logs_every_call(tmp_path):
+    lines = _rpc_lines(tmp_path, ["ok"] * 20, access_log_sample=1.0)
+    assert len(lines) == 20
 
 
 def test_bearer_token_required_except_for_health(tmp_path):

@@ -39,6 +39,7 @@ from shared.migrations import upgrade
 from shared.online_store.postgres import PostgresOnlineStore
 from tests.openai_api import API_KEY, OTHER_SECRETS, FakeAPI, serve
 from tests.security import SourceRoles, StackSecurity
+from tests.workers import service_process, session_workers
 
 SECURE_OPTION = "--secure-stack"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -196,16 +197,28 @@ def serving_address(
     registry_address: str,
     triton_server: TritonServer,
     service_overrides: dict[str, Any],
+    client_settings: ClientSettings,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    settings = ServingSettings(
-        grpc_port=0,
-        database_url=database_url,
-        registry_addr=registry_address,
+    """Serving in this process; with RECSTACK_WORKERS above 1 in the test run's environment,
+    serving as that many worker processes on one port (its own command, tests/workers.py)."""
+    values = {
+        "database_url": database_url,
+        "registry_addr": registry_address,
         # Pushed review texts are embedded by the real model.
-        triton_addr=triton_server.grpc_address,
-        registry_cache_seconds=0.0,
+        "triton_addr": triton_server.grpc_address,
+        "registry_cache_seconds": 0.0,
         **service_overrides,
-    )
+    }
+    workers = session_workers()
+    if workers > 1:
+        log_path = tmp_path_factory.mktemp("serving-workers") / "serving.log"
+        with service_process(
+            "serving", {**values, "workers": workers}, log_path, client_settings
+        ) as running:
+            yield running.address
+        return
+    settings = ServingSettings(grpc_port=0, workers=1, **values)
     deps = open_serving_deps(settings)
     running, port = create_serving(settings, deps)
     yield f"127.0.0.1:{port}"

@@ -51,3 +51,28 @@ except ZeroDivisionError:
     # Frames without their local variables: no secret a frame held reaches the log.
     assert all("locals" not in frame for frame in second["exception"][0]["frames"])
     assert "s3cret-local-password" not in result.stderr
+
+
+def test_a_request_s_fields_join_its_lines_and_every_line_names_the_process():
+    code = """
+from shared.logging import configure_logging, get_logger
+from shared.request_context import RequestInfo, set_request
+configure_logging("INFO", service="serving")
+log = get_logger("x")
+log.info("outside")
+set_request(RequestInfo("r9", "/pkg.Service/Method", lambda: "ipv4:127.0.0.1:5"))
+log.info("inside")
+log.info("own", request_id="given")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    outside, inside, own = (json.loads(line) for line in result.stderr.splitlines())
+    assert "request_id" not in outside
+    assert (inside["request_id"], inside["rpc"], inside["peer"]) == (
+        "r9",
+        "/pkg.Service/Method",
+        "ipv4:127.0.0.1:5",
+    )
+    assert own["request_id"] == "given"
+    assert outside["pid"] == inside["pid"] > 0

@@ -35,9 +35,9 @@ def test_reads_count_keys_by_status_and_value_ages():
     assert sample("recstack_online_read_keys_total", status="not_found") == 1
     assert sample("recstack_online_read_seconds_count") == 2
     age = "recstack_online_served_value_age_seconds"
-    assert sample(f"{age}_bucket", le="1") == 1
-    assert sample(f"{age}_bucket", le="60") == 2
-    assert sample(f"{age}_bucket", le="3600") == 2
+    assert sample(f"{age}_bucket", le="1.0") == 1
+    assert sample(f"{age}_bucket", le="60.0") == 2
+    assert sample(f"{age}_bucket", le="3600.0") == 2
     assert sample(f"{age}_bucket", le="+Inf") == 3
     assert sample(f"{age}_count") == 3
     assert sample(f"{age}_sum") == 7230.5
@@ -66,7 +66,8 @@ def test_many_ages_at_once_land_in_the_same_buckets_as_one_by_one():
     for age in ages:
         one_by_one.read([_read([age])], 0.001, NOW_US)
     name = "recstack_online_served_value_age_seconds_bucket"
-    for bound in ["1", "10", "60", "300", "900", "3600", "21600", "86400", "+Inf"]:
+    # Bucket bounds as prometheus_client writes them (floats; the ages are a Histogram's).
+    for bound in ["1.0", "10.0", "60.0", "300.0", "900.0", "3600.0", "21600.0", "86400.0", "+Inf"]:
         labels = {**LABELS, "le": bound}
         expected = sum(1 for age in ages if bound == "+Inf" or age <= float(bound))
         assert batched.get_sample_value(name, labels) == expected, bound

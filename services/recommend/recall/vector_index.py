@@ -73,11 +73,15 @@ INDEX_ITEMS = Gauge(
     "recstack_recommend_vector_index_items",
     "Items held by an in-process vector index.",
     ["project", "view", "feature", "index"],
+    # Each worker process holds its own index: one series per live worker (pid label).
+    multiprocess_mode="liveall",
 )
 INDEX_SKIPPED = Gauge(
     "recstack_recommend_vector_index_skipped_items",
     "Items of the view left out of its vector index for want of a usable vector.",
     ["project", "view", "feature", "index"],
+    # Each worker process holds its own index: one series per live worker (pid label).
+    multiprocess_mode="liveall",
 )
 
 
