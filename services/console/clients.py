@@ -39,7 +39,8 @@ _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 CALL_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
+# Not frozen: raising an exception sets its __traceback__.
+@dataclass(eq=False)
 class ServiceError(Exception):
     """A call that failed: which service, its status, and its own message."""
 

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 import uvicorn
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.console.app import create_app
@@ -44,12 +44,18 @@ class ConsoleSettings(BaseSettings):
     # Signs the session cookie. Unset: a random key per process (sessions end on restart);
     # set one shared key when several console replicas sit behind one address.
     console_session_secret: SecretStr = Field(
-        default_factory=lambda: SecretStr(secrets.token_urlsafe(32))
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)), min_length=16
     )
     # Mark the cookies Secure: set when the console is reached over HTTPS.
     console_secure_cookies: bool = False
     # Where htmx and Vega are: the npm packages `make setup` installs (node_modules).
     console_vendor_dir: Path = REPO_ROOT / "node_modules"
+
+    @field_validator("console_session_secret", mode="before")
+    @classmethod
+    def _random_when_empty(cls, value: object) -> object:
+        # An empty variable (compose's `${VAR:-}`) must not become an empty signing key.
+        return value or secrets.token_urlsafe(32)
 
     def addresses(self) -> dict[str, str]:
         return {
