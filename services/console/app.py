@@ -141,4 +141,7 @@ async def service_error(request: Request, exc: Exception) -> Response:
 
 async def bad_input(request: Request, exc: Exception) -> Response:
     pages: Pages = request.app.state.pages
-    return pages.render(request, "bad_input.html", {"problem": str(exc)}, status=400)
+    # htmx swaps only 2xx answers: a fragment says 200 so its message is shown.
+    if request.headers.get("hx-request"):
+        return pages.render(request, "bad_input.html", {"problem": str(exc)})
+    return pages.render(request, "bad_input_page.html", {"problem": str(exc)}, status=400)

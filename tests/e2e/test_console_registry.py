@@ -1,5 +1,6 @@
-"""The console's registry pages in a real browser, on the example feature repository applied
-with the `recstack` CLI, and a second version of one view made through the registry API."""
+"""The console's registry and online-features pages in a real browser, on the example feature
+repository applied with the `recstack` CLI, a second version of one view made through the
+registry API, and a row written with the serving API."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from google.protobuf import field_mask_pb2
+from recstack.common.v1 import value_pb2
 from recstack.registry.v1 import registry_service_pb2 as rpb
 from recstack.registry.v1 import registry_service_pb2_grpc
+from recstack.serving.v1 import serving_service_pb2 as spb
+from recstack.serving.v1 import serving_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,3 +119,43 @@ def test_a_missing_project_says_what_the_registry_said(console_page):
     assert response.status == 502
     error = console_page.locator(".service-error")
     assert error.get_attribute("data-code") == "NOT_FOUND"
+
+
+def test_online_features_of_an_entity_with_statuses_and_ages(
+    console_page, project, serving_address, connect
+):
+    serving = serving_service_pb2_grpc.FeatureServingServiceStub(connect(serving_address))
+    row = spb.FeatureRow(
+        values={
+            "user_id": value_pb2.Value(int64_value=7),
+            "age_norm": value_pb2.Value(double_value=0.25),
+            "activity": value_pb2.Value(double_value=3.5),
+        }
+    )
+    row.event_time.FromDatetime(datetime.now(UTC) - timedelta(hours=2))
+    written = serving.WriteFeatures(
+        spb.WriteFeaturesRequest(project=project, feature_view="user_profile", rows=[row])
+    )
+    assert written.rows_written == 1
+
+    page = console_page
+    page.goto(f"/features?project={project}&view=user_profile&key=7")
+    shown = {
+        r.get_attribute("data-feature"): (
+            r.get_attribute("data-status"),
+            r.locator(".value").inner_text(),
+        )
+        for r in page.locator("#online-features tr.feature").all()
+    }
+    assert shown["user_profile:age_norm"] == ("PRESENT", "0.25")
+    assert shown["user_profile:activity"] == ("PRESENT", "3.5")
+    age = page.locator("#online-features tr.feature[data-feature='user_profile:activity'] .age")
+    assert age.inner_text().startswith(("2h", "1h 59m"))
+
+    page.goto(f"/features?project={project}&view=user_profile&key=424242")
+    statuses = {r.get_attribute("data-status") for r in page.locator("tr.feature").all()}
+    assert statuses == {"NOT_FOUND"}
+
+    response = page.goto(f"/features?project={project}&view=user_profile&key=seven")
+    assert response.status == 400
+    assert "not an integer" in page.locator(".bad-input").inner_text()
