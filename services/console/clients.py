@@ -75,11 +75,18 @@ class Clients:
         self._channels = {name: open_channel(addresses[name], settings) for name in _STUBS}
         self._stubs = {name: make(self._channels[name]) for name, make in _STUBS.items()}
 
-    def call(self, service: str, method: str, request: Any, token: str = "") -> Any:
+    def call(
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        token: str = "",
+        timeout: float = CALL_TIMEOUT_S,
+    ) -> Any:
         """`method` of `service` with `request`, sending `token` as the bearer token."""
         rpc = getattr(self._stubs[service], method)
         try:
-            return rpc(request, timeout=CALL_TIMEOUT_S, metadata=_metadata(token))
+            return rpc(request, timeout=timeout, metadata=_metadata(token))
         except grpc.RpcError as exc:
             raise self._error(service, exc) from None
 

@@ -16,10 +16,15 @@ class BadInput(ValueError):
     """A form or query value a page cannot use; its message says which and why."""
 
 
-def call(request: Request, service: str, method: str, message: Any) -> Any:
+def call(
+    request: Request, service: str, method: str, message: Any, timeout: float | None = None
+) -> Any:
     """One call to `service` as the person: their token, if they gave one."""
     clients: Clients = request.app.state.clients
-    return clients.call(service, method, message, token=request.session.get(TOKEN_KEY, ""))
+    token = request.session.get(TOKEN_KEY, "")
+    if timeout is None:
+        return clients.call(service, method, message, token=token)
+    return clients.call(service, method, message, token=token, timeout=timeout)
 
 
 def render(
