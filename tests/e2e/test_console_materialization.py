@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -394,3 +395,83 @@ def test_a_service_down_is_named_on_the_page(
         context.close()
         server.stop()
         clients.close()
+
+
+def test_retry_from_the_page_and_the_apis_refusal_when_the_window_changed(
+    stubs, console_page, tmp_path
+):
+    _, materialization = stubs
+    view = _seed_view(stubs, tmp_path)
+    page = console_page
+    page.goto(_page_path(view))
+    failed = page.locator("#jobs tr.job[data-state=FAILED]")
+    failed_id = failed.get_attribute("data-job")
+    failed.locator("button.retry").click()
+    page.locator("#action-result .done").wait_for()
+    retry_id = re.search(r"Started (\S+)\.", page.locator("#action-result").inner_text())[1]
+    retried = _wait(materialization, f"{view}/jobs/{retry_id}")
+    assert retried.retry_of.endswith(failed_id)
+    assert retried.state == Job.STATE_SUCCEEDED
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#timeline tr.interval[data-store=offline]')]
+            .some(r => r.dataset.start === '2023-04-02T04:00:00Z'
+                       && r.dataset.status === 'COMPLETE')"""
+    )
+    assert (
+        page.locator(f"#jobs tr.job[data-job='{retry_id}'] td")
+        .nth(1)
+        .inner_text()
+        .startswith("RETRY")
+    )
+
+    # The failed job's window is COMPLETE now: a second retry is refused, as the API words it.
+    page.locator(f"#jobs tr.job[data-job='{failed_id}'] button.retry").click()
+    error = page.locator("#action-result .api-error")
+    error.wait_for()
+    assert "FAILED_PRECONDITION" in error.inner_text()
+    with pytest.raises(grpc.RpcError) as caught:
+        materialization.RetryJob(mpb.RetryJobRequest(name=f"{view}/jobs/{failed_id}"))
+    assert caught.value.details() in error.inner_text()
+
+
+def test_enabling_and_disabling_a_store_from_the_page(stubs, console_page, tmp_path):
+    _, materialization = stubs
+    view = _seed_view(stubs, tmp_path)
+    page = console_page
+    page.goto(_page_path(view))
+    online = page.locator("#stores .store-state[data-store=online]")
+    assert online.get_attribute("data-enabled") == "false"
+    page.locator("#stores form:has(.store-state[data-store=online]) button").click()
+    page.wait_for_selector("#stores .store-state[data-store=online][data-enabled=true]")
+    name = f"{view}/materializationSettings"
+    settings = materialization.GetMaterializationSettings(
+        mpb.GetMaterializationSettingsRequest(name=name)
+    ).settings
+    assert settings.online_enabled and settings.offline_enabled
+
+    # Disabling asks first (its intervals reset to NONE), then the offline timeline is NONE.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#stores form:has(.store-state[data-store=offline]) button").click()
+    page.wait_for_selector("#stores .store-state[data-store=offline][data-enabled=false]")
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#timeline tr.interval[data-store=offline]')]
+            .every(r => r.dataset.status === 'NONE')"""
+    )
+
+
+def test_a_post_without_the_csrf_token_is_refused(console_page, tmp_path, stubs):
+    registry, _ = stubs
+    source = tmp_path / "events.parquet"
+    _write_source(source)
+    view = _register(registry, f"c_{uuid.uuid4().hex[:8]}", source)
+    _, project, _, name = view.split("/")
+    page = console_page
+    page.goto(_page_path(view))
+    # The page's own cookies, but no token: what a form on another site could send.
+    response = page.request.post(
+        f"/materialization/{project}/{name}/backfill",
+        form={"start": "2023-04-01T00:00", "end": "2023-04-02T00:00", "status": "NONE"},
+    )
+    assert response.status == 403
+    jobs = stubs[1].ListJobs(mpb.ListJobsRequest(parent=view)).jobs
+    assert list(jobs) == []

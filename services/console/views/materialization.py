@@ -49,6 +49,7 @@ def routes() -> list[Route]:
         Route(f"{base}/backfill", backfill, methods=["POST"]),
         Route(f"{base}/jobs/{{job}}/retry", retry, methods=["POST"]),
         Route(f"{base}/jobs/{{job}}/cancel", cancel, methods=["POST"]),
+        Route(f"{base}/stores", stores_fragment, methods=["GET"]),
         Route(f"{base}/stores", set_store, methods=["POST"]),
     ]
 
@@ -104,6 +105,17 @@ def jobs_fragment(request: Request) -> Response:
     project, view = _path(request)
     window = _window(request.query_params, None)
     return render(request, "jobs.html", _jobs_context(request, project, view, window))
+
+
+def stores_fragment(request: Request) -> Response:
+    project, view = _path(request)
+    context = {
+        "project": project,
+        "view": view,
+        "settings": _settings(request, _view_name(project, view)),
+        "store_choices": list(STORE_CHOICES),
+    }
+    return render(request, "stores.html", context)
 
 
 async def backfill(request: Request) -> Response:
