@@ -23,9 +23,7 @@ def test_without_tokens_on_the_console_opens_without_signing_in(fresh_page, stac
     assert fresh_page.locator("h1").inner_text() == "Projects"
 
 
-def test_with_tokens_on_a_page_asks_for_one_and_a_wrong_one_is_refused(
-    fresh_page, stack_security
-):
+def test_with_tokens_on_a_page_asks_for_one_and_a_wrong_one_is_refused(fresh_page, stack_security):
     if not stack_security.enabled:
         pytest.skip("tokens are off in this run (make test-e2e-secure turns them on)")
     page = fresh_page

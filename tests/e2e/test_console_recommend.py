@@ -26,6 +26,7 @@ from recstack.registry.v1 import (
 )
 from recstack.registry.v1 import registry_service_pb2 as rpb
 
+from tests.plugins.console import artifact
 from tests.registered_models import RegisteredModel
 from tests.scenes import params
 
@@ -192,6 +193,7 @@ def test_a_scenes_pipeline_and_its_experiment_layers(console_page, scene):
     }
     assert ranges == {"control": ("0", "50"), "short": ("50", "100")}
     assert '"top_n": 5' in layer.locator("tr.variant[data-variant=short]").inner_text()
+    page.screenshot(path=str(artifact("scene.png")), full_page=True)
 
 
 def test_which_variant_gets_a_user_is_what_the_service_says(console_page, scene, recommend):
@@ -231,6 +233,7 @@ def test_the_explorer_shows_what_recommend_returns(console_page, scene, recommen
     score = recommend.Score(
         cpb.ScoreRequest(scene=scene, user_id="7", item_ids=[item], debug_level=1)
     )
+    page.screenshot(path=str(artifact("explorer.png")), full_page=True)
     names = [r.get_attribute("data-feature") for r in page.locator("tr.generated-feature").all()]
     assert names == sorted(score.generated_features[0].features)
     assert names, "the ranker's inputs are generated features"
@@ -261,6 +264,7 @@ def test_model_versions_activate_and_roll_back_through_the_registry(
     page.locator("tr.version[data-version='2'] button.activate").click()
     page.wait_for_selector("tr.version[data-version='2'][data-state=ACTIVE]", timeout=120_000)
     assert model.states()[2] == "ACTIVE"
+    page.screenshot(path=str(artifact("models.png")))
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator(".model[data-model=ranker] button.rollback").click()

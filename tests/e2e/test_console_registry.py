@@ -19,6 +19,8 @@ from recstack.registry.v1 import registry_service_pb2_grpc
 from recstack.serving.v1 import serving_service_pb2 as spb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
+from tests.plugins.console import artifact
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -93,8 +95,11 @@ def test_a_views_versions_schema_json_and_diff(console_page, project):
         page.locator("tr.field[data-field=price_affinity]").get_attribute("data-type") == "DOUBLE"
     )
 
+    page.goto(f"/registry/{project}/views/user_profile")
+    page.screenshot(path=str(artifact("registry-view.png")))
     page.locator("#diff-form button").click()
     page.wait_for_url("**/diff?a=1&b=2")
+    page.screenshot(path=str(artifact("registry-diff.png")))
     removed = page.locator("#diff .diff-removed").all_inner_texts()
     added = page.locator("#diff .diff-added").all_inner_texts()
     assert any('"price_affinity"' in line for line in removed)
@@ -149,6 +154,7 @@ def test_online_features_of_an_entity_with_statuses_and_ages(
     }
     assert shown["user_profile:age_norm"] == ("PRESENT", "0.25")
     assert shown["user_profile:activity"] == ("PRESENT", "3.5")
+    page.screenshot(path=str(artifact("online-features.png")))
     age = page.locator("#online-features tr.feature[data-feature='user_profile:activity'] .age")
     assert age.inner_text().startswith(("2h", "1h 59m"))
 

@@ -132,7 +132,18 @@ def _stages(scene: Any) -> list[dict[str, Any]]:
 
 
 def _struct_json(struct: Any) -> str:
-    return _dict_json(json_format.MessageToDict(struct)) if struct.fields else ""
+    return _dict_json(_integral(json_format.MessageToDict(struct))) if struct.fields else ""
+
+
+def _integral(value: Any) -> Any:
+    """Struct numbers are all doubles: show `5`, not `5.0`, where a quota or top_n was meant."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
 
 
 def _dict_json(value: dict[str, Any]) -> str:
