@@ -475,3 +475,46 @@ def test_a_post_without_the_csrf_token_is_refused(console_page, tmp_path, stubs)
     assert response.status == 403
     jobs = stubs[1].ListJobs(mpb.ListJobsRequest(parent=view)).jobs
     assert list(jobs) == []
+
+
+def test_drag_zoom_and_pan_pick_the_window_shown(stubs, console_page, tmp_path):
+    view = _seed_view(stubs, tmp_path)
+    page = console_page
+    page.goto(_page_path(view))
+    page.evaluate("window.notReloaded = true")
+    bars = sorted(_chart_bars(page), key=lambda bar: bar["box"]["x"])
+    # Drag along the offline row from the middle of 04-02 to the middle of 04-04.
+    y = bars[0]["box"]["y"] + bars[0]["box"]["height"] / 2
+    start_x = bars[1]["box"]["x"] + bars[1]["box"]["width"] / 2
+    end_x = bars[3]["box"]["x"] + bars[3]["box"]["width"] / 2
+    page.mouse.move(start_x, y)
+    page.mouse.down()
+    page.mouse.move((start_x + end_x) / 2, y, steps=5)
+    page.mouse.move(end_x, y, steps=5)
+    page.mouse.up()
+    page.wait_for_function(
+        f"() => document.querySelector('#timeline').dataset.windowStart !== '{iso(day(1))}'"
+    )
+    timeline = page.locator("#timeline")
+    picked_start = datetime.fromisoformat(timeline.get_attribute("data-window-start"))
+    picked_end = datetime.fromisoformat(timeline.get_attribute("data-window-end"))
+    assert abs(picked_start - day(2, 16)) < timedelta(hours=2)
+    assert abs(picked_end - day(4, 16)) < timedelta(hours=2)
+    assert "start=" in page.url and iso(picked_start) in page.url
+    shown = _shown_intervals(page)
+    assert [status for *_, status in shown] == ["INCOMPLETE", "NONE", "COMPLETE"]
+    assert shown[0][0] == iso(picked_start)
+
+    page.locator("#window-view a.zoom-out").click()
+    page.wait_for_function(
+        f"() => document.querySelector('#timeline').dataset.windowStart !== '{iso(picked_start)}'"
+    )
+    span = picked_end - picked_start
+    assert timeline.get_attribute("data-window-start") == iso(picked_start - span / 2)
+    before = timeline.get_attribute("data-window-start")
+    page.locator("#window-view a.pan-left").click()
+    page.wait_for_function(
+        f"() => document.querySelector('#timeline').dataset.windowStart !== '{before}'"
+    )
+    assert timeline.get_attribute("data-window-start") == iso(picked_start - span * 3 / 2)
+    assert page.evaluate("window.notReloaded") is True

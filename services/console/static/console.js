@@ -9,8 +9,12 @@ function drawTimelines(root) {
     const spec = JSON.parse(element.dataset.spec);
     // SVG, so each interval is an element a test (or a screen reader) can find.
     vegaEmbed(element, spec, { renderer: "svg", actions: false }).then((result) => {
+      element.vegaView = result.view;
       element.dataset.ready = "1";
-      result.view.addEventListener("mouseup", () => pickWindow(element, result.view));
+      // The drag ends where the button is let go: anywhere on the page, not only on the chart.
+      result.view.addEventListener("pointerdown", () => {
+        document.addEventListener("pointerup", () => pickWindow(element, result.view), { once: true });
+      });
     });
   });
 }
@@ -19,7 +23,10 @@ function pickWindow(element, view) {
   const picked = view.signal("pick");
   const range = picked && picked.start;
   if (!range || range.length !== 2 || +range[0] === +range[1]) return;
-  const [start, end] = range.map((t) => new Date(+t).toISOString().replace(".000Z", "Z"));
+  // Whole seconds: a dragged window has no meaningful milliseconds.
+  const [start, end] = range.map((t) =>
+    new Date(Math.round(+t / 1000) * 1000).toISOString().replace(".000Z", "Z"),
+  );
   const url = `${element.dataset.base}?start=${start}&end=${end}`;
   htmx.ajax("GET", url, { target: "#window-view", swap: "innerHTML" }).then(() => {
     history.pushState({}, "", url);
