@@ -23,6 +23,7 @@ from recstack.materialization.v1 import (
 from recstack.materialization.v1 import materialization_service_pb2 as mpb
 from recstack.registry.v1 import (
     data_source_pb2,
+    embedding_model_pb2,
     entity_pb2,
     feature_view_pb2,
     registry_service_pb2_grpc,
@@ -33,6 +34,7 @@ from infra.local.ports import free_port
 from services.console.app import create_app
 from services.console.clients import Clients
 from services.console.timeline import STATUS_COLOURS
+from tests.openai_api import Reply
 from tests.plugins.console import ConsoleServer, artifact, console_settings, sign_in
 
 VT = value_pb2.ValueType
@@ -312,9 +314,89 @@ def test_a_backfill_from_the_page_starts_the_jobs_the_api_would(stubs, console_p
     assert page.evaluate("window.notReloaded") is True
 
 
-def test_a_running_jobs_progress_updates_without_a_reload(stubs, console_page, tmp_path):
-    _registry, materialization = stubs
-    view = _seed_view(stubs, tmp_path)
+EMBEDDING_ROWS = 3 * 4096  # three chunks: a view with embedded fields runs 4,096 rows a chunk
+
+
+def _slow_embedding_view(registry, embedding_api, tmp_path: Path) -> str:
+    """A view whose review texts are embedded by the session's OpenAI-compatible API, which
+    answers slowly for the job's first requests: the job runs for seconds, chunk by chunk."""
+    project = f"c_{uuid.uuid4().hex[:8]}"
+    source = tmp_path / "reviews.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": pa.array(range(EMBEDDING_ROWS), pa.int64()),
+                "review_text": pa.array([f"{project} review {i}" for i in range(EMBEDDING_ROWS)]),
+                "ts": pa.array([day(5, 6)] * EMBEDDING_ROWS, pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        source,
+    )
+    model = embedding_model_pb2.EmbeddingModel(
+        model_type=embedding_model_pb2.EmbeddingModel.MODEL_TYPE_TEXT_EMBEDDING,
+        provider=embedding_model_pb2.EmbeddingModel.PROVIDER_OPENAI_COMPATIBLE,
+        model_name="text-embedding-v4",
+        dimension=8,
+        batch_size=2048,
+        concurrency=1,
+        endpoint=f"{embedding_api.url}/bound",
+        credential="test_api_key",
+    )
+    field = feature_view_pb2.FeatureField
+    production = feature_view_pb2.FeatureProduction(
+        transform=feature_view_pb2.FeatureProduction.TRANSFORM_LLM_EMBEDDING,
+        input_field="review_text",
+        embedding_model="reviewer",
+    )
+    registry.Apply(
+        rpb.ApplyRequest(
+            parent=f"projects/{project}",
+            definitions=[
+                rpb.Definition(
+                    id="item",
+                    entity=entity_pb2.Entity(join_key="item_id", key_type=VT.VALUE_TYPE_INT64),
+                ),
+                rpb.Definition(id="reviewer", embedding_model=model),
+                rpb.Definition(
+                    id="review_rows",
+                    data_source=data_source_pb2.DataSource(
+                        file=data_source_pb2.FileSource(
+                            path=str(source), format=data_source_pb2.FileSource.FORMAT_PARQUET
+                        ),
+                        event_timestamp_column="ts",
+                    ),
+                ),
+                rpb.Definition(
+                    id="reviews",
+                    feature_view=feature_view_pb2.FeatureView(
+                        entity="item",
+                        source="review_rows",
+                        type=feature_view_pb2.FeatureView.TYPE_BATCH,
+                        offline_enabled=True,
+                        fields=[
+                            field(name="item_id", value_type=VT.VALUE_TYPE_INT64),
+                            field(name="review_text", value_type=VT.VALUE_TYPE_STRING),
+                            field(
+                                name="review_text_embedding",
+                                value_type=VT.VALUE_TYPE_FLOAT_LIST,
+                                production=production,
+                            ),
+                        ],
+                    ),
+                ),
+            ],
+        )
+    )
+    return f"projects/{project}/featureViews/reviews"
+
+
+def test_a_running_jobs_progress_updates_without_a_reload(
+    stubs, console_page, tmp_path, embedding_api
+):
+    registry, materialization = stubs
+    view = _slow_embedding_view(registry, embedding_api, tmp_path)
+    # Two requests a chunk, each answered after 0.8 s: about 1.6 s a chunk.
+    embedding_api.script = [Reply(200, delay_s=0.8)] * 6
     page = console_page
     page.goto(_page_path(view))
     page.evaluate("window.notReloaded = true")
@@ -322,33 +404,35 @@ def test_a_running_jobs_progress_updates_without_a_reload(stubs, console_page, t
     page.locator("#backfill-form input[name=end]").fill("2023-04-06T04:00:00")
     page.locator("#backfill-form button[type=submit]").click()
     page.locator("#action-result .done").wait_for()
-    job_id = re.search(r"Started 1 job\(s\): (\S+)", page.locator("#action-result").inner_text())[1]
-    # Every state the row shows, sampled in the page while htmx swaps the list.
+    text = page.locator("#action-result").inner_text()
+    job_id = re.search(r"Started 1 job\(s\): (\S+)", text)[1]
+    # Every (state, rows read) the job's row shows, sampled in the page as htmx swaps the list.
     page.evaluate(
         f"""() => {{
             window.seen = [];
             setInterval(() => {{
                 const row = document.querySelector("#jobs tr.job[data-job='{job_id}']");
-                const state = row && row.dataset.state;
-                if (state && window.seen.at(-1) !== state) window.seen.push(state);
+                if (!row) return;
+                const now = row.dataset.state + ' ' + row.querySelector('td.rows').dataset.rowsRead;
+                if (window.seen.at(-1) !== now) window.seen.push(now);
             }}, 20);
         }}"""
     )
-    row = page.locator(f"#jobs tr.job[data-job='{job_id}']")
-    # The row follows the job to its end on its own (htmx polls while a job is active).
     page.wait_for_function(
         f"""() => {{
             const row = document.querySelector("#jobs tr.job[data-job='{job_id}']");
             return row && row.dataset.state === 'SUCCEEDED';
         }}""",
-        timeout=60_000,
+        timeout=90_000,
     )
     final = _wait(materialization, f"{view}/jobs/{job_id}")
-    assert row.locator("td.rows").get_attribute("data-rows-read") == str(final.progress.rows_read)
-    assert final.progress.rows_read > 0
+    assert final.progress.rows_read == EMBEDDING_ROWS
+    assert final.progress.chunks_done == 3
     seen = page.evaluate("window.seen")
-    assert seen[-1] == "SUCCEEDED"
-    assert set(seen[:-1]) & {"QUEUED", "RUNNING"}, seen
+    assert seen[-1] == f"SUCCEEDED {EMBEDDING_ROWS}"
+    # The row moved through the job's chunks while it ran: some rows read, not yet all.
+    running = [int(entry.split()[1]) for entry in seen if entry.startswith("RUNNING")]
+    assert any(0 < rows < EMBEDDING_ROWS for rows in running), seen
     assert page.evaluate("window.notReloaded") is True
 
 
