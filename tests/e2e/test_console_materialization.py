@@ -397,8 +397,14 @@ def test_a_running_jobs_progress_updates_without_a_reload(
     view = _slow_embedding_view(registry, embedding_api, tmp_path)
     # Two requests a chunk, each answered after 0.8 s: about 1.6 s a chunk.
     embedding_api.script = [Reply(200, delay_s=0.8)] * 6
-    page = console_page
-    page.goto(_page_path(view))
+    console_page.goto(_page_path(view))
+    try:
+        _watch_progress(console_page, materialization, view)
+    finally:
+        embedding_api.script = []  # the API is the session's: leave it answering at once
+
+
+def _watch_progress(page, materialization, view: str) -> None:
     page.evaluate("window.notReloaded = true")
     page.locator("#backfill-form input[name=start]").fill("2023-04-05T04:00:00")
     page.locator("#backfill-form input[name=end]").fill("2023-04-06T04:00:00")
