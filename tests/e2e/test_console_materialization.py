@@ -424,12 +424,9 @@ def _watch_progress(page, materialization, view: str) -> None:
             }}, 20);
         }}"""
     )
+    # The sampler itself reaches the end: the job's row follows it to SUCCEEDED on its own.
     page.wait_for_function(
-        f"""() => {{
-            const row = document.querySelector("#jobs tr.job[data-job='{job_id}']");
-            return row && row.dataset.state === 'SUCCEEDED';
-        }}""",
-        timeout=90_000,
+        "() => (window.seen.at(-1) || '').startsWith('SUCCEEDED')", timeout=90_000
     )
     final = _wait(materialization, f"{view}/jobs/{job_id}")
     assert final.progress.rows_read == EMBEDDING_ROWS

@@ -24,7 +24,7 @@ from tests.security import StackSecurity
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0
 
 
 class ConsoleServer:
