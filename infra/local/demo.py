@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         similarity = float(first @ vector)  # unit vectors: the dot product is the cosine
         review = REVIEWS[item_id]
         print(f"  item {item_id}: {len(vector)}-d, cosine to item 1 {similarity:.3f}  {review!r}")
+    view = "user_profile"
+    print(f"the console: http://127.0.0.1:8080/materialization/{project}/{view} (and /registry)")
     return 0
 
 

@@ -2,11 +2,12 @@
 
     python -m infra.local.stack up|status|down
 
-`up` starts PostgreSQL (embedded, unless `RECSTACK_DATABASE_URL` is set), Triton and the four
-services, each in its own session so it outlives the command, with its output in
-`<run_dir>/logs/<name>.log`. Every process it starts is recorded in `<run_dir>/stack.json`
-with its kernel start time; `down` signals a recorded pid only while that start time still
-matches, so a pid the kernel has since handed to another process is never touched.
+`up` starts PostgreSQL (embedded, unless `RECSTACK_DATABASE_URL` is set), Triton, the four
+services and the web console (http://127.0.0.1:8080), each in its own session so it outlives
+the command, with its output in `<run_dir>/logs/<name>.log`. Every process it starts is
+recorded in `<run_dir>/stack.json` with its kernel start time; `down` signals a recorded pid
+only while that start time still matches, so a pid the kernel has since handed to another
+process is never touched.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -50,6 +53,9 @@ HOST = "127.0.0.1"
 POSTGRES = "postgres"
 TRITON = "triton"
 TRITON_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}
+# The web console: an HTTP server that only calls the four services (services/console).
+CONSOLE = "console"
+CONSOLE_PORTS = {"http": 8080}
 STATE_VERSION = 1
 SERVICE_TIMEOUT_S = 60.0
 # Loading the Python-backend models (onnxruntime) takes a while on a 2-core laptop.
@@ -327,6 +333,14 @@ def service_serving(address: str, client: ClientSettings | None = None) -> bool:
     return check(address, client=client) == "SERVING"
 
 
+def console_ready(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 # --- up ------------------------------------------------------------------------------------
 
 
@@ -469,6 +483,26 @@ def service_launch(ctx: Context, spec: ServiceSpec, database_url: str) -> Launch
     )
 
 
+def console_launch(ctx: Context) -> Launch:
+    address = f"{HOST}:{CONSOLE_PORTS['http']}"
+    log_path = ctx.log_path(CONSOLE)
+    env = dict(os.environ)
+    env.update({f"RECSTACK_{s.name.upper()}_ADDR": s.address for s in SERVICES})
+    env.update(
+        PYTHONUNBUFFERED="1", RECSTACK_HTTP_HOST=HOST, RECSTACK_HTTP_PORT=str(CONSOLE_PORTS["http"])
+    )
+    command = [sys.executable, "-m", "services.console.server"]
+    return Launch(
+        name=CONSOLE,
+        address=address,
+        ready_label="serving pages",
+        probe=partial(console_ready, address),
+        spawn=partial(spawn_command, CONSOLE, command, env, CONSOLE_PORTS, log_path),
+        timeout_s=SERVICE_TIMEOUT_S,
+        log_path=log_path,
+    )
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -574,7 +608,8 @@ def ports_to_claim(ctx: Context, state: StackState) -> dict[str, dict[str, int]]
     server = EmbeddedPostgres(ctx.run_dir)
     if ctx.database_url is None and server.running_port() is None:
         wanted[POSTGRES] = {"postgres": server.port}
-    for name, ports in [(TRITON, TRITON_PORTS), *((s.name, s.ports) for s in SERVICES)]:
+    components = [(TRITON, TRITON_PORTS), *((s.name, s.ports) for s in SERVICES)]
+    for name, ports in [*components, (CONSOLE, CONSOLE_PORTS)]:
         record = state.get(name)
         if record is None or not is_ours(record):
             wanted[name] = ports
@@ -602,6 +637,7 @@ def bring_up(ctx: Context, state: StackState, started: list[ProcessRecord]) -> N
     ensure_running(ctx, state, triton_launch(ctx), started)
     for spec in SERVICES:
         ensure_running(ctx, state, service_launch(ctx, spec, database_url), started)
+    ensure_running(ctx, state, console_launch(ctx), started)
 
 
 def stop_record(ctx: Context, record: ProcessRecord) -> str:
@@ -618,7 +654,7 @@ def stop_record(ctx: Context, record: ProcessRecord) -> str:
 
 def start_rank(record: ProcessRecord) -> int:
     """Position in the dependency order; a restarted service keeps its place."""
-    order = [POSTGRES, TRITON, *(s.name for s in SERVICES)]
+    order = [POSTGRES, TRITON, *(s.name for s in SERVICES), CONSOLE]
     return order.index(record.name) if record.name in order else len(order)
 
 
@@ -720,10 +756,18 @@ def service_row(ctx: Context, state: StackState, spec: ServiceSpec) -> StatusRow
     return StatusRow(spec.name, pid_label(state, spec.name), spec.address, health, serving)
 
 
+def console_row(state: StackState) -> StatusRow:
+    address = f"{HOST}:{CONSOLE_PORTS['http']}"
+    ready = console_ready(address)
+    health = "serving pages" if ready else "down"
+    return StatusRow(CONSOLE, pid_label(state, CONSOLE), f"http://{address}", health, ready)
+
+
 def cmd_status(ctx: Context) -> int:
     state = load_state(ctx.state_file)
     rows = [postgres_row(ctx, state), triton_row(state)]
     rows += [service_row(ctx, state, spec) for spec in SERVICES]
+    rows.append(console_row(state))
     print(StatusRow("component", "pid", "address", "health", True).line())
     for row in rows:
         print(row.line())

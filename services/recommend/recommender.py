@@ -15,6 +15,7 @@ import structlog
 from services.recommend.catalog import Catalog, ServingSnapshot
 from services.recommend.experiments import (
     Assignment,
+    Chosen,
     OverrideError,
     assignment_of,
     chosen_variants,
@@ -85,11 +86,19 @@ class Scores:
     features: dict[str, np.ndarray] | None = None
 
 
+def assignment_key(snapshot: ServingSnapshot, chosen: Chosen) -> tuple[Any, ...]:
+    """The cache key of a user's variant combination within one snapshot. Variants by
+    (experiment id, name), never by `id()`: protobuf (upb) hands out a fresh wrapper for each
+    access to a repeated field's element, so two variants' wrappers can share an address and
+    one user would be served another variant's scene."""
+    return (id(snapshot), *((experiment, variant.name) for experiment, variant in chosen))
+
+
 class Recommender:
     def __init__(self, catalog: Catalog, pipelines: PipelineCache) -> None:
         self._catalog = catalog
         self._pipelines = pipelines
-        self._assignments: dict[tuple[int, ...], tuple[ServingSnapshot, Assignment, Pipeline]] = {}
+        self._assignments: dict[tuple[Any, ...], tuple[ServingSnapshot, Assignment, Pipeline]] = {}
         self._lock = threading.Lock()
 
     def recommend(self, query: RecommendQuery) -> Recommendation:
@@ -122,7 +131,7 @@ class Recommender:
         variant combination: the overrides' JSON round trip and the pipeline's cache key cost
         about a millisecond, and a snapshot's objects stay the same until the scene changes."""
         chosen = chosen_variants(snapshot.experiments, user_id)
-        key = (id(snapshot), *(id(variant) for _, variant in chosen))
+        key = assignment_key(snapshot, chosen)
         found = self._assignments.get(key)
         if found is not None and found[0] is snapshot:
             return found[1], found[2]

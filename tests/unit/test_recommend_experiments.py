@@ -16,6 +16,7 @@ from services.recommend.experiments import (
     choose_variant,
     merge,
 )
+from services.recommend.recommender import assignment_key
 
 
 def overrides(data: dict) -> struct_pb2.Struct:
@@ -173,3 +174,16 @@ def test_ten_thousand_users_split_within_one_and_a_half_points_of_the_shares():
     for name, share in {"control": 0.7, "treatment": 0.2, "holdout": 0.1}.items():
         assert abs(shares[name] - share) <= 0.015, (name, shares[name])
     assert again == [assign(SCENE, [split], user).variants for user in users]
+
+
+def test_the_assignment_cache_key_tells_variants_apart_whatever_their_wrappers_ids():
+    # upb hands out a transient wrapper per element access: two variants' wrappers can share
+    # an address, so a key made of id(variant) served one user another variant's scene.
+    experiment = experiment_pb2.Experiment(
+        variants=[experiment_pb2.Variant(name="control"), experiment_pb2.Variant(name="short")]
+    )
+    snapshot = object()
+    control = assignment_key(snapshot, [("ab", experiment.variants[0])])
+    short = assignment_key(snapshot, [("ab", experiment.variants[1])])
+    assert control != short
+    assert control == assignment_key(snapshot, [("ab", experiment.variants[0])])
