@@ -27,7 +27,7 @@ from services.materialization.jobs import (
 )
 from services.materialization.materializer import Materializer
 from services.materialization.runner import JobRunner
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.feature_views import Feature, ViewSchema
 from shared.values import VT
 
@@ -273,6 +273,48 @@ def test_a_job_whose_runner_died_is_failed_never_complete(world):
     world.materializer.retry(job.name)
     world.runner.run_pending()
     assert world.timeline(Store.OFFLINE) == [(day(1), day(2), C)]
+
+
+def test_a_stopping_runner_ends_its_job_at_the_next_chunk_failed_and_incomplete(world):
+    [job] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    chunks = []
+
+    def run(task, *, offline_store, online_store, on_chunk):
+        progress = Progress()
+        for chunk in range(1, 6):
+            progress.rows_read, progress.chunks_done = progress.rows_read + 10, chunk
+            chunks.append(chunk)
+            if chunk == 2:
+                world.runner.stop(0)  # SIGTERM arrives while chunk 2 is being written
+            if not on_chunk(progress):
+                return progress
+        return progress
+
+    world.run = run
+    assert world.runner.run_pending() == 1
+    assert chunks == [1, 2]
+    stopped = world.materializer.get_job(job.name)
+    assert stopped.state is JobState.FAILED
+    assert "shut down after 2 chunks" in stopped.error_message
+    assert stopped.progress.rows_read == 20
+    assert world.timeline(Store.OFFLINE) == [(day(1), day(2), INC)]
+    assert world.materializer.retry(job.name).window == job.window
+
+
+def test_stopped_watches_end_with_a_final_message(world):
+    [queued] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    watch = world.materializer.watch_job(queued.name)
+    assert next(watch).state is JobState.QUEUED
+    world.materializer.stop_watches()
+    # The job as it stands, again, then UNAVAILABLE: it has not ended, another replica may
+    # run it and the caller should watch it there.
+    assert next(watch).state is JobState.QUEUED
+    with pytest.raises(Unavailable, match="shutting down") as caught:
+        next(watch)
+    assert caught.value.reason == "SHUTTING_DOWN"
+    world.materializer.cancel_job(queued.name)
+    # A job that has ended: its final state is the last message and the watch ends plainly.
+    assert [job.state for job in world.materializer.watch_job(queued.name)] == [JobState.CANCELLED]
 
 
 def test_backfill_needs_an_enabled_store_and_a_valid_window(world):
