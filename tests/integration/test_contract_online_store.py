@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
+from shared.db import to_libpq
 from shared.errors import InvalidArgument, NotFound
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store import OnlineStore
 from shared.online_store.postgres import PostgresOnlineStore
-from shared.db import to_libpq
 from shared.values import VT
 from tests.fakes.online_store import InMemoryOnlineStore
 
@@ -85,7 +85,11 @@ def test_a_write_never_replaces_a_newer_event(store, view):
 
 
 def test_a_batch_keeps_each_keys_newest_row(store, view):
-    rows = [(1, 1.0, "a", [0.5], _at(1)), (1, 2.0, "b", [0.5], _at(3)), (1, 3.0, "c", [0.5], _at(2))]
+    rows = [
+        (1, 1.0, "a", [0.5], _at(1)),
+        (1, 2.0, "b", [0.5], _at(3)),
+        (1, 3.0, "c", [0.5], _at(2)),
+    ]
     result = store.write(view, rows)
     assert (result.written, result.stale) == (1, 2)
     assert _read(store, view, [1]) == [(2.0, "b", _at(3))]
