@@ -47,6 +47,7 @@ from shared.feature_generator import stable_hash
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store import Scan, ViewColumns
 from shared.values import VT
+from tests.fakes.model_server import FakeModel, InMemoryModelServer
 from tests.fakes.recommend import MemoryRepository
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -156,11 +157,18 @@ class FakeStore:
         ]
 
 
-class FakeModelServer:
-    """Scores each item as the dot product of its features with `weights`."""
+class FakeModelServer(InMemoryModelServer):
+    """The contract-tested in-memory model server with one model, `ranker`, scoring each item
+    as the dot product of its features with `weights`; it records calls, and `error` makes
+    them fail."""
 
     def __init__(self, weights: list[float]) -> None:
         self.weights = np.asarray(weights, dtype=np.float32)
+        linear = FakeModel(
+            {"features": (np.dtype(np.float32), (len(self.weights),))},
+            {"probs_ctr": lambda inputs: (inputs["features"] @ self.weights).reshape(-1, 1)},
+        )
+        super().__init__({"ranker": linear})
         self.calls: list[tuple[str, np.ndarray, list[str], str]] = []
         self.error: Exception | None = None
 
@@ -168,10 +176,7 @@ class FakeModelServer:
         self.calls.append((model, inputs["features"], list(outputs), version))
         if self.error is not None:
             raise self.error
-        return {outputs[0]: (inputs["features"] @ self.weights).reshape(-1, 1)}
-
-    def is_ready(self, model=None):
-        return True
+        return super().infer(model, inputs, outputs, version=version)
 
 
 class FakeUserFeatures:
