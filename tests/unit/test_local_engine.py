@@ -19,6 +19,7 @@ from services.materialization.jobs import (
 from shared.errors import FailedPrecondition
 from shared.feature_views import Feature, ViewSchema
 from shared.values import VT
+from tests.fakes.offline_store import InMemoryOfflineStore
 from tests.fakes.online_store import InMemoryOnlineStore
 
 T0 = datetime(2026, 4, 1, 4, tzinfo=UTC)
@@ -28,13 +29,16 @@ VIEW = ViewSchema(
 )
 
 
-class FakeOffline:
+class FakeOffline(InMemoryOfflineStore):
+    """The contract-tested in-memory offline store, recording each table written."""
+
     def __init__(self):
+        super().__init__()
         self.tables = []
 
     def write(self, view, table, job_id, chunk):
         self.tables.append(table)
-        return table.num_rows
+        return super().write(view, table, job_id, chunk)
 
 
 class FakeOnline(InMemoryOnlineStore):

@@ -26,6 +26,7 @@ from services.materialization.jobs import (
 )
 from shared.feature_views import Feature, ViewSchema
 from shared.values import VT
+from tests.fakes.offline_store import InMemoryOfflineStore
 from tests.fakes.online_store import InMemoryOnlineStore
 
 F = AggregationFunction
@@ -63,13 +64,16 @@ VIEW = ViewSchema(
 )
 
 
-class FakeOffline:
+class FakeOffline(InMemoryOfflineStore):
+    """The contract-tested in-memory offline store, recording each row written."""
+
     def __init__(self):
+        super().__init__()
         self.rows = []
 
     def write(self, view, table, job_id, chunk):
         self.rows += table.to_pylist()
-        return table.num_rows
+        return super().write(view, table, job_id, chunk)
 
 
 class FakeOnline(InMemoryOnlineStore):

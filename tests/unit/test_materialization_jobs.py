@@ -11,7 +11,6 @@ from structlog.testing import capture_logs
 
 from services.materialization.intervals import Status, Timeline
 from services.materialization.jobs import (
-    FileSourceSpec,
     Frequency,
     JobState,
     Progress,
@@ -28,6 +27,7 @@ from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from shared.feature_views import Feature, ViewSchema
 from shared.values import VT
 from tests.fakes.materialization import InMemoryMaterialization
+from tests.fakes.offline_store import InMemoryOfflineStore
 
 VIEW = "projects/p/featureViews/clicks"
 SCHEMA = ViewSchema(
@@ -38,6 +38,23 @@ C, INC, N, P = Status.COMPLETE, Status.INCOMPLETE, Status.NONE, Status.PENDING
 
 def day(d, hour=4):
     return datetime(2026, 4, d, hour, tzinfo=UTC)
+
+
+class _RecordingOffline(InMemoryOfflineStore):
+    """The contract-tested in-memory offline store, telling the world what was cleared and
+    dropped."""
+
+    def __init__(self, world):
+        super().__init__("/offline")
+        self.world = world
+
+    def clear_window(self, view, window):
+        self.world.cleared.append(window)
+        return super().clear_window(view, window)
+
+    def drop(self, view):
+        self.world.dropped.append("offline")
+        super().drop(view)
 
 
 class World:
@@ -62,11 +79,7 @@ class World:
                 event_timestamp_column="ts",
             ),
         )
-        offline = SimpleNamespace(
-            source=lambda view: FileSourceSpec("/offline/p/clicks/v1", "PARQUET", "event_ts", "ds"),
-            clear_window=lambda view, window: self.cleared.append(window) or 0,
-            drop=lambda view: self.dropped.append("offline"),
-        )
+        offline = _RecordingOffline(self)
         online = SimpleNamespace(
             drop_table=lambda view: self.dropped.append("online"), ensure_table=lambda view: None
         )
