@@ -77,7 +77,7 @@ PROJECT = "soak"
 DAY0 = datetime(2026, 4, 1, tzinfo=UTC)
 # Backfills ask for distinct windows of WINDOW_DAYS (a failed job's window stays INCOMPLETE
 # until its retry), each a few seconds of chunks, so both replicas are mid-job most of the time.
-SOURCE_DAYS = 400
+SOURCE_DAYS = 1000
 WINDOW_DAYS = 5
 EVENTS_PER_DAY = 4_000
 USERS = 400
@@ -634,7 +634,7 @@ def run_phases(stack: Stack, postgres: Any, ledger: Ledger, load: Load, seconds:
     load.finish()
 
 
-def _wait_until_both_replicas_run_jobs(database_url: str, timeout_s: float = 60.0) -> None:
+def _wait_until_both_replicas_run_jobs(database_url: str, timeout_s: float = 30.0) -> None:
     """Jobs RUNNING under two runner ids: the victim is mid-job when it is killed."""
     deadline = time.monotonic() + timeout_s
     with psycopg.connect(to_libpq(database_url), autocommit=True) as connection:
