@@ -169,7 +169,7 @@ test-e2e-secure: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models $(REVIEWS) 
 FUZZ_EXAMPLES ?= 300
 
 .PHONY: fuzz
-fuzz: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Fuzz every RPC of every service longer than `make test` (FUZZ_EXAMPLES per RPC, default 300; ~8 min).
+fuzz: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Fuzz every RPC of every service longer than `make test` (FUZZ_EXAMPLES per RPC, default 300; ~7 min).
 	RECSTACK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) RECSTACK_FUZZ_RANDOM=1 $(PYTEST) tests/e2e/test_fuzz.py
 
 .PHONY: soak

@@ -42,6 +42,7 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recstack.common.v1 import time_window_pb2, value_pb2
 from recstack.materialization.v1 import data_interval_pb2, job_pb2
@@ -181,8 +182,8 @@ def _service_env(stack: Stack, ports: dict[str, int], name: str) -> dict[str, st
 
 @contextmanager
 def running_stack(work: Path) -> Iterator[tuple[Stack, Any]]:
-    """The embedded PostgreSQL, Triton and the services, stopped on exit."""
-    with ExitStack() as stack_exit, temporary_embedded_server() as postgres:
+    """The embedded PostgreSQL, Triton and the services; on exit the services stop first."""
+    with temporary_embedded_server() as postgres, ExitStack() as stack_exit:
         url = postgres.start()
         triton = TritonServer(
             [DEFAULT_MODEL_REPOSITORY], models=["ranker", "minilm"], log_path=work / "triton.log"
@@ -454,9 +455,7 @@ def _scene(*, with_rank: bool) -> scene_pb2.Scene:
     return scene
 
 
-def _struct(**values: Any) -> Any:
-    from google.protobuf import struct_pb2
-
+def _struct(**values: Any) -> struct_pb2.Struct:
     found = struct_pb2.Struct()
     found.update(values)
     return found
