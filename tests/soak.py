@@ -865,5 +865,16 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
+# This process forks pg_ctl and tritonserver while its gRPC threads run: with gRPC's fork
+# handlers on, a child can abort in them before it execs ("Check failed ... KICKED").
+FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
+
 if __name__ == "__main__":
+    if os.environ.get(FORK_SUPPORT) != "false":
+        # The setting is read when grpc is imported: start again with it in place.
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "tests.soak", *sys.argv[1:]],
+            {**os.environ, FORK_SUPPORT: "false"},
+        )
     raise SystemExit(main())
