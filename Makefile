@@ -22,7 +22,7 @@ PYTEST := $(PY) -m pytest
 
 .PHONY: help
 help: ## List the targets.
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 # --- environment -------------------------------------------------------------------------
 
@@ -172,6 +172,18 @@ test-e2e: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) browser $(TRITON_STAMP) models $(R
 .PHONY: test-e2e-secure
 test-e2e-secure: $(VENV_STAMP) $(PROTO_STAMP) $(BUF) browser $(TRITON_STAMP) models $(REVIEWS) $(MOVIELENS_DATA) ## The e2e tier with TLS and bearer tokens on every service.
 	$(PYTEST) --secure-stack tests/e2e
+
+# The bounded run in `make test` sends 60 requests per RPC in a fixed order; this one sends
+# FUZZ_EXAMPLES per RPC, freshly random each run (a failure prints its Hypothesis seed).
+FUZZ_EXAMPLES ?= 300
+
+.PHONY: fuzz
+fuzz: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Fuzz every RPC of every service longer than `make test` (FUZZ_EXAMPLES per RPC, default 300; ~7 min).
+	RECSTACK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) RECSTACK_FUZZ_RANDOM=1 $(PYTEST) tests/e2e/test_fuzz.py
+
+.PHONY: soak
+soak: $(VENV_STAMP) $(PROTO_STAMP) $(TRITON_STAMP) models ## Mixed load on every service through a PostgreSQL restart, a Triton restart and a kill -9 of a materialization replica, then checks (~6 min, own PostgreSQL and ports).
+	$(PY) -m tests.soak
 
 # --- local stack -------------------------------------------------------------------------
 

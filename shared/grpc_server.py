@@ -469,12 +469,22 @@ class RunningServer:
     port: int
     health: HealthMonitor
     metrics: WSGIServer | None = None
+    # Run once health says NOT_SERVING, before the server stops taking calls, each given the
+    # monotonic deadline of the grace: a service winds down its own work there (a running job,
+    # open streams ended with a final message) instead of having its open calls cancelled.
+    before_stop: list[Callable[[float], None]] = field(default_factory=list)
     # Run after the server stops (background workers, pools), in order.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self, grace: float | None = None) -> None:
+        """Stop within `grace` seconds (None: at once): the `before_stop` hooks and the calls
+        still open share it, so the whole stop fits the grace the deployment allows."""
+        deadline = time.monotonic() + (grace or 0.0)
         self.health.shutdown()
-        self.server.stop(grace).wait()
+        for callback in self.before_stop:
+            callback(deadline)
+        remaining = None if grace is None else max(0.0, deadline - time.monotonic())
+        self.server.stop(remaining).wait()
         if self.metrics is not None:
             self.metrics.shutdown()
         for callback in self.on_stop:

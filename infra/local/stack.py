@@ -61,6 +61,10 @@ SERVICE_TIMEOUT_S = 60.0
 # Loading the Python-backend models (onnxruntime) takes a while on a 2-core laptop.
 TRITON_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
+# How much longer than a service's shutdown grace `down` waits before SIGKILL: a supervisor
+# of worker processes (shared/workers.py) waits the grace plus its own 5 s margin for them.
+STOP_MARGIN_S = 10.0
+GRACE_ENV = "RECSTACK_SHUTDOWN_GRACE_SECONDS"
 KILL_TIMEOUT_S = 5.0
 POLL_S = 0.25
 # The project of examples/feature_repo.
@@ -79,6 +83,9 @@ class ServiceSpec:
     metrics_port: int
     # Whether it runs one server process per core (RECSTACK_WORKERS, shared/workers.py).
     scales_with_cores: bool = False
+    # What the service is started with unless the shell sets RECSTACK_SHUTDOWN_GRACE_SECONDS:
+    # materialization lets its running jobs reach a chunk boundary.
+    shutdown_grace_s: float = 5.0
 
     @property
     def address(self) -> str:
@@ -99,7 +106,7 @@ class ServiceSpec:
 SERVICES = (
     ServiceSpec("registry", 50051, 9091),
     ServiceSpec("serving", 50053, 9093, scales_with_cores=True),
-    ServiceSpec("materialization", 50052, 9092),
+    ServiceSpec("materialization", 50052, 9092, shutdown_grace_s=20.0),
     ServiceSpec("recommend", 50054, 9094, scales_with_cores=True),
 )
 
@@ -114,6 +121,8 @@ class ProcessRecord:
     start_time: int
     command: list[str]
     ports: dict[str, int]
+    # How long `down` waits after SIGTERM before SIGKILL: above the process's shutdown grace.
+    stop_timeout_s: float = STOP_TIMEOUT_S
 
 
 @dataclass
@@ -225,10 +234,12 @@ def wait_group_gone(pgid: int, timeout_s: float) -> bool:
     return True
 
 
-def stop_process(record: ProcessRecord, timeout_s: float = STOP_TIMEOUT_S) -> str:
+def stop_process(record: ProcessRecord, timeout_s: float | None = None) -> str:
     """SIGTERM the leader (servers shut down gracefully and take their children along), or the
     group if the leader has already exited; SIGKILL the group if anything is left after
-    `timeout_s`. Returns what happened."""
+    `timeout_s` (default: the record's own, above its shutdown grace). Returns what happened."""
+    if timeout_s is None:
+        timeout_s = record.stop_timeout_s
     if not owns_group(record):
         return f"pid {record.pid} is gone or belongs to another process now: left alone"
     leader_alive = is_ours(record)
@@ -382,11 +393,29 @@ class Launch:
     log_path: Path
 
 
-def record_for(name: str, pid: int, command: list[str], ports: dict[str, int]) -> ProcessRecord:
+def record_for(
+    name: str,
+    pid: int,
+    command: list[str],
+    ports: dict[str, int],
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> ProcessRecord:
     start_time = process_start_time(pid)
     if start_time is None:
         raise StackError(f"{name}: pid {pid} vanished right after it was started")
-    return ProcessRecord(name, pid, start_time, command, dict(ports))
+    return ProcessRecord(name, pid, start_time, command, dict(ports), stop_timeout_s)
+
+
+def stop_timeout(env: dict[str, str]) -> float:
+    """How long `down` gives a service started with `env`: its shutdown grace plus a margin."""
+    raw = env.get(GRACE_ENV)
+    if raw is None:
+        return STOP_TIMEOUT_S
+    try:
+        grace = float(raw)
+    except ValueError:
+        raise StackError(f"{GRACE_ENV}={raw!r} is not a number of seconds") from None
+    return grace + STOP_MARGIN_S
 
 
 def spawn_command(
@@ -405,7 +434,7 @@ def spawn_command(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return record_for(name, process.pid, command, ports)
+    return record_for(name, process.pid, command, ports, stop_timeout(env))
 
 
 def spawn_triton(log_path: Path) -> ProcessRecord:
@@ -434,6 +463,7 @@ def service_env(ctx: Context, spec: ServiceSpec, database_url: str) -> dict[str,
     # and every project the example feature repository.
     env.setdefault("RECSTACK_FILES__ROOT_TEMPLATE", str(ctx.run_dir / "projects" / "{project}"))
     env.setdefault("RECSTACK_FILES__ROOTS", json.dumps({"*": [str(REPO_ROOT / "examples")]}))
+    env.setdefault(GRACE_ENV, str(spec.shutdown_grace_s))
     env.update({f"RECSTACK_{s.name.upper()}_ADDR": s.address for s in SERVICES})
     # Serving and recommend: one worker per core unless the shell says how many; the
     # registry and materialization run as one process.

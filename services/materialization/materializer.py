@@ -8,7 +8,7 @@ The `JobRunner` (runner.py) executes queued jobs.
 from __future__ import annotations
 
 import re
-import time
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -35,7 +35,14 @@ from services.materialization.jobs import (
     UnitOfWorkFactory,
     Window,
 )
-from shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, quoted
+from shared.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    quoted,
+)
 from shared.feature_views import ViewSchema
 from shared.online_store import OnlineStore
 from shared.standard_methods import PageTokens, page_size
@@ -150,6 +157,11 @@ class Materializer:
         self._online_store = online_store
         self._on_enqueue = on_enqueue
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._stopping = threading.Event()
+
+    def stop_watches(self) -> None:
+        """End every open `watch_job` with a final snapshot of its job (shutdown)."""
+        self._stopping.set()
 
     # --- backfill and retry -----------------------------------------------------------
 
@@ -258,17 +270,29 @@ class Materializer:
         return job
 
     def watch_job(self, name: str) -> Iterator[Job]:
-        """Yield the job whenever its state or progress changes, until it ends."""
+        """Yield the job whenever its state or progress changes, until it ends.
+
+        Once the service is stopping, the job as it stands is the watch's final message
+        (even if unchanged); a job that has not ended then (another replica runs it, or it is
+        still queued) ends the watch UNAVAILABLE, so the caller watches again elsewhere.
+        """
         previous = None
         while True:
+            stopping = self._stopping.is_set()
             job = self.get_job(name)
             snapshot = (job.state, job.progress.chunks_done, job.progress.rows_read)
-            if snapshot != previous:
+            if snapshot != previous or stopping:
                 yield job
                 previous = snapshot
             if job.state.terminal:
                 return
-            time.sleep(WATCH_POLL_SECONDS)
+            if stopping:
+                raise Unavailable(
+                    f"the materialization service is shutting down while {name} is "
+                    f"{job.state.value}; call WatchJob again to follow it",
+                    reason="SHUTTING_DOWN",
+                )
+            self._stopping.wait(WATCH_POLL_SECONDS)
 
     # --- intervals and settings -------------------------------------------------------
 

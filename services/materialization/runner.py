@@ -4,11 +4,14 @@ Each replica polls for work: a job is claimed with `FOR UPDATE SKIP LOCKED`, so 
 exactly once; a running job's heartbeat is refreshed after every chunk, and a job whose
 runner died (no heartbeat for `lease_seconds`) is ended FAILED with its intervals
 INCOMPLETE, never COMPLETE. Schedules are locked the same way, so one replica fires each.
+A replica asked to stop ends its running jobs at their next chunk boundary the same way:
+FAILED with the window INCOMPLETE, to be retried (RetryJob), never COMPLETE.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -111,10 +114,21 @@ class JobRunner:
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming work and end running jobs at their next chunk boundary, waiting up
+        to `timeout` seconds in all. A job whose chunk outlasts it stays RUNNING without a
+        heartbeat: another replica's reaper ends it FAILED once its lease runs out."""
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        running = [thread.name for thread in self._threads if thread.is_alive()]
+        if running:
+            log.warning("runner_stop_timed_out", threads=running, timeout_s=timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def run_pending(self) -> int:
         """Reap dead jobs, fire due schedules, then run queued jobs until none is left."""
@@ -174,17 +188,18 @@ class JobRunner:
         if Store.OFFLINE in job.stores:
             # Rerunning a window must replace its events, not add them a second time.
             self._offline_store.clear_window(view, job.window)
-        cancelled = False
+        cancelled = interrupted = False
 
         def on_chunk(progress: Progress) -> bool:
-            nonlocal cancelled
+            nonlocal cancelled, interrupted
             with self._unit_of_work() as uow:
                 current = uow.jobs.get(job.project, job.feature_view, job.job_id)
                 job.progress, job.heartbeat_time = progress, self._clock()
                 job.cancel_requested = bool(current and current.cancel_requested)
                 uow.jobs.save(job)
             cancelled = job.cancel_requested
-            return not cancelled
+            interrupted = not cancelled and self._stop.is_set()
+            return not (cancelled or interrupted)
 
         job.progress = self._engine.run(
             task,
@@ -194,6 +209,11 @@ class JobRunner:
         )
         if cancelled:
             return JobState.CANCELLED, "cancelled while running"
+        if interrupted:
+            return JobState.FAILED, (
+                f"the materialization service running it (runner {self.runner_id}) shut down "
+                f"after {job.progress.chunks_done} chunks; its window is INCOMPLETE: retry the job"
+            )
         if job.publish is not None and job.publish.mode is PublishMode.OVERWRITE:
             # Upserting first and removing the other keys last means readers never see the
             # table emptier than either the old or the new partition.

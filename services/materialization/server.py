@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,6 +37,9 @@ from shared.settings import ServiceSettings
 
 SCHEMA = "materialization"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Of the shutdown grace, what is kept for open WatchJob streams to send their final message
+# after the running jobs have stopped.
+WATCH_FINAL_SECONDS = 1.0
 
 
 class MaterializationSettings(ServiceSettings):
@@ -54,6 +58,9 @@ class MaterializationSettings(ServiceSettings):
     # Bounds on a POSTGRES source: each statement's run time, and the rows one job may read.
     source_statement_timeout_seconds: float = Field(default=300.0, gt=0)
     source_max_rows: int = Field(default=50_000_000, ge=1)
+    # On SIGTERM, running jobs stop at their next chunk boundary and open WatchJob streams end
+    # within this; `make down` and the Kubernetes manifests wait longer before SIGKILL.
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,13 @@ def create_server(
         settings, [registration], readiness_checks={"postgres": partial(ping, deps.engine)}
     )
     runner.start(settings.job_workers)
-    running.on_stop.append(runner.stop)
+
+    def wind_down(deadline: float) -> None:
+        # Jobs first, so each watch's final message shows its job ended (FAILED, INCOMPLETE).
+        runner.stop(max(0.0, deadline - time.monotonic() - WATCH_FINAL_SECONDS))
+        materializer.stop_watches()
+
+    running.before_stop.append(wind_down)
     running.on_stop.append(deps.embedder.close)
     return running, running.port
 

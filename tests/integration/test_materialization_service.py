@@ -8,8 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -244,18 +247,22 @@ def test_enabling_online_bootstraps_from_offline_and_serves(stubs, view):
     assert list(response.columns[0].statuses).count(spb.FEATURE_STATUS_PRESENT) == 20
 
 
-def _start_service(database_url, registry_address, offline_dir, port, file_roots):
-    env = os.environ | {
-        "RECSTACK_FILES__ROOTS": json.dumps(file_roots),
-        "RECSTACK_DATABASE_URL": database_url,
-        "RECSTACK_GRPC_PORT": str(port),
-        "RECSTACK_REGISTRY_ADDR": registry_address,
-        "RECSTACK_OFFLINE_STORE_URI": str(offline_dir),
-        "RECSTACK_JOB_LEASE_SECONDS": "2",
-        "RECSTACK_JOB_POLL_SECONDS": "0.2",
-        "RECSTACK_JOB_CHUNK_ROWS": "500",
-        "RECSTACK_LOG_LEVEL": "WARNING",
-    }
+def _start_service(database_url, registry_address, offline_dir, port, file_roots, **extra):
+    env = (
+        os.environ
+        | {f"RECSTACK_{name.upper()}": value for name, value in extra.items()}
+        | {
+            "RECSTACK_FILES__ROOTS": json.dumps(file_roots),
+            "RECSTACK_DATABASE_URL": database_url,
+            "RECSTACK_GRPC_PORT": str(port),
+            "RECSTACK_REGISTRY_ADDR": registry_address,
+            "RECSTACK_OFFLINE_STORE_URI": str(offline_dir),
+            "RECSTACK_JOB_LEASE_SECONDS": "2",
+            "RECSTACK_JOB_POLL_SECONDS": "0.2",
+            "RECSTACK_JOB_CHUNK_ROWS": "500",
+            "RECSTACK_LOG_LEVEL": "WARNING",
+        }
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "services.materialization.server"],
         cwd=REPO,
@@ -312,6 +319,102 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
         process.wait(10)
         channel.close()
         drop_database(postgres_server_url, database)
+
+
+GRACE_SECONDS = 8.0
+
+
+def test_sigterm_stops_the_running_job_at_a_chunk_boundary_and_ends_open_watches(
+    registry_address, postgres_server_url, tmp_path, connect, file_roots
+):
+    """A real service process, SIGTERM mid-job: the job ends FAILED at its next chunk boundary
+    with its window INCOMPLETE (never COMPLETE), every open WatchJob ends with a final
+    message, and the process exits 0 within its configured grace; a retry then finishes."""
+    database = f"term_{uuid.uuid4().hex[:8]}"
+    url = create_database(postgres_server_url, database)
+    source = tmp_path / "big.parquet"
+    _write_source(source, users=500, events_per_day=20_000)
+    with connect(registry_address) as channel:
+        view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
+    port = free_port()
+    offline = tmp_path / "offline"
+    start = partial(
+        _start_service,
+        url,
+        registry_address,
+        offline,
+        port,
+        file_roots,
+        shutdown_grace_seconds=str(GRACE_SECONDS),
+        job_workers="1",
+    )
+    process, channel = start()
+    try:
+        materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
+        [running] = _backfill_jobs(materialization, view, day(1, 0), day(5, 0))
+        [queued] = _backfill_jobs(materialization, view, day(5, 0), day(6, 0))
+        watches = {job.name: _Watch(materialization, job.name) for job in (running, queued)}
+        for update in materialization.WatchJob(mpb.WatchJobRequest(name=running.name)):
+            if update.job.progress.chunks_done >= 2:
+                break
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(GRACE_SECONDS + 5) == 0, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() - signalled < GRACE_SECONDS
+        for watch in watches.values():
+            watch.thread.join(5)
+        # The running job's watch ends plainly, its final message the job FAILED; the queued
+        # job's final message shows it still QUEUED, then UNAVAILABLE: watch it elsewhere.
+        ran, waiting = watches[running.name], watches[queued.name]
+        assert ran.error is None and ran.updates[-1].state == job_pb2.Job.STATE_FAILED
+        assert "shut down" in ran.updates[-1].error_message
+        assert waiting.updates[-1].state == job_pb2.Job.STATE_QUEUED
+        assert waiting.error == grpc.StatusCode.UNAVAILABLE
+        channel.close()
+        process, channel = start()
+        materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
+        stopped = materialization.GetJob(mpb.GetJobRequest(name=running.name)).job
+        assert stopped.state == job_pb2.Job.STATE_FAILED
+        assert 0 < stopped.progress.rows_read < 80_000
+        assert _intervals(materialization, view, window=(day(1, 0), day(5, 0))) == [
+            (day(1, 0), day(5, 0), "INCOMPLETE")
+        ]
+        assert _wait(materialization, queued.name).state == job_pb2.Job.STATE_SUCCEEDED
+        retry = materialization.RetryJob(mpb.RetryJobRequest(name=running.name)).job
+        assert _wait(materialization, retry.name, timeout=120).state == (
+            job_pb2.Job.STATE_SUCCEEDED
+        )
+        assert _intervals(materialization, view) == [(day(1, 0), day(6, 0), "COMPLETE")]
+        offline_rows = sum(pq.read_metadata(p).num_rows for p in offline.rglob("*.parquet"))
+        assert offline_rows == 100_000
+    finally:
+        process.kill()
+        process.wait(10)
+        channel.close()
+        drop_database(postgres_server_url, database)
+
+
+def _backfill_jobs(materialization, view, start, end):
+    request = mpb.BackfillRequest(feature_view=view, window=_window(start, end))
+    return list(materialization.Backfill(request).jobs)
+
+
+class _Watch:
+    """A WatchJob stream read on a thread of its own: its updates and how it ended."""
+
+    def __init__(self, materialization, name):
+        self.updates: list = []
+        self.error: grpc.StatusCode | None = None
+        self._stream = materialization.WatchJob(mpb.WatchJobRequest(name=name), timeout=60)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for update in self._stream:
+                self.updates.append(update.job)
+        except grpc.RpcError as error:
+            self.error = error.code()
 
 
 def _register_reviews(registry, project, source_path):

@@ -317,3 +317,70 @@ def test_each_view_version_gets_an_online_table_dropped_with_it(stub, project, d
     assert not table_exists(1) and table_exists(2)
     stub.DeleteFeatureView(pb.DeleteFeatureViewRequest(name=view.name))
     assert not table_exists(2)
+
+
+class _FaultAfterTable:
+    """The real online store, with a fault injected right after the online table of view
+    `fail_on` is created: the definitions and the other tables are written by then."""
+
+    def __init__(self, store, fail_on):
+        self._store = store
+        self.fail_on = fail_on
+
+    def ensure_table(self, view, within=None):
+        self._store.ensure_table(view, within=within)
+        if view.name == self.fail_on:
+            raise ConnectionResetError("injected fault between the definitions and their tables")
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_an_apply_faulted_midway_leaves_nothing_behind(registry_engine, database_url, connect):
+    """A fault between writing an Apply's resources (and a first view's online table) and
+    creating the next view's table: no project, no resource, no table, no change remains, and
+    the same Apply then succeeds whole."""
+    import psycopg
+
+    from services.registry.server import RegistryDeps, RegistrySettings, create_server
+    from shared.db import to_libpq
+    from shared.online_store.postgres import PostgresOnlineStore
+
+    project = f"f_{uuid.uuid4().hex[:8]}"
+    store = _FaultAfterTable(PostgresOnlineStore(to_libpq(database_url)), fail_on="second")
+    settings = RegistrySettings(grpc_port=0, database_url=database_url, triton_addr="127.0.0.1:9")
+    running, port = create_server(settings, RegistryDeps(registry_engine, store))
+    definitions = [
+        *_definitions()[:1],
+        pb.Definition(id="first", feature_view=_view(project)),
+        pb.Definition(id="second", feature_view=_view(project)),
+    ]
+
+    def tables():
+        with psycopg.connect(to_libpq(database_url)) as connection:
+            rows = connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'online' AND tablename LIKE %s",
+                (f"{project}__%",),
+            ).fetchall()
+        return sorted(row[0] for row in rows)
+
+    try:
+        with connect(f"127.0.0.1:{port}") as channel:
+            faulty = registry_service_pb2_grpc.RegistryServiceStub(channel)
+            head = faulty.ListChanges(pb.ListChangesRequest()).head_revision
+            error = _error(lambda: _apply(faulty, project, definitions))
+            assert error.code() == grpc.StatusCode.INTERNAL
+            assert tables() == []
+            missing = _error(
+                lambda: faulty.GetProject(pb.GetProjectRequest(name=f"projects/{project}"))
+            )
+            assert missing.code() == grpc.StatusCode.NOT_FOUND
+            assert faulty.ListChanges(pb.ListChangesRequest()).head_revision == head
+            store.fail_on = ""
+            assert [action for _, action in _apply(faulty, project, definitions)] == [
+                "ACTION_CREATE"
+            ] * 4
+            assert tables() == [f"{project}__first__v1", f"{project}__second__v1"]
+    finally:
+        running.stop(0)
+        store.close()

@@ -18,8 +18,9 @@ from services.materialization.jobs import (
 )
 from shared.errors import FailedPrecondition
 from shared.feature_views import Feature, ViewSchema
-from shared.online_store import WriteResult
 from shared.values import VT
+from tests.fakes.offline_store import InMemoryOfflineStore
+from tests.fakes.online_store import InMemoryOnlineStore
 
 T0 = datetime(2026, 4, 1, 4, tzinfo=UTC)
 DAY = Window(T0, T0 + timedelta(days=1))
@@ -28,29 +29,34 @@ VIEW = ViewSchema(
 )
 
 
-class FakeOffline:
+class FakeOffline(InMemoryOfflineStore):
+    """The contract-tested in-memory offline store, recording each table written."""
+
     def __init__(self):
+        super().__init__()
         self.tables = []
 
     def write(self, view, table, job_id, chunk):
         self.tables.append(table)
-        return table.num_rows
+        return super().write(view, table, job_id, chunk)
 
 
-class FakeOnline:
-    """Keeps the newest row per key, as the online store's upsert does."""
+class FakeOnline(InMemoryOnlineStore):
+    """The contract-tested in-memory online store, recording each load."""
 
     def __init__(self):
+        super().__init__()
         self.loads = []
-        self.latest = {}
+        self._view = None
 
-    def bulk_load(self, view, table):
-        self.loads.append(table)
-        for row in table.to_pylist():
-            key = row[view.join_key]
-            if key not in self.latest or self.latest[key]["event_ts"] < row["event_ts"]:
-                self.latest[key] = row
-        return WriteResult(table.num_rows, 0)
+    def bulk_load(self, view, data):
+        self.loads.append(data)
+        self._view = view
+        return super().bulk_load(view, data)
+
+    @property
+    def latest(self):
+        return self.rows(self._view) if self._view is not None else {}
 
 
 def naive(moment):

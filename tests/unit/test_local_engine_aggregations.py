@@ -25,8 +25,9 @@ from services.materialization.jobs import (
     WindowedAggregations,
 )
 from shared.feature_views import Feature, ViewSchema
-from shared.online_store import WriteResult
 from shared.values import VT
+from tests.fakes.offline_store import InMemoryOfflineStore
+from tests.fakes.online_store import InMemoryOnlineStore
 
 F = AggregationFunction
 T0 = datetime(2026, 4, 1, 4, tzinfo=UTC)
@@ -63,25 +64,34 @@ VIEW = ViewSchema(
 )
 
 
-class FakeOffline:
+class FakeOffline(InMemoryOfflineStore):
+    """The contract-tested in-memory offline store, recording each row written."""
+
     def __init__(self):
+        super().__init__()
         self.rows = []
 
     def write(self, view, table, job_id, chunk):
         self.rows += table.to_pylist()
-        return table.num_rows
+        return super().write(view, table, job_id, chunk)
 
 
-class FakeOnline:
+class FakeOnline(InMemoryOnlineStore):
+    """The contract-tested in-memory online store, recording each load."""
+
     def __init__(self):
-        self.latest = {}
+        super().__init__()
+        self.loads = []
+        self._view = None
 
-    def bulk_load(self, view, table):
-        for row in table.to_pylist():
-            current = self.latest.get(row["user_id"])
-            if current is None or current["event_ts"] < row["event_ts"]:
-                self.latest[row["user_id"]] = row
-        return WriteResult(table.num_rows, 0)
+    def bulk_load(self, view, data):
+        self.loads.append(data)
+        self._view = view
+        return super().bulk_load(view, data)
+
+    @property
+    def latest(self):
+        return self.rows(self._view) if self._view is not None else {}
 
 
 def random_events(seed):

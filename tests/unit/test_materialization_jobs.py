@@ -3,9 +3,6 @@ fakes of the repositories, the engine and the stores."""
 
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -14,7 +11,6 @@ from structlog.testing import capture_logs
 
 from services.materialization.intervals import Status, Timeline
 from services.materialization.jobs import (
-    FileSourceSpec,
     Frequency,
     JobState,
     Progress,
@@ -27,9 +23,11 @@ from services.materialization.jobs import (
 )
 from services.materialization.materializer import Materializer
 from services.materialization.runner import JobRunner
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.feature_views import Feature, ViewSchema
 from shared.values import VT
+from tests.fakes.materialization import InMemoryMaterialization
+from tests.fakes.offline_store import InMemoryOfflineStore
 
 VIEW = "projects/p/featureViews/clicks"
 SCHEMA = ViewSchema(
@@ -42,87 +40,28 @@ def day(d, hour=4):
     return datetime(2026, 4, d, hour, tzinfo=UTC)
 
 
-@dataclass
-class State:
-    jobs: dict = field(default_factory=dict)
-    timelines: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
+class _RecordingOffline(InMemoryOfflineStore):
+    """The contract-tested in-memory offline store, telling the world what was cleared and
+    dropped."""
 
+    def __init__(self, world):
+        super().__init__("/offline")
+        self.world = world
 
-class Jobs:
-    def __init__(self, state):
-        self.s = state
+    def clear_window(self, view, window):
+        self.world.cleared.append(window)
+        return super().clear_window(view, window)
 
-    def insert(self, job):
-        self.s.jobs[job.job_id] = job
-
-    save = insert
-
-    def get(self, project, view, job_id):
-        return self.s.jobs.get(job_id)
-
-    def list(self, project, view, offset, limit):
-        return sorted(self.s.jobs.values(), key=lambda j: j.create_time)[offset : offset + limit]
-
-    def claim(self, runner_id, now):
-        queued = [j for j in self.s.jobs.values() if j.state is JobState.QUEUED]
-        if not queued:
-            return None
-        job = min(queued, key=lambda j: (j.create_time, j.job_id))
-        job.state, job.runner_id, job.start_time, job.heartbeat_time = (
-            JobState.RUNNING,
-            runner_id,
-            now,
-            now,
-        )
-        return job
-
-    def stale(self, before):
-        return [
-            j
-            for j in self.s.jobs.values()
-            if j.state is JobState.RUNNING and j.heartbeat_time < before
-        ]
-
-
-class Intervals:
-    def __init__(self, state):
-        self.s = state
-
-    def lock(self, *key):
-        pass
-
-    def load(self, *key):
-        return self.s.timelines.get(key, Timeline())
-
-    def save(self, *args):
-        *key, timeline = args
-        self.s.timelines[tuple(key)] = timeline
-
-
-class SettingsRepo:
-    def __init__(self, state):
-        self.s = state
-
-    def get(self, project, view):
-        return copy.deepcopy(self.s.settings.get((project, view)))
-
-    def save(self, settings):
-        self.s.settings[(settings.project, settings.feature_view)] = copy.deepcopy(settings)
-
-    def due(self, now):
-        return [
-            copy.deepcopy(s)
-            for s in self.s.settings.values()
-            if s.recurrence and not s.schedule_error
-        ]
+    def drop(self, view):
+        self.world.dropped.append("offline")
+        super().drop(view)
 
 
 class World:
     """Everything a Materializer and a JobRunner need, in memory, with a settable clock."""
 
     def __init__(self, online=True, offline=True):
-        self.state = State()
+        self.memory = InMemoryMaterialization()
         self.now = day(10)
         self.engine_calls = []
         self.fail_with = None
@@ -140,11 +79,7 @@ class World:
                 event_timestamp_column="ts",
             ),
         )
-        offline = SimpleNamespace(
-            source=lambda view: FileSourceSpec("/offline/p/clicks/v1", "PARQUET", "event_ts", "ds"),
-            clear_window=lambda view, window: self.cleared.append(window) or 0,
-            drop=lambda view: self.dropped.append("offline"),
-        )
+        offline = _RecordingOffline(self)
         online = SimpleNamespace(
             drop_table=lambda view: self.dropped.append("online"), ensure_table=lambda view: None
         )
@@ -158,13 +93,12 @@ class World:
         self.materializer = Materializer(**common)
         self.runner = JobRunner(engine=self, lease_seconds=30, **common)
 
-    @contextmanager
+    @property
+    def state(self):
+        return self.memory.state
+
     def unit_of_work(self):
-        working = copy.deepcopy(self.state)
-        yield SimpleNamespace(
-            jobs=Jobs(working), intervals=Intervals(working), settings=SettingsRepo(working)
-        )
-        self.state = working
+        return self.memory.unit_of_work()
 
     def run(self, task, *, offline_store, online_store, on_chunk):
         self.engine_calls.append(task)
@@ -247,7 +181,10 @@ def test_retry_is_refused_unless_the_whole_window_is_incomplete(world):
     with pytest.raises(FailedPrecondition, match=r"2026-04-02T04:00:00\+00:00.*COMPLETE"):
         world.materializer.retry(job.name)
     with pytest.raises(FailedPrecondition, match="SUCCEEDED"):
-        world.materializer.retry(world.materializer.list_jobs(VIEW, 0, "")[0][1].name)
+        [succeeded] = [
+            j for j in world.materializer.list_jobs(VIEW, 0, "")[0] if j.job_id != job.job_id
+        ]
+        world.materializer.retry(succeeded.name)
 
 
 def test_cancelling_a_queued_job_marks_its_window_incomplete(world):
@@ -273,6 +210,48 @@ def test_a_job_whose_runner_died_is_failed_never_complete(world):
     world.materializer.retry(job.name)
     world.runner.run_pending()
     assert world.timeline(Store.OFFLINE) == [(day(1), day(2), C)]
+
+
+def test_a_stopping_runner_ends_its_job_at_the_next_chunk_failed_and_incomplete(world):
+    [job] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    chunks = []
+
+    def run(task, *, offline_store, online_store, on_chunk):
+        progress = Progress()
+        for chunk in range(1, 6):
+            progress.rows_read, progress.chunks_done = progress.rows_read + 10, chunk
+            chunks.append(chunk)
+            if chunk == 2:
+                world.runner.stop(0)  # SIGTERM arrives while chunk 2 is being written
+            if not on_chunk(progress):
+                return progress
+        return progress
+
+    world.run = run
+    assert world.runner.run_pending() == 1
+    assert chunks == [1, 2]
+    stopped = world.materializer.get_job(job.name)
+    assert stopped.state is JobState.FAILED
+    assert "shut down after 2 chunks" in stopped.error_message
+    assert stopped.progress.rows_read == 20
+    assert world.timeline(Store.OFFLINE) == [(day(1), day(2), INC)]
+    assert world.materializer.retry(job.name).window == job.window
+
+
+def test_stopped_watches_end_with_a_final_message(world):
+    [queued] = world.materializer.backfill(VIEW, day(1), day(2), [], [])
+    watch = world.materializer.watch_job(queued.name)
+    assert next(watch).state is JobState.QUEUED
+    world.materializer.stop_watches()
+    # The job as it stands, again, then UNAVAILABLE: it has not ended, another replica may
+    # run it and the caller should watch it there.
+    assert next(watch).state is JobState.QUEUED
+    with pytest.raises(Unavailable, match="shutting down") as caught:
+        next(watch)
+    assert caught.value.reason == "SHUTTING_DOWN"
+    world.materializer.cancel_job(queued.name)
+    # A job that has ended: its final state is the last message and the watch ends plainly.
+    assert [job.state for job in world.materializer.watch_job(queued.name)] == [JobState.CANCELLED]
 
 
 def test_backfill_needs_an_enabled_store_and_a_valid_window(world):

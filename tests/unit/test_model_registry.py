@@ -34,8 +34,8 @@ from shared.errors import (
     Unavailable,
 )
 from shared.values import VT
+from tests.fakes.registry import in_memory_unit_of_work
 from tests.models import V1_INPUTS, V2_INPUTS, signature
-from tests.registry_fakes import in_memory_unit_of_work
 
 State = model_pb2.ModelVersion.State
 FV = feature_view_pb2.FeatureView

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,9 +20,7 @@ from services.recommend.catalog import (
     EXPERIMENT,
     SCENE,
     Catalog,
-    Change,
     ServedScenes,
-    StoredResource,
 )
 from services.recommend.filter.exclude_items import ExcludeItems
 from services.recommend.item_cache import ItemCache
@@ -50,6 +47,8 @@ from shared.feature_generator import stable_hash
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store import Scan, ViewColumns
 from shared.values import VT
+from tests.fakes.model_server import FakeModel, InMemoryModelServer
+from tests.fakes.recommend import MemoryRepository
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 PROJECT = "shop"
@@ -158,11 +157,18 @@ class FakeStore:
         ]
 
 
-class FakeModelServer:
-    """Scores each item as the dot product of its features with `weights`."""
+class FakeModelServer(InMemoryModelServer):
+    """The contract-tested in-memory model server with one model, `ranker`, scoring each item
+    as the dot product of its features with `weights`; it records calls, and `error` makes
+    them fail."""
 
     def __init__(self, weights: list[float]) -> None:
         self.weights = np.asarray(weights, dtype=np.float32)
+        linear = FakeModel(
+            {"features": (np.dtype(np.float32), (len(self.weights),))},
+            {"probs_ctr": lambda inputs: (inputs["features"] @ self.weights).reshape(-1, 1)},
+        )
+        super().__init__({"ranker": linear})
         self.calls: list[tuple[str, np.ndarray, list[str], str]] = []
         self.error: Exception | None = None
 
@@ -170,10 +176,7 @@ class FakeModelServer:
         self.calls.append((model, inputs["features"], list(outputs), version))
         if self.error is not None:
             raise self.error
-        return {outputs[0]: (inputs["features"] @ self.weights).reshape(-1, 1)}
-
-    def is_ready(self, model=None):
-        return True
+        return super().infer(model, inputs, outputs, version=version)
 
 
 class FakeUserFeatures:
@@ -184,62 +187,6 @@ class FakeUserFeatures:
     def read(self, project, refs, key, key_type):
         self.calls.append((project, tuple(refs), key, key_type))
         return {ref: self.values.get(ref) for ref in refs}
-
-
-class MemoryRepository:
-    """`ResourceRepository` in a dict (no rollback: the unit tests never need one)."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], StoredResource] = {}
-        self.log: list[Change] = []
-        self.reads = 0
-
-    def insert(self, record):
-        key = (record.kind, record.resource_id)
-        if key in self.records:
-            return False
-        self.records[key] = record
-        self._logged(record.kind, record.resource_id)
-        return True
-
-    def _logged(self, kind, resource_id):
-        self.log.append(Change(len(self.log) + 1, kind, resource_id))
-
-    def changes_since(self, revision, limit):
-        return [c for c in self.log if c.revision > revision][:limit]
-
-    def head_revision(self):
-        return len(self.log)
-
-    def get(self, kind, resource_id):
-        self.reads += 1
-        return self.records.get((kind, resource_id))
-
-    def list(self, kind, after_id, limit):
-        found = sorted(
-            (r for (k, i), r in self.records.items() if k == kind and i > after_id),
-            key=lambda r: r.resource_id,
-        )
-        return found[:limit]
-
-    def replace(self, record, expected_etag):
-        current = self.get(record.kind, record.resource_id)
-        if current is None or current.etag != expected_etag:
-            return False
-        self.records[(record.kind, record.resource_id)] = record
-        self._logged(record.kind, record.resource_id)
-        return True
-
-    def delete(self, kind, resource_id, expected_etag):
-        self._logged(kind, resource_id)
-        return self.records.pop((kind, resource_id), None) is not None
-
-    def experiments_of(self, scene_id):
-        return [
-            r
-            for (k, _), r in self.records.items()
-            if k == "experiment" and r.spec.scene == scene_id
-        ]
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -257,12 +204,7 @@ class World:
         self.deps = StageDeps(self.cache, self.users, self.model, self.definitions)
         self.stages = default_stage_registry()
         repository = MemoryRepository()
-
-        @contextmanager
-        def unit_of_work() -> Iterator[MemoryRepository]:
-            yield repository
-
-        self.catalog = Catalog(unit_of_work, self.stages, clock=lambda: NOW)
+        self.catalog = Catalog(repository.unit_of_work, self.stages, clock=lambda: NOW)
         self.recommender = Recommender(self.catalog, PipelineCache(self.stages, self.deps))
 
 
@@ -1008,11 +950,7 @@ def test_a_formula_naming_an_output_the_model_lacks_is_a_misconfigured_scene(wor
 
 def test_requests_read_scenes_from_memory_and_another_writer_is_seen_after_the_refresh():
     repository = MemoryRepository()
-
-    @contextmanager
-    def unit_of_work():
-        yield repository
-
+    unit_of_work = repository.unit_of_work
     clock = [0.0]
     served = ServedScenes(unit_of_work, refresh_seconds=1.0, clock=lambda: clock[0])
     writer = Catalog(unit_of_work, default_stage_registry(), clock=lambda: NOW)

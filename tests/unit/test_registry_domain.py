@@ -25,7 +25,7 @@ from services.registry.kinds import (
 from services.registry.registry import Registry
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.values import VT
-from tests.registry_fakes import InMemoryRepository
+from tests.fakes.registry import InMemoryRepository
 
 FV = feature_view_pb2.FeatureView
 EM = embedding_model_pb2.EmbeddingModel

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from infra.local import stack
 from infra.local.stack import ProcessRecord, StackState
@@ -185,3 +186,47 @@ def test_free_port_is_not_in_use() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert not stack.port_in_use(port)
+
+
+def _grace_defaults() -> dict[str, float]:
+    from services.materialization.server import MaterializationSettings
+    from services.recommend.server import RecommendSettings
+    from services.registry.server import RegistrySettings
+    from services.serving.server import ServingSettings
+
+    classes = [RegistrySettings, ServingSettings, MaterializationSettings, RecommendSettings]
+    return {c.model_fields["service_name"].default: c.model_fields[GRACE].default for c in classes}
+
+
+GRACE = "shutdown_grace_seconds"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+
+
+def test_make_down_waits_past_each_services_shutdown_grace(tmp_path: Path) -> None:
+    defaults = _grace_defaults()
+    ctx = stack.Context(tmp_path, None)
+    for spec in stack.SERVICES:
+        assert spec.shutdown_grace_s == defaults[spec.name]
+        env = stack.service_env(ctx, spec, "postgresql://x@127.0.0.1/db")
+        assert float(env[stack.GRACE_ENV]) == spec.shutdown_grace_s
+        assert stack.stop_timeout(env) >= spec.shutdown_grace_s + stack.STOP_MARGIN_S
+    # A record written before the field existed still loads, with the old timeout.
+    assert ProcessRecord("x", 1, 2, [], {}).stop_timeout_s == stack.STOP_TIMEOUT_S
+
+
+def test_kubernetes_and_compose_wait_past_each_services_shutdown_grace() -> None:
+    defaults = _grace_defaults()
+    for name, default in defaults.items():
+        [deployment] = [
+            doc
+            for doc in yaml.safe_load_all((INFRA / "k8s" / f"{name}.yaml").read_text())
+            if doc and doc["kind"] == "Deployment"
+        ]
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+        grace = float(env.get(stack.GRACE_ENV) or default)
+        assert pod["terminationGracePeriodSeconds"] >= grace + stack.STOP_MARGIN_S, name
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
+    for name, default in defaults.items():
+        period = compose["services"][name]["stop_grace_period"]
+        assert float(period.removesuffix("s")) >= default + stack.STOP_MARGIN_S, name

@@ -1,4 +1,6 @@
-"""An in-memory registry repository that honours `ResourceRepository`, for unit tests."""
+"""An in-memory registry repository that honours `ResourceRepository`, for unit tests; the
+contract suite (tests/integration/test_contract_registry_repository.py) holds it to the
+PostgreSQL repository's behaviour."""
 
 from __future__ import annotations
 
@@ -8,21 +10,26 @@ from contextlib import contextmanager
 
 from google.protobuf import json_format
 
-from services.registry.adapters.repository import stored_name
+from services.registry.adapters.repository import Change, stored_name
 
 
 class InMemoryRepository:
     def __init__(self):
         self.rows = {}
+        self.log = []
 
     def transaction(self):
         return None
+
+    def _logged(self, kind, project, resource_id, version):
+        self.log.append(Change(len(self.log) + 1, stored_name(kind, project, resource_id, version)))
 
     def insert(self, record):
         key = (record.kind, record.project, record.resource_id, record.version)
         if key in self.rows:
             return False
         self.rows[key] = copy.deepcopy(record)
+        self._logged(*key)
         return True
 
     def get_for_update(self, kind, project, resource_id):
@@ -32,14 +39,19 @@ class InMemoryRepository:
         matches = [
             row
             for (k, p, r, v), row in self.rows.items()
-            if (k, p, r) == (kind, project, resource_id) and version in (None, v)
+            if (k, p, r) == (kind, project, resource_id) and (not version or version == v)
         ]
         return copy.deepcopy(max(matches, key=lambda row: row.version, default=None))
 
     def list_latest(self, kind, project, after_id, limit, conditions=()):
-        ids = sorted({r for (k, p, r, _) in self.rows if k == kind and project in (None, p)})
-        latest = [self.get(kind, project, i) for i in ids if i > after_id]
-        return [row for row in latest if all(_matches(row.spec, c) for c in conditions)][:limit]
+        latest = {}
+        for (k, p, r, v), row in self.rows.items():
+            wanted = k == kind and project in (None, p) and r > after_id
+            if wanted and (r not in latest or latest[r].version < v):
+                latest[r] = row
+        found = [latest[r] for r in sorted(latest)]
+        chosen = [row for row in found if all(_matches(row.spec, c) for c in conditions)]
+        return copy.deepcopy(chosen[:limit])
 
     def list_versions(self, kind, project, resource_id):
         rows = [row for key, row in self.rows.items() if key[:3] == (kind, project, resource_id)]
@@ -55,26 +67,29 @@ class InMemoryRepository:
         return rows[:limit]
 
     def changes_since(self, revision, limit):
-        return []
+        return [change for change in self.log if change.revision > revision][:limit]
 
     def head_revision(self):
-        return 0
+        return self.log[-1].revision if self.log else 0
 
     def replace(self, record, expected_etag):
         key = (record.kind, record.project, record.resource_id, record.version)
-        if self.rows[key].etag != expected_etag:
+        if key not in self.rows or self.rows[key].etag != expected_etag:
             return False
         self.rows[key] = copy.deepcopy(record)
+        self._logged(*key)
         return True
 
     def delete(self, kind, project, resource_id, version):
         doomed = [
             key
             for key in self.rows
-            if key[:3] == (kind, project, resource_id) and version in (None, key[3])
+            if key[:3] == (kind, project, resource_id) and (not version or version == key[3])
         ]
         for key in doomed:
             del self.rows[key]
+        if doomed:
+            self._logged(kind, project, resource_id, version or 0)
         return len(doomed)
 
     def dependants(self, ref):
