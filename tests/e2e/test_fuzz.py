@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz import FUZZ_PROJECT, Rpc, every_rpc, messages
 
-EXAMPLES = int(os.environ.get("RECSTACK_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("RECSTACK_FUZZ_EXAMPLES", "200"))
 DEADLINE_S = 20.0
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 RPCS = every_rpc()
