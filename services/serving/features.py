@@ -7,7 +7,6 @@ definitions every `definitions_seconds`), then costs one store round trip.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,14 +17,19 @@ from services.serving.produced import ProducedFields
 from shared.embeddings import TextEmbedder
 from shared.errors import DomainError, InvalidArgument, quoted
 from shared.feature_views import ViewSchema
-from shared.online_features import FeatureRef, Status, micros, now_micros, statuses
+from shared.online_features import (
+    ReadPlanner,
+    Status,
+    ViewPlan,
+    micros,
+    now_micros,
+    statuses,
+)
 from shared.online_store import OnlineStore, ViewColumns, WriteResult
 from shared.values import proto_kind, type_name
 
 MAX_KEYS = 1000
 MAX_WRITE_ROWS = 10_000
-# Distinct request shapes kept resolved; beyond this the cache starts over (bounded memory).
-MAX_PLANS = 10_000
 
 
 class Definitions(Protocol):
@@ -101,21 +105,6 @@ class _Unobserved:
         return None
 
 
-@dataclass(frozen=True)
-class _ViewPlan:
-    view: ViewSchema
-    features: tuple[str, ...]
-    names: tuple[str, ...]
-    value_types: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class _Plan:
-    views: tuple[_ViewPlan, ...]
-    requests: tuple[tuple[ViewSchema, tuple[str, ...]], ...]
-    resolved_at: float
-
-
 class FeatureServer:
     def __init__(
         self,
@@ -131,10 +120,9 @@ class FeatureServer:
         self._definitions = definitions
         self._produced = ProducedFields(embedder, definitions)
         self._observer = observer or _Unobserved()
-        self._definitions_seconds = definitions_seconds
-        self._clock = clock
-        self._plans: dict[tuple[str, tuple[str, ...], str], _Plan] = {}
-        self._lock = threading.Lock()
+        self._planner = ReadPlanner(
+            definitions, definitions_seconds=definitions_seconds, clock=clock
+        )
 
     def get_online_features(
         self,
@@ -144,7 +132,7 @@ class FeatureServer:
         keys: EntityKeys,
         now: datetime | None = None,
     ) -> list[ViewRead]:
-        plan = self._plan(project, refs, feature_set)
+        plan = self._planner.plan(project, refs, feature_set)
         key_values = _check_keys(keys, plan.views[0].view)
         started = time.perf_counter()
         columns = self._store.read(plan.requests, key_values)
@@ -193,64 +181,8 @@ class FeatureServer:
             raise
         return PushResult(written, stale, count)
 
-    # --- resolving refs -------------------------------------------------------------------
 
-    def _plan(self, project: str, refs: Sequence[str], feature_set: str) -> _Plan:
-        key = (project, tuple(refs), feature_set)
-        plan = self._plans.get(key)
-        if plan is not None and self._clock() - plan.resolved_at < self._definitions_seconds:
-            return plan
-        plan = self._resolve(project, key[1], feature_set)
-        with self._lock:
-            if len(self._plans) >= MAX_PLANS:
-                self._plans.clear()
-            self._plans[key] = plan
-        return plan
-
-    def _resolve(self, project: str, refs: Sequence[str], feature_set: str) -> _Plan:
-        _require(project, "project")
-        if bool(refs) == bool(feature_set):
-            raise InvalidArgument("features", "set exactly one of features and model_feature_set")
-        if refs:
-            parsed = [FeatureRef.parse(text, f"features[{i}]") for i, text in enumerate(refs)]
-        else:
-            parsed = self._feature_set_refs(project, feature_set)
-        by_view: dict[tuple[str, int], list[str]] = {}
-        labels: dict[tuple[str, int], str] = {}
-        for ref in parsed:
-            by_view.setdefault((ref.view, ref.version), []).append(ref.feature)
-            # Columns are named as the caller wrote the view; a feature set's refs are pinned
-            # by the registry, but its users wrote (and look up) `view:feature`.
-            labels[(ref.view, ref.version)] = ref.view_label if refs else ref.view
-        views = []
-        for (view_id, version), features in by_view.items():
-            view = self._definitions.view_schema(project, view_id, version)
-            expanded = _expand(view, features)
-            views.append(_view_plan(view, labels[(view_id, version)], expanded))
-        if len({(plan.view.join_key, plan.view.key_type) for plan in views}) > 1:
-            raise InvalidArgument("features", "all feature views of one call must share an entity")
-        requests = tuple((plan.view, plan.features) for plan in views)
-        return _Plan(tuple(views), requests, self._clock())
-
-    def _feature_set_refs(self, project: str, set_id: str) -> list[FeatureRef]:
-        feature_set = self._definitions.model_feature_set(project, set_id)
-        return [
-            FeatureRef(ref.feature_view, ref.version, ref.feature)
-            for ref in feature_set.resolved_features
-        ]
-
-
-def _view_plan(view: ViewSchema, label: str, features: list[str]) -> _ViewPlan:
-    types = {feature.name: feature.value_type for feature in view.features}
-    return _ViewPlan(
-        view,
-        tuple(features),
-        tuple(f"{label}:{feature}" for feature in features),
-        tuple(types[feature] for feature in features),
-    )
-
-
-def _view_read(plan: _ViewPlan, columns: ViewColumns, now_us: int) -> ViewRead:
+def _view_read(plan: ViewPlan, columns: ViewColumns, now_us: int) -> ViewRead:
     # Event times as integer microseconds: statuses, ages and the wire encoding all need them.
     event_micros = [micros(t) for t in columns.event_times]
     return ViewRead(
@@ -266,19 +198,6 @@ def _view_read(plan: _ViewPlan, columns: ViewColumns, now_us: int) -> ViewRead:
 def _require(value: str, field: str) -> None:
     if not value:
         raise InvalidArgument(field, "is required")
-
-
-def _expand(view: ViewSchema, features: list[str]) -> list[str]:
-    if "*" in features:
-        return [feature.name for feature in view.features]
-    for feature in features:
-        if view.feature(feature) is None:
-            raise InvalidArgument(
-                "features",
-                f"feature view {quoted(view.name)} v{view.version} has no feature "
-                f"{quoted(feature)}",
-            )
-    return list(dict.fromkeys(features))
 
 
 def _check_keys(keys: EntityKeys, view: ViewSchema) -> Sequence[Any]:

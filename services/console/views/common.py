@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from recstack.registry.v1 import registry_service_pb2 as rpb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.console.clients import Clients
+from services.console.clients import REGISTRY, Clients
 
 TOKEN_KEY = "token"
 
@@ -31,6 +32,17 @@ def render(
     request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
 ) -> Response:
     return request.app.state.pages.render(request, name, context, status)
+
+
+def list_projects(request: Request) -> list[Any]:
+    """Every project the registry lists (the index pages' first choice)."""
+    return list_all(
+        request,
+        REGISTRY,
+        "ListProjects",
+        lambda token: rpb.ListProjectsRequest(page_size=1000, page_token=token),
+        "projects",
+    )
 
 
 def list_all(

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from services.console import timeline
 from services.console.clients import REGISTRY, SERVING
-from services.console.views.common import BadInput, call, list_all, render
+from services.console.views.common import BadInput, call, list_all, list_projects, render
 from shared import values
 
 MAX_KEY_CHARS = 512
@@ -27,13 +27,7 @@ def routes() -> list[Route]:
 
 def features_page(request: Request) -> Response:
     params = request.query_params
-    projects = list_all(
-        request,
-        REGISTRY,
-        "ListProjects",
-        lambda token: rpb.ListProjectsRequest(page_size=1000, page_token=token),
-        "projects",
-    )
+    projects = list_projects(request)
     project = params.get("project") or ""
     views = _online_views(request, project) if project else []
     context: dict[str, Any] = {

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from services.console import timeline
 from services.console.clients import MATERIALIZATION, REGISTRY, ServiceError
 from services.console.timeline import Window
-from services.console.views.common import BadInput, call, list_all, render
+from services.console.views.common import BadInput, call, list_all, list_projects, render
 
 DI = data_interval_pb2.DataInterval
 STATUS_CHOICES = ("NONE", "INCOMPLETE", "COMPLETE")
@@ -55,13 +55,7 @@ def routes() -> list[Route]:
 
 
 def index(request: Request) -> Response:
-    projects = list_all(
-        request,
-        REGISTRY,
-        "ListProjects",
-        lambda token: rpb.ListProjectsRequest(page_size=1000, page_token=token),
-        "projects",
-    )
+    projects = list_projects(request)
     views = {
         project.name: list_all(
             request,

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.console.clients import REGISTRY, ServiceError
-from services.console.views.common import call, list_all, render
+from services.console.views.common import call, list_all, list_projects, render
 
 # Activation may load the version into Triton first: allow for it.
 ACTIVATE_TIMEOUT_S = 120.0
@@ -33,13 +33,7 @@ def routes() -> list[Route]:
 
 
 def models_index(request: Request) -> Response:
-    projects = list_all(
-        request,
-        REGISTRY,
-        "ListProjects",
-        lambda token: rpb.ListProjectsRequest(page_size=1000, page_token=token),
-        "projects",
-    )
+    projects = list_projects(request)
     return render(request, "models_index.html", {"projects": projects})
 
 

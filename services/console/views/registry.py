@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.console.clients import REGISTRY
-from services.console.views.common import BadInput, call, list_all, render
+from services.console.views.common import BadInput, call, list_all, list_projects, render
 
 # Output-only bookkeeping that changes with every version: left out of the diff.
 DIFF_IGNORED = ("etag", "create_time", "update_time")
@@ -35,13 +35,7 @@ def routes() -> list[Route]:
 
 
 def projects(request: Request) -> Response:
-    found = list_all(
-        request,
-        REGISTRY,
-        "ListProjects",
-        lambda token: rpb.ListProjectsRequest(page_size=1000, page_token=token),
-        "projects",
-    )
+    found = list_projects(request)
     return render(request, "projects.html", {"projects": found})
 
 

@@ -31,6 +31,9 @@ class RegistryDefinitions:
     def view_schema(self, project: str, view_id: str, version: int = 0) -> ViewSchema:
         return self._client.view_schema(project, view_id, version)
 
+    def model_feature_set(self, project: str, set_id: str) -> Any:
+        return self._client.model_feature_set(project, set_id)
+
     def entity(self, project: str, entity_id: str) -> Any:
         return self._client.entity(project, entity_id)
 
