@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from bench.harness import REPO_ROOT, latency_figure, print_table, write_result
 from services.recommend.item_cache import ItemTable
-from services.recommend.rank.item_side import SplitGenerator
+from services.recommend.rank.item_side import CandidateItems, SplitGenerator
 from shared.feature_generator import AvailableFeature, FeatureGenerator
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store import ViewColumns
@@ -114,24 +114,11 @@ class OnlineFG:
         self.split = SplitGenerator.split(generator, inputs)
 
     def generate(self, user: dict[str, Any], items: list[str]) -> None:
-        def column(name: str, ids: Sequence[str]) -> np.ndarray:
-            feature = self.inputs[name]
-            if feature.is_key:
-                return np.asarray(ids)
-            table = self.tables[feature.view]
-            return table.column(feature.feature, table.rows(ids))
+        def lookup(view: str, ids: list[str]) -> tuple[ItemTable, np.ndarray]:
+            return self.tables[view], self.tables[view].rows(ids)
 
-        def columns(names: Sequence[str], positions: np.ndarray | None) -> dict[str, Any]:
-            found = {name: column(name, items) for name in names}
-            return found if positions is None else {n: c[positions] for n, c in found.items()}
-
-        def rows(view: str) -> tuple[ItemTable, np.ndarray]:
-            return self.tables[view], self.tables[view].rows(items)
-
-        def lookup(name: str, ids: Sequence[str]) -> list[Any]:
-            return column(name, ids).tolist()
-
-        self.split.generate(user, {}, items, columns, rows, lookup)
+        candidates = CandidateItems(np.asarray(items), self.inputs, lookup)
+        self.split.generate(user, {}, candidates)
 
 
 def _objects(values: list[Any]) -> np.ndarray:

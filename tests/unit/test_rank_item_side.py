@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from services.recommend.item_cache import ItemTable
-from services.recommend.rank.item_side import SplitGenerator
+from services.recommend.rank.item_side import CandidateItems, SplitGenerator
 from shared.feature_generator import AvailableFeature, FeatureGenerator
 from shared.feature_views import Feature, ViewSchema
 from shared.online_store import ViewColumns
@@ -89,43 +89,26 @@ def user(rng: random.Random) -> dict[str, Any]:
     }
 
 
-class Request:
-    """One ranking request over the tables, the way the rank stage hands it to the FG."""
+def candidates(tables: dict[str, ItemTable], item_ids: list[str]) -> CandidateItems:
+    """A request's candidates over the tables, as the rank stage hands them to the FG."""
 
-    def __init__(self, tables: dict[str, ItemTable], item_ids: list[str]) -> None:
-        self.tables = tables
-        self.item_ids = item_ids
+    def lookup(view: str, ids: list[str]) -> tuple[ItemTable, np.ndarray]:
+        return tables[view], tables[view].rows(ids)
 
-    def rows(self, view: str) -> tuple[ItemTable, np.ndarray]:
-        table = self.tables[view]
-        return table, table.rows(self.item_ids)
-
-    def column(self, name: str, ids: Sequence[str]) -> np.ndarray:
-        feature = ITEM_INPUTS[name]
-        if feature.is_key:
-            return np.asarray(ids, dtype=str)
-        table = self.tables[feature.view]
-        return table.column(feature.feature, table.rows(list(ids)))
-
-    def columns(self, names: Sequence[str], positions: np.ndarray | None) -> dict[str, Any]:
-        found = {name: self.column(name, self.item_ids) for name in names}
-        return found if positions is None else {n: c[positions] for n, c in found.items()}
-
-    def lookup(self, name: str, ids: Sequence[str]) -> list[Any]:
-        return self.column(name, ids).tolist()
+    return CandidateItems(np.asarray(item_ids, dtype=str), ITEM_INPUTS, lookup)
 
 
-def both(split: SplitGenerator, request: Request, values: dict[str, Any], context: dict) -> None:
+def both(
+    split: SplitGenerator, items: CandidateItems, values: dict[str, Any], context: dict
+) -> None:
     whole = split.generator.generate(
         values,
-        request.columns(list(ITEM_INPUTS), None),
+        items.columns(list(ITEM_INPUTS)),
         context,
-        num_items=len(request.item_ids),
-        item_lookup=request.lookup,
+        num_items=len(items),
+        item_lookup=items.lookup,
     )
-    parts = split.generate(
-        values, context, request.item_ids, request.columns, request.rows, request.lookup
-    )
+    parts = split.generate(values, context, items)
     assert list(parts) == list(whole)
     for name, array in whole.items():
         assert parts[name].dtype == array.dtype, name
@@ -164,7 +147,7 @@ def test_equals_the_whole_fg_over_requests_and_refreshes(split):
         for _ in range(4):
             # Candidates: mostly cached movies, some the tables lack, a repeat or two.
             item_ids = [str(rng.randint(1, 330)) for _ in range(rng.randint(1, 120))]
-            both(split, Request(tables, item_ids), user(rng), {"hour": round_})
+            both(split, candidates(tables, item_ids), user(rng), {"hour": round_})
         # An incremental refresh: some rows change, some new movies arrive.
         changed = rng.sample(ids, 30) + list(range(301 + 5 * round_, 306 + 5 * round_))
         tables = {
@@ -179,5 +162,5 @@ def test_an_empty_request_and_a_request_of_unknown_items(split):
         view.name: ItemTable.from_scan(view, *scanned(view, rows(rng, [1, 2])), NOW)
         for view, rows in ((ATTRIBUTES, attributes), (POPULARITY, popularity))
     }
-    both(split, Request(tables, ["404", "405"]), user(rng), {})
-    both(split, Request(tables, ["1", "404", "1"]), user(rng), {})
+    both(split, candidates(tables, ["404", "405"]), user(rng), {})
+    both(split, candidates(tables, ["1", "404", "1"]), user(rng), {})

@@ -36,13 +36,58 @@ from shared.feature_generator import (
     FeatureGenerator,
     InputRef,
 )
-from shared.feature_generator.inputs import ItemLookup
 
 Outputs = dict[str, np.ndarray]
-# The candidates' values of each FG item input, by input name, for `positions` of them.
-ItemColumns = Callable[[Sequence[str], np.ndarray | None], dict[str, Any]]
-# A view's table and the row of each candidate in it (-1: none).
-TableRows = Callable[[str], tuple[ItemTable, np.ndarray]]
+# (view, item ids) → the view's table and the row of each item in it (-1: none).
+TableLookup = Callable[[str, list[str]], tuple[ItemTable, np.ndarray]]
+
+
+class CandidateItems:
+    """One request's candidates as the split FG reads them: each FG item input's values from
+    the item tables (`inputs` binds input names to view features or the item key), each
+    view's table looked up once."""
+
+    def __init__(
+        self,
+        item_ids: np.ndarray,
+        inputs: Mapping[str, AvailableFeature],
+        lookup: TableLookup,
+    ) -> None:
+        self.item_ids = item_ids
+        self._ids = item_ids.tolist()
+        self._inputs = inputs
+        self._lookup = lookup
+        self._rows: dict[str, tuple[ItemTable, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def rows(self, view: str) -> tuple[ItemTable, np.ndarray]:
+        found = self._rows.get(view)
+        if found is None:
+            found = self._rows[view] = self._lookup(view, self._ids)
+        return found
+
+    def columns(self, names: Sequence[str], positions: np.ndarray | None = None) -> dict[str, Any]:
+        """Each input's values for the candidates (or those at `positions`)."""
+        found = {}
+        for name in names:
+            feature = self._inputs[name]
+            if feature.is_key:
+                column = self.item_ids
+            else:
+                table, rows = self.rows(feature.view)
+                column = table.column(feature.feature, rows)
+            found[name] = column if positions is None else column[positions]
+        return found
+
+    def lookup(self, name: str, ids: Sequence[str]) -> list[Any]:
+        """An input's values for other items (a history's side features)."""
+        feature = self._inputs[name]
+        if feature.is_key:
+            return list(ids)
+        table, rows = self._lookup(feature.view, list(ids))
+        return table.column(feature.feature, rows).tolist()
 
 
 @dataclass(frozen=True)
@@ -93,75 +138,31 @@ class SplitGenerator:
         )
 
     def generate(
-        self,
-        user: Mapping[str, Any],
-        context: Mapping[str, Any],
-        item_ids: Sequence[str],
-        columns: ItemColumns,
-        table_rows: TableRows,
-        item_lookup: ItemLookup,
+        self, user: Mapping[str, Any], context: Mapping[str, Any], items: CandidateItems
     ) -> Outputs:
-        count = len(item_ids)
         outputs: Outputs = {}
         for view, generator in self.per_row.items():
-            table, rows = table_rows(view)
-            cached = table.derived((id(self), view), lambda t, g=generator: RowOutputs(g, len(t)))
+            table, rows = items.rows(view)
+            # Keyed by the generator itself, which the key keeps alive: an id() could be
+            # reused by another model version's generator.
+            cached = table.derived((generator, view), lambda t, g=generator: RowOutputs(g, len(t)))
             outputs |= cached.gather(
                 rows,
                 lambda positions, g=generator: g.generate(
-                    {}, columns(_names(g), positions), context, num_items=len(positions)
+                    {}, items.columns(_names(g), positions), context, num_items=len(positions)
                 ),
             )
         for feature in self.per_value:
-            outputs |= feature.generate(user, context, columns, table_rows)
+            outputs |= feature.generate(user, context, items)
         if self.rest is not None:
             outputs |= self.rest.generate(
                 user,
-                columns(_names(self.rest), None),
+                items.columns(_names(self.rest)),
                 context,
-                num_items=count,
-                item_lookup=item_lookup,
+                num_items=len(items),
+                item_lookup=items.lookup,
             )
         return {name: outputs[name] for name in self.generator.output_names}
-
-
-@dataclass(frozen=True)
-class ValueFeature:
-    """A feature crossing the item input `name` (`view:column`) with user/context inputs."""
-
-    name: str
-    view: str
-    column: str
-    generator: FeatureGenerator
-    others: tuple[InputRef, ...]
-    outputs: CodeOutputs = field(default_factory=lambda: CodeOutputs())
-
-    def generate(
-        self,
-        user: Mapping[str, Any],
-        context: Mapping[str, Any],
-        columns: ItemColumns,
-        table_rows: TableRows,
-    ) -> Outputs:
-        table, rows = table_rows(self.view)
-        codes = table.derived((ValueCodes, self.column), lambda t: ValueCodes(len(t)))
-        found = codes.codes(rows, lambda positions: columns([self.name], positions)[self.name])
-        sides = {USER: user, CONTEXT: context}
-        key = _hashable(tuple(sides[ref.side].get(ref.name) for ref in self.others))
-        if found is None or key is _UNHASHABLE:
-            # Values that cannot be told apart: every item computes its own.
-            column = columns([self.name], None)[self.name]
-            return self.generator.generate(user, {self.name: column}, context, num_items=len(rows))
-        distinct, inverse = np.unique(found, return_inverse=True)
-
-        def compute(missing: np.ndarray) -> Outputs:
-            values = codes.values(missing)
-            return self.generator.generate(
-                user, {self.name: values}, context, num_items=len(values)
-            )
-
-        by_code = self.outputs.gather(key, distinct, compute, self.generator)
-        return {output: array[inverse] for output, array in by_code.items()}
 
 
 class CodeOutputs:
@@ -202,10 +203,7 @@ class CodeOutputs:
             return entry
         capacity = max(size, 2 * len(entry[0]) if entry else 64)
         computed = np.zeros(capacity, dtype=bool)
-        arrays = {
-            spec.name: np.zeros((capacity, *spec.dims), dtype=spec.numpy_dtype)
-            for spec in generator.signature
-        }
+        arrays = _zeros(generator, capacity)
         if entry is not None:
             old_computed, old_arrays = entry
             computed[: len(old_computed)] = old_computed
@@ -217,8 +215,53 @@ class CodeOutputs:
         return computed, arrays
 
 
+def _zeros(generator: FeatureGenerator, size: int) -> Outputs:
+    """Room for `size` rows of each of the generator's outputs."""
+    return {
+        spec.name: np.zeros((size, *spec.dims), dtype=spec.numpy_dtype)
+        for spec in generator.signature
+    }
+
+
 def _names(generator: FeatureGenerator) -> list[str]:
     return [ref.name for ref in generator.inputs if ref.side == ITEM]
+
+
+@dataclass(frozen=True)
+class ValueFeature:
+    """A feature crossing the item input `name` (`view:column`) with user/context inputs."""
+
+    name: str
+    view: str
+    column: str
+    generator: FeatureGenerator
+    others: tuple[InputRef, ...]
+    outputs: CodeOutputs = field(default_factory=CodeOutputs)
+
+    def generate(
+        self, user: Mapping[str, Any], context: Mapping[str, Any], items: CandidateItems
+    ) -> Outputs:
+        table, rows = items.rows(self.view)
+        codes = table.derived((ValueCodes, self.column), lambda t: ValueCodes(len(t)))
+        found = codes.codes(
+            rows, lambda positions: items.columns([self.name], positions)[self.name]
+        )
+        sides = {USER: user, CONTEXT: context}
+        key = _hashable(tuple(sides[ref.side].get(ref.name) for ref in self.others))
+        if found is None or key is _UNHASHABLE:
+            # Values that cannot be told apart: every item computes its own.
+            column = items.columns([self.name])[self.name]
+            return self.generator.generate(user, {self.name: column}, context, num_items=len(rows))
+        distinct, inverse = np.unique(found, return_inverse=True)
+
+        def compute(missing: np.ndarray) -> Outputs:
+            values = codes.values(missing)
+            return self.generator.generate(
+                user, {self.name: values}, context, num_items=len(values)
+            )
+
+        by_code = self.outputs.gather(key, distinct, compute, self.generator)
+        return {output: array[inverse] for output, array in by_code.items()}
 
 
 class RowOutputs:
@@ -226,11 +269,7 @@ class RowOutputs:
 
     def __init__(self, generator: FeatureGenerator, size: int) -> None:
         self._computed = np.zeros(size, dtype=bool)
-        self._arrays = {
-            spec.name: np.zeros((size, *spec.dims), dtype=spec.numpy_dtype)
-            for spec in generator.signature
-        }
-        self._generator = generator
+        self._arrays = _zeros(generator, size)
         self._lock = threading.Lock()
 
     def carried(self, replaced_rows: np.ndarray, size: int) -> RowOutputs:
@@ -243,7 +282,6 @@ class RowOutputs:
                 for name, array in self._arrays.items()
             }
         copy._computed[replaced_rows] = False
-        copy._generator = self._generator
         copy._lock = threading.Lock()
         return copy
 

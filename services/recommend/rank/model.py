@@ -25,7 +25,6 @@ import numpy as np
 from prometheus_client import Counter
 from recstack.recommend.v1 import scene_pb2
 
-from services.recommend.item_cache import ItemTable
 from services.recommend.pipeline import (
     ITEM_ID,
     MODEL_INPUT_PREFIX,
@@ -43,7 +42,7 @@ from services.recommend.pipeline import (
     StageType,
 )
 from services.recommend.rank.formula import parse as parse_formula
-from services.recommend.rank.item_side import SplitGenerator
+from services.recommend.rank.item_side import CandidateItems, SplitGenerator
 from shared.errors import (
     DeadlineExceeded,
     DomainError,
@@ -205,34 +204,17 @@ class ModelRank:
     def _generate(
         self, scorer: Scorer, request: StageRequest, candidates: Candidates
     ) -> dict[str, np.ndarray]:
-        item_ids = candidates.item_ids.tolist()
-        tables = _ItemTables(self._deps, self._project)
         user = {
             name: request.user_key if feature.is_key else request.user.get(feature.ref)
             for name, feature in scorer.user_inputs.items()
         }
-
-        def columns(names: Sequence[str], positions: np.ndarray | None) -> dict[str, Any]:
-            found = {}
-            for name in names:
-                feature = scorer.item_inputs[name]
-                column = candidates.item_ids if feature.is_key else tables.column(feature, item_ids)
-                found[name] = column if positions is None else column[positions]
-            return found
-
-        def lookup(name: str, ids: Sequence[str]) -> Sequence[Any]:
-            feature = scorer.item_inputs[name]
-            return tables.column(feature, list(ids)).tolist()
-
+        items = CandidateItems(
+            candidates.item_ids,
+            scorer.item_inputs,
+            lambda view, ids: self._deps.items.lookup(self._project, view, ids),
+        )
         try:
-            return scorer.split.generate(
-                user,
-                request.context,
-                item_ids,
-                columns,
-                lambda view: tables.lookup(view, item_ids),
-                lookup,
-            )
+            return scorer.split.generate(user, request.context, items)
         except FeatureValueError as exc:
             raise FailedPrecondition(
                 f"scene {self._scene_id!r}: {exc}", reason="FEATURE_VALUE_INVALID"
@@ -299,27 +281,6 @@ def _batched(
 def _recall_order(count: int) -> np.ndarray:
     """Recall order as a score in (0, 1], so top_n keeps it."""
     return (count - np.arange(count, dtype=np.float64)) / count
-
-
-class _ItemTables:
-    """The item cache's rows of one request, each view looked up once."""
-
-    def __init__(self, deps: StageDeps, project: str) -> None:
-        self._deps = deps
-        self._project = project
-        self._found: dict[tuple[str, tuple[str, ...]], tuple[ItemTable, np.ndarray]] = {}
-
-    def lookup(self, view: str, item_ids: list[str]) -> tuple[ItemTable, np.ndarray]:
-        key = (view, tuple(item_ids))
-        found = self._found.get(key)
-        if found is None:
-            found = self._deps.items.lookup(self._project, view, item_ids)
-            self._found[key] = found
-        return found
-
-    def column(self, feature: AvailableFeature, item_ids: list[str]) -> np.ndarray:
-        table, rows = self.lookup(feature.view, item_ids)
-        return table.column(feature.feature, rows)
 
 
 # --- building --------------------------------------------------------------------------------
