@@ -34,6 +34,7 @@ from infra.local.ports import free_port
 from services.console.app import create_app
 from services.console.clients import Clients
 from services.console.timeline import STATUS_COLOURS
+from tests.materialization import backfill, register_clicks, wait_job
 from tests.openai_api import Reply
 from tests.plugins.console import ConsoleServer, artifact, console_settings, sign_in
 
@@ -99,58 +100,6 @@ def _write_source(path: Path, rows_per_day: int = 40) -> None:
     )
 
 
-def _register(registry, project: str, source: Path) -> str:
-    field = feature_view_pb2.FeatureField
-    registry.Apply(
-        rpb.ApplyRequest(
-            parent=f"projects/{project}",
-            definitions=[
-                rpb.Definition(
-                    id="user",
-                    entity=entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64),
-                ),
-                rpb.Definition(
-                    id="events",
-                    data_source=data_source_pb2.DataSource(
-                        file=data_source_pb2.FileSource(
-                            path=str(source), format=data_source_pb2.FileSource.FORMAT_PARQUET
-                        ),
-                        event_timestamp_column="ts",
-                    ),
-                ),
-                rpb.Definition(
-                    id="clicks",
-                    feature_view=feature_view_pb2.FeatureView(
-                        entity="user",
-                        source="events",
-                        type=feature_view_pb2.FeatureView.TYPE_BATCH,
-                        offline_enabled=True,
-                        fields=[
-                            field(name="user_id", value_type=VT.VALUE_TYPE_INT64),
-                            field(name="clicks", value_type=VT.VALUE_TYPE_DOUBLE),
-                        ],
-                    ),
-                ),
-            ],
-        )
-    )
-    return f"projects/{project}/featureViews/clicks"
-
-
-def _wait(materialization, name: str) -> Job:
-    last = None
-    for update in materialization.WatchJob(mpb.WatchJobRequest(name=name), timeout=60):
-        last = update.job
-    return last
-
-
-def _backfill(materialization, view, start, end, statuses) -> list[Job]:
-    request = mpb.BackfillRequest(feature_view=view, statuses=statuses)
-    request.window.start_time.FromDatetime(start)
-    request.window.end_time.FromDatetime(end)
-    return [_wait(materialization, job.name) for job in materialization.Backfill(request).jobs]
-
-
 def _windows(jobs) -> list[tuple[datetime, datetime]]:
     return sorted(
         (j.window.start_time.ToDatetime(tzinfo=UTC), j.window.end_time.ToDatetime(tzinfo=UTC))
@@ -164,12 +113,12 @@ def _seed_view(stubs, tmp_path: Path) -> str:
     registry, materialization = stubs
     source = tmp_path / "events.parquet"
     _write_source(source)
-    view = _register(registry, f"c_{uuid.uuid4().hex[:8]}", source)
+    view = register_clicks(registry, f"c_{uuid.uuid4().hex[:8]}", source)
     source.rename(tmp_path / "hidden.parquet")
-    [failed] = _backfill(materialization, view, day(2), day(3), [DI.STATUS_NONE])
+    [failed] = backfill(materialization, view, day(2), day(3), [DI.STATUS_NONE])
     assert failed.state == Job.STATE_FAILED
     (tmp_path / "hidden.parquet").rename(source)
-    [done] = _backfill(materialization, view, day(4), day(5), [DI.STATUS_NONE])
+    [done] = backfill(materialization, view, day(4), day(5), [DI.STATUS_NONE])
     assert done.state == Job.STATE_SUCCEEDED
     return view
 
@@ -238,7 +187,7 @@ def test_the_seed_example_shows_six_intervals_in_their_colours_and_the_two_jobs(
     page.goto(_page_path(view))
     assert _shown_intervals(page) == _as_text(BEFORE)
 
-    jobs = _backfill(
+    jobs = backfill(
         materialization, view, day(2, 12), day(4, 12), [DI.STATUS_COMPLETE, DI.STATUS_INCOMPLETE]
     )
     assert _windows(jobs) == EXPECTED_JOBS
@@ -305,7 +254,7 @@ def test_a_backfill_from_the_page_starts_the_jobs_the_api_would(stubs, console_p
     ]
     assert _windows(started[:2]) == EXPECTED_JOBS
     for job in started[:2]:
-        _wait(materialization, job.name)
+        wait_job(materialization, job.name)
     # The timeline refreshes itself once the jobs end: the six intervals, without a reload.
     page.wait_for_function(
         "() => document.querySelectorAll('#timeline tr.interval[data-store=offline]').length === 6"
@@ -428,7 +377,7 @@ def _watch_progress(page, materialization, view: str) -> None:
     page.wait_for_function(
         "() => (window.seen.at(-1) || '').startsWith('SUCCEEDED')", timeout=90_000
     )
-    final = _wait(materialization, f"{view}/jobs/{job_id}")
+    final = wait_job(materialization, f"{view}/jobs/{job_id}")
     assert final.progress.rows_read == EMBEDDING_ROWS
     assert final.progress.chunks_done == 3
     seen = page.evaluate("window.seen")
@@ -443,7 +392,7 @@ def test_a_bad_backfill_shows_the_apis_message(stubs, console_page, tmp_path):
     registry, _ = stubs
     source = tmp_path / "events.parquet"
     _write_source(source)
-    view = _register(registry, f"c_{uuid.uuid4().hex[:8]}", source)
+    view = register_clicks(registry, f"c_{uuid.uuid4().hex[:8]}", source)
     page = console_page
     page.goto(_page_path(view))
     page.locator("#backfill-form button[type=submit]").click()
@@ -496,7 +445,7 @@ def test_retry_from_the_page_and_the_apis_refusal_when_the_window_changed(
     failed.locator("button.retry").click()
     page.locator("#action-result .done").wait_for()
     retry_id = re.search(r"Started (\S+)\.", page.locator("#action-result").inner_text())[1]
-    retried = _wait(materialization, f"{view}/jobs/{retry_id}")
+    retried = wait_job(materialization, f"{view}/jobs/{retry_id}")
     assert retried.retry_of.endswith(failed_id)
     assert retried.state == Job.STATE_SUCCEEDED
     page.wait_for_function(
@@ -550,7 +499,7 @@ def test_a_post_without_the_csrf_token_is_refused(console_page, tmp_path, stubs)
     registry, _ = stubs
     source = tmp_path / "events.parquet"
     _write_source(source)
-    view = _register(registry, f"c_{uuid.uuid4().hex[:8]}", source)
+    view = register_clicks(registry, f"c_{uuid.uuid4().hex[:8]}", source)
     _, project, _, name = view.split("/")
     page = console_page
     page.goto(_page_path(view))

@@ -41,6 +41,7 @@ from recstack.serving.v1 import serving_service_pb2_grpc
 from infra.local.ports import free_port
 from shared.channels import open_channel
 from shared.db import create_database, drop_database
+from tests.materialization import backfill, register_clicks, wait_job
 
 VT = value_pb2.ValueType
 DI = data_interval_pb2.DataInterval
@@ -77,52 +78,6 @@ def _write_source(path: Path, users: int, events_per_day: int, days=range(1, 6))
     )
 
 
-def _register(registry, project, source_path):
-    parent = f"projects/{project}"
-    field = feature_view_pb2.FeatureField
-    registry.Apply(
-        rpb.ApplyRequest(
-            parent=parent,
-            definitions=[
-                rpb.Definition(
-                    id="user",
-                    entity=entity_pb2.Entity(join_key="user_id", key_type=VT.VALUE_TYPE_INT64),
-                ),
-                rpb.Definition(
-                    id="events",
-                    data_source=data_source_pb2.DataSource(
-                        file=data_source_pb2.FileSource(
-                            path=str(source_path), format=data_source_pb2.FileSource.FORMAT_PARQUET
-                        ),
-                        event_timestamp_column="ts",
-                    ),
-                ),
-                rpb.Definition(
-                    id="clicks",
-                    feature_view=feature_view_pb2.FeatureView(
-                        entity="user",
-                        source="events",
-                        type=feature_view_pb2.FeatureView.TYPE_BATCH,
-                        offline_enabled=True,
-                        fields=[
-                            field(name="user_id", value_type=VT.VALUE_TYPE_INT64),
-                            field(name="clicks", value_type=VT.VALUE_TYPE_DOUBLE),
-                        ],
-                    ),
-                ),
-            ],
-        )
-    )
-    return f"{parent}/featureViews/clicks"
-
-
-def _wait(materialization, name, timeout=60):
-    last = None
-    for update in materialization.WatchJob(mpb.WatchJobRequest(name=name), timeout=timeout):
-        last = update.job
-    return last
-
-
 def _intervals(materialization, view, store=job_pb2.STORE_OFFLINE, window=None):
     request = mpb.ListDataIntervalsRequest(feature_view=view, store=store)
     if window:
@@ -156,16 +111,7 @@ def stubs(registry_address, materialization_address, serving_address, connect):
 def view(stubs, tmp_path):
     source = tmp_path / "events.parquet"
     _write_source(source, users=20, events_per_day=50)
-    return _register(stubs[0], f"m_{uuid.uuid4().hex[:8]}", source)
-
-
-def _backfill(materialization, view, start=None, end=None, statuses=()):
-    request = mpb.BackfillRequest(feature_view=view, statuses=list(statuses))
-    if start:
-        request.window.start_time.FromDatetime(start)
-    if end:
-        request.window.end_time.FromDatetime(end)
-    return [_wait(materialization, job.name) for job in materialization.Backfill(request).jobs]
+    return register_clicks(stubs[0], f"m_{uuid.uuid4().hex[:8]}", source)
 
 
 def test_the_issue_example_over_grpc(stubs, view, tmp_path):
@@ -173,10 +119,10 @@ def test_the_issue_example_over_grpc(stubs, view, tmp_path):
     # 04-02 INCOMPLETE (its job fails: the source is missing), 04-04 COMPLETE, the rest NONE.
     source = tmp_path / "events.parquet"
     source.rename(tmp_path / "hidden.parquet")
-    [failed] = _backfill(materialization, view, day(2), day(3), [DI.STATUS_NONE])
+    [failed] = backfill(materialization, view, day(2), day(3), [DI.STATUS_NONE])
     assert failed.state == job_pb2.Job.STATE_FAILED
     (tmp_path / "hidden.parquet").rename(source)
-    _backfill(materialization, view, day(4), day(5), [DI.STATUS_NONE])
+    backfill(materialization, view, day(4), day(5), [DI.STATUS_NONE])
     assert _intervals(materialization, view, window=(day(1), day(6))) == [
         (day(1), day(2), "NONE"),
         (day(2), day(3), "INCOMPLETE"),
@@ -184,7 +130,7 @@ def test_the_issue_example_over_grpc(stubs, view, tmp_path):
         (day(4), day(5), "COMPLETE"),
         (day(5), day(6), "NONE"),
     ]
-    jobs = _backfill(
+    jobs = backfill(
         materialization, view, day(2, 12), day(4, 12), [DI.STATUS_COMPLETE, DI.STATUS_INCOMPLETE]
     )
     windows = sorted(
@@ -203,7 +149,7 @@ def test_the_issue_example_over_grpc(stubs, view, tmp_path):
 
 def test_retry_of_a_window_no_longer_incomplete_is_refused(stubs, view):
     _, materialization, _ = stubs
-    [done] = _backfill(materialization, view, day(1), day(2))
+    [done] = backfill(materialization, view, day(1), day(2))
     with pytest.raises(grpc.RpcError) as caught:
         materialization.RetryJob(mpb.RetryJobRequest(name=done.name))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -219,21 +165,21 @@ def test_never_materialized_view_needs_a_window(stubs, view):
 
 def test_rerunning_a_window_does_not_duplicate_offline_rows(stubs, view, tmp_path):
     _, materialization, _ = stubs
-    first = _backfill(materialization, view, day(1), day(3))[0]
-    again = _backfill(materialization, view, day(1), day(3), [DI.STATUS_COMPLETE])[0]
+    first = backfill(materialization, view, day(1), day(3))[0]
+    again = backfill(materialization, view, day(1), day(3), [DI.STATUS_COMPLETE])[0]
     assert first.progress.rows_read == again.progress.rows_read == 100
 
 
 def test_enabling_online_bootstraps_from_offline_and_serves(stubs, view):
     _, materialization, serving = stubs
-    _backfill(materialization, view, day(1), day(6))
+    backfill(materialization, view, day(1), day(6))
     settings = materialization_settings_pb2.MaterializationSettings(
         name=f"{view}/materializationSettings", offline_enabled=True, online_enabled=True
     )
     materialization.UpdateMaterializationSettings(
         mpb.UpdateMaterializationSettingsRequest(settings=settings)
     )
-    [job] = _backfill(materialization, view, day(1), day(6), [DI.STATUS_NONE])
+    [job] = backfill(materialization, view, day(1), day(6), [DI.STATUS_NONE])
     assert job.state == job_pb2.Job.STATE_SUCCEEDED
     assert list(job.stores) == [job_pb2.STORE_ONLINE]
     project = view.split("/")[1]
@@ -283,7 +229,9 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
     source = tmp_path / "big.parquet"
     _write_source(source, users=500, events_per_day=20_000)
     with connect(registry_address) as channel:
-        view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
+        view = register_clicks(
+            registry_service_pb2_grpc.RegistryServiceStub(channel), database, source
+        )
     port = free_port()
     process, channel = _start_service(url, registry_address, tmp_path / "offline", port, file_roots)
     try:
@@ -301,12 +249,12 @@ def test_a_service_killed_mid_job_leaves_the_window_incomplete_and_retry_finishe
             url, registry_address, tmp_path / "offline", port, file_roots
         )
         materialization = materialization_service_pb2_grpc.MaterializationServiceStub(channel)
-        failed = _wait(materialization, job.name)
+        failed = wait_job(materialization, job.name)
         assert failed.state == job_pb2.Job.STATE_FAILED
         assert "stopped" in failed.error_message
         assert {s for *_, s in _intervals(materialization, view)} == {"INCOMPLETE"}
         retry = materialization.RetryJob(mpb.RetryJobRequest(name=job.name)).job
-        finished = _wait(materialization, retry.name, timeout=120)
+        finished = wait_job(materialization, retry.name, timeout=120)
         assert finished.state == job_pb2.Job.STATE_SUCCEEDED
         assert finished.progress.rows_read == 100_000
         assert _intervals(materialization, view) == [(day(1, 0), day(6, 0), "COMPLETE")]
@@ -335,7 +283,9 @@ def test_sigterm_stops_the_running_job_at_a_chunk_boundary_and_ends_open_watches
     source = tmp_path / "big.parquet"
     _write_source(source, users=500, events_per_day=20_000)
     with connect(registry_address) as channel:
-        view = _register(registry_service_pb2_grpc.RegistryServiceStub(channel), database, source)
+        view = register_clicks(
+            registry_service_pb2_grpc.RegistryServiceStub(channel), database, source
+        )
     port = free_port()
     offline = tmp_path / "offline"
     start = partial(
@@ -379,9 +329,9 @@ def test_sigterm_stops_the_running_job_at_a_chunk_boundary_and_ends_open_watches
         assert _intervals(materialization, view, window=(day(1, 0), day(5, 0))) == [
             (day(1, 0), day(5, 0), "INCOMPLETE")
         ]
-        assert _wait(materialization, queued.name).state == job_pb2.Job.STATE_SUCCEEDED
+        assert wait_job(materialization, queued.name).state == job_pb2.Job.STATE_SUCCEEDED
         retry = materialization.RetryJob(mpb.RetryJobRequest(name=running.name)).job
-        assert _wait(materialization, retry.name, timeout=120).state == (
+        assert wait_job(materialization, retry.name, timeout=120).state == (
             job_pb2.Job.STATE_SUCCEEDED
         )
         assert _intervals(materialization, view) == [(day(1, 0), day(6, 0), "COMPLETE")]
@@ -504,7 +454,7 @@ def _publish(materialization, view, transform):
             transform=transform,
         )
     ).job
-    return _wait(materialization, job.name)
+    return wait_job(materialization, job.name)
 
 
 def test_precomputed_vectors_are_validated_and_published_without_a_model(
@@ -541,14 +491,14 @@ def test_precomputed_vectors_are_validated_and_published_without_a_model(
 
 def test_overwrite_publish_leaves_exactly_the_partitions_keys_online(stubs, view, tmp_path):
     _, materialization, serving = stubs
-    _backfill(materialization, view, day(1, 0), day(6, 0))
+    backfill(materialization, view, day(1, 0), day(6, 0))
     settings = materialization_settings_pb2.MaterializationSettings(
         name=f"{view}/materializationSettings", offline_enabled=True, online_enabled=True
     )
     materialization.UpdateMaterializationSettings(
         mpb.UpdateMaterializationSettingsRequest(settings=settings)
     )
-    _backfill(
+    backfill(
         materialization,
         view,
         day(1, 0),
@@ -582,6 +532,6 @@ def test_overwrite_publish_leaves_exactly_the_partitions_keys_online(stubs, view
             transform=True,
         )
     ).job
-    assert _wait(materialization, job.name).state == job_pb2.Job.STATE_SUCCEEDED
+    assert wait_job(materialization, job.name).state == job_pb2.Job.STATE_SUCCEEDED
     assert len(expected) < 20, "the partition must leave keys out for the test to mean anything"
     assert online_keys() == expected
