@@ -3,7 +3,6 @@ of work), run against PostgreSQL and against the in-memory fake the unit tests u
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -29,9 +28,8 @@ from services.materialization.jobs import (
     Window,
 )
 from services.materialization.server import MIGRATIONS, SCHEMA
-from shared.db import create_database, create_engine, drop_database
-from shared.migrations import upgrade
 from tests.fakes.materialization import InMemoryMaterialization
+from tests.plugins.postgres import migrated_engine
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 UnitOfWork = Callable[[], AbstractContextManager[Any]]
@@ -40,13 +38,8 @@ UnitOfWork = Callable[[], AbstractContextManager[Any]]
 @pytest.fixture(scope="module")
 def engine(postgres_server_url: str) -> Iterator[Any]:
     # A database of its own: the session's materialization service would claim queued jobs.
-    name = f"contract_{secrets.token_hex(4)}"
-    url = create_database(postgres_server_url, name)
-    engine = create_engine(url, pool_size=2)
-    upgrade(engine, schema=SCHEMA, script_location=MIGRATIONS)
-    yield engine
-    engine.dispose()
-    drop_database(postgres_server_url, name)
+    with migrated_engine(postgres_server_url, SCHEMA, MIGRATIONS, prefix="contract") as engine:
+        yield engine
 
 
 @pytest.fixture(params=["postgres", "memory"])

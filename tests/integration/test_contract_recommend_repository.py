@@ -3,7 +3,6 @@ run against PostgreSQL and against the in-memory fake its unit tests use."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -17,9 +16,8 @@ from recstack.recommend.v1 import experiment_pb2, scene_pb2
 from services.recommend.adapters.repository import SCHEMA, postgres_unit_of_work
 from services.recommend.catalog import StoredResource
 from services.recommend.server import MIGRATIONS
-from shared.db import create_database, create_engine, drop_database
-from shared.migrations import upgrade
 from tests.fakes.recommend import MemoryRepository
+from tests.plugins.postgres import migrated_engine
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 UnitOfWork = Callable[[], AbstractContextManager[Any]]
@@ -29,13 +27,8 @@ UnitOfWork = Callable[[], AbstractContextManager[Any]]
 def engine(postgres_server_url: str) -> Iterator[Any]:
     # A database of its own: the change log is global, and the session's recommend service
     # would serve what these tests write.
-    name = f"contract_{secrets.token_hex(4)}"
-    url = create_database(postgres_server_url, name)
-    engine = create_engine(url, pool_size=2)
-    upgrade(engine, schema=SCHEMA, script_location=MIGRATIONS)
-    yield engine
-    engine.dispose()
-    drop_database(postgres_server_url, name)
+    with migrated_engine(postgres_server_url, SCHEMA, MIGRATIONS, prefix="contract") as engine:
+        yield engine
 
 
 @pytest.fixture(params=["postgres", "memory"])

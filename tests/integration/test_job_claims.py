@@ -13,8 +13,7 @@ from services.materialization.adapters.repository import postgres_unit_of_work
 from services.materialization.jobs import JobState, Store, Trigger, Window
 from services.materialization.materializer import new_job
 from services.materialization.server import MIGRATIONS, SCHEMA
-from shared.db import create_database, create_engine, drop_database
-from shared.migrations import upgrade
+from tests.plugins.postgres import migrated_engine
 
 NOW = datetime(2026, 4, 1, tzinfo=UTC)
 
@@ -23,12 +22,10 @@ NOW = datetime(2026, 4, 1, tzinfo=UTC)
 def unit_of_work(postgres_server_url):
     # A database of its own: the session's materialization service polls the shared one and
     # would claim these jobs too.
-    name = f"claims_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(create_database(postgres_server_url, name), pool_size=8)
-    upgrade(engine, schema=SCHEMA, script_location=MIGRATIONS)
-    yield partial(postgres_unit_of_work, engine)
-    engine.dispose()
-    drop_database(postgres_server_url, name)
+    with migrated_engine(
+        postgres_server_url, SCHEMA, MIGRATIONS, prefix="claims", pool_size=8
+    ) as engine:
+        yield partial(postgres_unit_of_work, engine)
 
 
 def test_concurrent_claims_take_each_queued_job_once(unit_of_work):

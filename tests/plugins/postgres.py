@@ -15,11 +15,15 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from infra.local.postgres import any_server
-from shared.db import create_database, drop_database, normalize_url
+from shared.db import create_database, create_engine, drop_database, normalize_url
+from shared.migrations import upgrade
 
 SERVER_ENV = "RECSTACK_TEST_DATABASE_SERVER"
 
@@ -40,3 +44,19 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
         yield url
     finally:
         drop_database(postgres_server_url, name)
+
+
+@contextmanager
+def migrated_engine(
+    server_url: str, schema: str, migrations: Path, *, prefix: str = "scratch", pool_size: int = 2
+) -> Iterator[sa.Engine]:
+    """An engine on a database of its own, migrated to one service's schema, dropped after:
+    for tests a session's running service must not see (it would claim or serve their rows)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    engine = create_engine(create_database(server_url, name), pool_size=pool_size)
+    try:
+        upgrade(engine, schema=schema, script_location=migrations)
+        yield engine
+    finally:
+        engine.dispose()
+        drop_database(server_url, name)
