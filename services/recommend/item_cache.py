@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import structlog
@@ -51,6 +51,7 @@ class ViewDefinitions(Protocol):
     def view_schema(self, project: str, view_id: str, version: int = 0) -> ViewSchema: ...
 
 
+@runtime_checkable
 class Carried(Protocol):
     """A structure derived per row of a table that an incremental refresh need not rebuild:
     the merged table gets a copy with the replaced rows marked stale and room for new ones."""
@@ -111,7 +112,7 @@ class ItemTable:
         carried = {
             key: value.carried(rows[~new], len(item_ids))
             for key, value in self._derived.items()
-            if hasattr(value, "carried")
+            if isinstance(value, Carried)
         }
         return ItemTable(
             self.view,
