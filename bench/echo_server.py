@@ -6,7 +6,11 @@ settings, but no interceptors, servicer or protobuf:
 - `/bench.Echo/Lookup` (when a database is given): the request is little-endian int64 keys;
   the handler runs the bare prepared binary lookup of `bench.serving_load` (`= key` for one,
   `= ANY` for more) on its thread's own connection and answers the request bytes. It is the
-  composition of the two limits (echo + lookup) with nothing of recstack in between.
+  composition of the two limits (echo + lookup) with nothing of recstack in between;
+- `/bench.Echo/LookupAnswering` (with a database): the same lookup, answered with the bytes
+  last sent to `/bench.Echo/SetAnswer` (a real `GetOnlineFeaturesResponse` of serving, which
+  the client parses as serving's clients do). The floor of a read that must also carry
+  serving's response: its size on the wire and its parsing are the contract's, not ours.
 
 With `--workers N` (N > 1) it runs N such servers on the one port with SO_REUSEPORT, each its
 own process (the same command with `--worker`), as `RECSTACK_WORKERS` runs a service: the bare
@@ -33,6 +37,8 @@ from shared.settings import ServiceSettings
 
 ECHO = "/bench.Echo/Echo"
 LOOKUP = "/bench.Echo/Lookup"
+LOOKUP_ANSWERING = "/bench.Echo/LookupAnswering"
+SET_ANSWER = "/bench.Echo/SetAnswer"
 
 
 def lookup_statements(
@@ -58,6 +64,18 @@ class _Lookup:
         self._conninfo = conninfo
         self._table, self._key, self._columns = table, key, columns
         self._local = threading.local()
+
+        # Per width in keys: the answer LookupAnswering gives.
+        self._answers: dict[int, bytes] = {}
+
+    def set_answer(self, request: bytes, _context: grpc.ServicerContext) -> bytes:
+        width = int.from_bytes(request[:4], "little")
+        self._answers[width] = request[4:]
+        return b""
+
+    def answering(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self(request, context)
+        return self._answers[len(request) // 8]
 
     def __call__(self, request: bytes, _context: grpc.ServicerContext) -> bytes:
         keys = array.array("q", request).tolist()
@@ -93,6 +111,8 @@ def serve(port: int, database: list[str], *, reuse_port: bool = False) -> None:
         conninfo, table, key, columns = database
         lookup = _Lookup(conninfo, table, key, columns.split(","))
         methods["Lookup"] = grpc.unary_unary_rpc_method_handler(lookup)
+        methods["LookupAnswering"] = grpc.unary_unary_rpc_method_handler(lookup.answering)
+        methods["SetAnswer"] = grpc.unary_unary_rpc_method_handler(lookup.set_answer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", methods),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()

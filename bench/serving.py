@@ -11,6 +11,9 @@ One run, on this machine, against its own scratch database:
 - the floor the targets compare with, the bare composition of those limits: `echo_pk`,
   `echo_any_100` and `echo_pk_c8`, a bare gRPC server (same settings) whose handler runs the
   bare lookup;
+- what the response contract itself costs: `echo_pk_answering` and `echo_any_100_answering`,
+  the same bare servers answering with serving's own response bytes for those keys, which the
+  client parses (not targets: the floor of a read that carries serving's answer);
 - throughput with 8 clients, each on its own connection: `get_1_c8` against `echo_pk_c8` (and
   `echo_c8`), one process each; `get_1_c8_wN` (serving with RECSTACK_WORKERS=N) against
   `echo_pk_c8_wN` (the bare echo_pk server as N processes on one port, SO_REUSEPORT), N the
@@ -23,7 +26,7 @@ One run, on this machine, against its own scratch database:
 
 Prints a table and one JSON object, also written to bench/results/serving.json.
 
-    python -m bench.serving [--quick] [--workers N] [--skip-bulk]
+    python -m bench.serving [--quick] [--workers N] [--threads N] [--skip-bulk]
 """
 
 from __future__ import annotations
@@ -173,11 +176,16 @@ def load_read_data(
 # --- phases ----------------------------------------------------------------------------------
 
 
-def measure_serving(url: str, sizes: dict[str, Any], workers: int) -> dict[str, Any]:
+def measure_serving(
+    url: str, sizes: dict[str, Any], workers: int, threads: int | None = None
+) -> dict[str, Any]:
     """Start registry, serving and echo (one process each, and `workers` processes each on
-    another port); load; run the load generator; return its figures."""
+    another port), with `threads` request threads per process (None: the default); load; run
+    the load generator; return its figures."""
     registry_port = free_port()
     base_env = {"RECSTACK_DATABASE_URL": url}
+    # Serving and the bare servers alike: the floor keeps the same gRPC settings.
+    threads_env = {} if threads is None else {"RECSTACK_MAX_WORKERS": str(threads)}
     registry_address = f"127.0.0.1:{registry_port}"
     with service_process(
         "services.registry.server",
@@ -203,9 +211,10 @@ def measure_serving(url: str, sizes: dict[str, Any], workers: int) -> dict[str, 
         with ExitStack() as stack:
             servers: dict[str, tuple[str, list[int]]] = {}
             for name, count in (("serving", 1), ("serving_wn", workers)):
-                servers[name] = _start_serving(stack, name, base_env, registry_address, count)
+                env = {**base_env, **threads_env}
+                servers[name] = _start_serving(stack, name, env, registry_address, count)
             for name, count in (("echo", 1), ("echo_wn", workers)):
-                servers[name] = _start_echo(stack, name, echo_args, count)
+                servers[name] = _start_echo(stack, name, echo_args, count, threads_env)
             spec = _spec(url, wide, servers, workers, sizes)
             return _run_load_generator(spec)
 
@@ -235,13 +244,13 @@ def _start_serving(
 
 
 def _start_echo(
-    stack: ExitStack, name: str, echo_args: list[str], workers: int
+    stack: ExitStack, name: str, echo_args: list[str], workers: int, env: dict[str, str]
 ) -> tuple[str, list[int]]:
     port = free_port()
     process = stack.enter_context(
         service_process(
             "bench.echo_server",
-            {},
+            env,
             LOG_DIR / f"serving-{name}.log",
             args=["--workers", str(workers), str(port), *echo_args],
         )
@@ -423,6 +432,9 @@ def ratios(figures: dict[str, Any]) -> dict[str, float]:
         "get_100_vs_limit": p50("get_100") / (p50("echo") + p50("any_100")),
         "echo_pk_vs_limit": p50("echo_pk") / (p50("echo") + p50("pk_lookup")),
         "echo_any_100_vs_limit": p50("echo_any_100") / (p50("echo") + p50("any_100")),
+        # Against the bare servers that also carry serving's response bytes.
+        "get_1_vs_echo_pk_answering": p50("get_1") / p50("echo_pk_answering"),
+        "get_100_vs_echo_any_100_answering": p50("get_100") / p50("echo_any_100_answering"),
     }
 
 
@@ -443,24 +455,33 @@ def main(argv: list[str] | None = None) -> None:
         help="processes of the wN variants (default: the cores this process may use)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="request threads per server process, serving and bare servers alike "
+        "(RECSTACK_MAX_WORKERS; default: the services' default)",
+    )
+    parser.add_argument(
         "--skip-bulk", action="store_true", help="leave out bulk_load/copy (and their ratio)"
     )
     args = parser.parse_args(argv)
     sizes = _sizes(args.quick)
     started = time.monotonic()
     with scratch_database("recstack_bench") as url:
-        figures = measure_serving(url, sizes, args.workers)
+        figures = measure_serving(url, sizes, args.workers, args.threads)
         if not args.skip_bulk:
             figures |= measure_bulk(url, sizes["bulk_rows"], sizes["bulk_rounds"])
     computed = ratios(figures) if not args.skip_bulk else _without_bulk(figures)
     order = ["get_1", "get_100", "get_1_5views", "echo", "pk_lookup", "any_100", "echo_pk",
-             "echo_any_100", "get_1_c8", "echo_c8", "echo_pk_c8", "get_1_c8_wN",
-             "echo_pk_c8_wN", "bulk_load", "copy", "bulk_upsert"]  # fmt: skip
+             "echo_any_100", "echo_pk_answering", "echo_any_100_answering", "get_1_c8",
+             "echo_c8", "echo_pk_c8", "get_1_c8_wN", "echo_pk_c8_wN", "bulk_load", "copy",
+             "bulk_upsert"]  # fmt: skip
     figures = {name: figures[name] for name in order if name in figures}
     extra = {
         "seconds": round(time.monotonic() - started, 1),
         "quick": args.quick,
         "workers": args.workers,
+        "threads": args.threads,
     }
     path = write_result("serving", figures, computed, TARGETS, extra)
     print_table(figures, computed, TARGETS)

@@ -26,7 +26,7 @@ from recstack.common.v1 import value_pb2
 from recstack.serving.v1 import serving_service_pb2 as pb
 from recstack.serving.v1 import serving_service_pb2_grpc
 
-from bench.echo_server import ECHO, LOOKUP, lookup_statements
+from bench.echo_server import ECHO, LOOKUP, LOOKUP_ANSWERING, SET_ANSWER, lookup_statements
 from bench.harness import nearest_rank
 from shared.channels import ClientSettings, open_channel
 
@@ -88,6 +88,11 @@ class Clients:
         self.stub = serving_service_pb2_grpc.FeatureServingServiceStub(self._serving)
         self.echo = self._echo.unary_unary(ECHO)
         self.lookup = self._echo.unary_unary(LOOKUP)
+        # Parses its answer (serving's response bytes) as a serving client does.
+        self.lookup_answering = self._echo.unary_unary(
+            LOOKUP_ANSWERING, response_deserializer=pb.GetOnlineFeaturesResponse.FromString
+        )
+        self._set_answer = self._echo.unary_unary(SET_ANSWER)
         self._db = psycopg.connect(spec.conninfo, autocommit=True, prepare_threshold=0)
         self._cursor = self._db.cursor(binary=True)
         self._pk, self._any = lookup_statements(self._db, spec.table, spec.key_column, spec.columns)
@@ -114,7 +119,16 @@ class Clients:
             "any_100": (100, lambda keys: keys, self._any_lookup),
             "echo_pk": (1, _packed, self.lookup),
             "echo_any_100": (100, _packed, self.lookup),
+            "echo_pk_answering": (1, _packed, self.lookup_answering),
+            "echo_any_100_answering": (100, _packed, self.lookup_answering),
         }
+
+    def set_answers(self) -> None:
+        """Give the bare server serving's own responses of 1 and 100 keys to answer with."""
+        for width in (1, 100):
+            request = _request(self.spec, self.spec.wide_refs, list(range(width)))
+            answer = self.stub.GetOnlineFeatures(request).SerializeToString()
+            self._set_answer(width.to_bytes(4, "little") + answer)
 
     def _pk_lookup(self, key: int) -> object:
         self._cursor.execute(self._pk, (key,), prepare=True)
@@ -129,6 +143,7 @@ def run_latency(spec: Spec, clients: Clients) -> dict[str, list[float]]:
     variants = clients.variants()
     rng = random.Random(spec.seed)
     _check(clients, variants)
+    clients.set_answers()
     for width, build, call in variants.values():
         for _ in range(spec.warmup):
             call(build(rng.sample(range(spec.entities), width)))
