@@ -64,7 +64,6 @@ class _Lookup:
         self._conninfo = conninfo
         self._table, self._key, self._columns = table, key, columns
         self._local = threading.local()
-
         # Per width in keys: the answer LookupAnswering gives.
         self._answers: dict[int, bytes] = {}
 

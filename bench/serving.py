@@ -186,6 +186,7 @@ def measure_serving(
     base_env = {"RECSTACK_DATABASE_URL": url}
     # Serving and the bare servers alike: the floor keeps the same gRPC settings.
     threads_env = {} if threads is None else {"RECSTACK_MAX_WORKERS": str(threads)}
+    serving_env = {**base_env, **threads_env}
     registry_address = f"127.0.0.1:{registry_port}"
     with service_process(
         "services.registry.server",
@@ -211,8 +212,7 @@ def measure_serving(
         with ExitStack() as stack:
             servers: dict[str, tuple[str, list[int]]] = {}
             for name, count in (("serving", 1), ("serving_wn", workers)):
-                env = {**base_env, **threads_env}
-                servers[name] = _start_serving(stack, name, env, registry_address, count)
+                servers[name] = _start_serving(stack, name, serving_env, registry_address, count)
             for name, count in (("echo", 1), ("echo_wn", workers)):
                 servers[name] = _start_echo(stack, name, echo_args, count, threads_env)
             spec = _spec(url, wide, servers, workers, sizes)
