@@ -299,9 +299,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     def _begin(self, method: str, context: grpc.ServicerContext) -> float:
         request_id = _request_id(context.invocation_metadata()) or _new_request_id()
         set_request(RequestInfo(request_id, method, context.peer))
-        context.set_trailing_metadata(
-            ((REQUEST_ID_HEADER, request_id), (WORKER_HEADER, self._worker))
-        )
+        context.set_trailing_metadata(self._trailers())
         remaining = context.time_remaining()
         budget = self._max_request_seconds
         if remaining is not None and remaining < budget:
@@ -309,6 +307,10 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         started = time.monotonic()
         set_deadline(started + budget)
         return started
+
+    def _trailers(self) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata every call answers with: its request id and this process."""
+        return ((REQUEST_ID_HEADER, request_id()), (WORKER_HEADER, self._worker))
 
     def _finish(
         self, metrics: _MethodMetrics, context: grpc.ServicerContext, started: float
@@ -332,8 +334,12 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     ) -> None:
         if isinstance(exc, DomainError):
             self._record_failure(metrics, exc.code, started)
-            status = domain_error_status(exc, self._domain, self._redactions)
-            context.abort_with_status(rpc_status.to_status(status))
+            status = rpc_status.to_status(domain_error_status(exc, self._domain, self._redactions))
+            # abort_with_status replaces the trailers set so far: the status's details join
+            # the call's own (request id, worker) instead of dropping them.
+            context.abort_with_status(
+                _Status(status.code, status.details, (*self._trailers(), *status.trailing_metadata))
+            )
         code = context.code()
         if code is not None and code != grpc.StatusCode.OK:
             # The servicer or gRPC already chose a status (e.g. a cancelled stream).
@@ -349,6 +355,13 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         timer.observe(seconds)
         errors.inc()
         log.warning("rpc", code=code, duration_ms=round(seconds * 1000, 3))
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 # Generated request ids: a random per-process prefix and a counter, 32 hex digits like a

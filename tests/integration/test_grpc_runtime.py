@@ -130,6 +130,20 @@ def test_request_id_is_echoed_in_trailers(channel):
     assert ("x-request-id", "abc") in call.trailing_metadata()
 
 
+def test_a_failed_call_keeps_its_request_id_and_worker_in_trailers(channel):
+    stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
+    for project in ("missing", "crash"):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetOnlineFeatures(
+                pb.GetOnlineFeaturesRequest(project=project), metadata=[("x-request-id", "r-9")]
+            )
+        trailers = caught.value.trailing_metadata()
+        assert ("x-request-id", "r-9") in trailers
+        assert (WORKER_HEADER, str(os.getpid())) in trailers
+        # The rich status still travels with them.
+        assert (rpc_status.from_call(caught.value) is not None) == (project == "missing")
+
+
 def test_trailers_name_the_serving_process(channel):
     stub = serving_service_pb2_grpc.FeatureServingServiceStub(channel)
     _, call = stub.GetOnlineFeatures.with_call(pb.GetOnlineFeaturesRequest(project="ok"))
