@@ -212,11 +212,15 @@ train: up $(MOVIELENS_DATA) ## Train the MovieLens ranker (dnn) on the running s
 	$(PY) -m infra.local.movielens train
 
 .PHONY: bench
-bench: bench-serving bench-hot-path bench-materialization bench-embeddings bench-movielens bench-recall bench-fg bench-recommend ## Run every benchmark under bench/ (results in bench/results/).
+bench: bench-serving bench-serving-ablation bench-hot-path bench-materialization bench-embeddings bench-movielens bench-recall bench-fg bench-recommend ## Run every benchmark under bench/ (results in bench/results/).
 
 .PHONY: bench-serving
 bench-serving: $(VENV_STAMP) $(PROTO_STAMP) ## Online serving vs bare gRPC/PostgreSQL limits (~3 min).
 	$(PY) -m bench.serving
+
+.PHONY: bench-serving-ablation
+bench-serving-ablation: $(VENV_STAMP) $(PROTO_STAMP) ## What each part of a read costs inside the running server (~4 min).
+	$(PY) -m bench.serving_ablation
 
 .PHONY: bench-hot-path
 bench-hot-path: $(VENV_STAMP) $(PROTO_STAMP) ## The shared interceptor's per-RPC cost, part by part, in-process (~10 s).

@@ -37,7 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,15 +183,28 @@ def measure_serving(
     """Start registry, serving and echo (one process each, and `workers` processes each on
     another port), with `threads` request threads per process (None: the default); load; run
     the load generator; return its figures."""
-    registry_port = free_port()
-    base_env = {"RECSTACK_DATABASE_URL": url}
     # Serving and the bare servers alike: the floor keeps the same gRPC settings.
     threads_env = {} if threads is None else {"RECSTACK_MAX_WORKERS": str(threads)}
-    serving_env = {**base_env, **threads_env}
+    serving_env = {"RECSTACK_DATABASE_URL": url, **threads_env}
+    with read_environment(url, sizes["entities"]) as (registry_address, wide), ExitStack() as stack:
+        servers: dict[str, tuple[str, list[int]]] = {}
+        for name, count in (("serving", 1), ("serving_wn", workers)):
+            servers[name] = start_serving(stack, name, serving_env, registry_address, count)
+        for name, count in (("echo", 1), ("echo_wn", workers)):
+            servers[name] = start_echo(stack, name, echo_arguments(url, wide), count, threads_env)
+        spec = _spec(url, wide, servers, workers, sizes)
+        return _run_load_generator(spec)
+
+
+@contextmanager
+def read_environment(url: str, entities: int) -> Iterator[tuple[str, ViewSchema]]:
+    """The registry running with the bench's views defined and `entities` rows loaded into
+    them: its address, and the one-view ("wide") schema."""
+    registry_port = free_port()
     registry_address = f"127.0.0.1:{registry_port}"
     with service_process(
         "services.registry.server",
-        {**base_env, "RECSTACK_GRPC_PORT": str(registry_port)},
+        {"RECSTACK_DATABASE_URL": url, "RECSTACK_GRPC_PORT": str(registry_port)},
         LOG_DIR / "serving-registry.log",
     ) as registry_process:
         wait_serving(registry_address, registry_process)
@@ -198,32 +212,29 @@ def measure_serving(
         registry = RegistryClient(registry_address)
         store = PostgresOnlineStore(to_libpq(url), min_size=1, max_size=2)
         try:
-            load_read_data(store, registry, sizes["entities"], to_libpq(url))
+            load_read_data(store, registry, entities, to_libpq(url))
             wide = registry.view_schema(PROJECT, "wide")
         finally:
             store.close()
             registry.close()
-        echo_args = [
-            to_libpq(url),
-            f"online.{wide.table_name}",
-            "user_id",
-            ",".join(FEATURES),
-        ]
-        with ExitStack() as stack:
-            servers: dict[str, tuple[str, list[int]]] = {}
-            for name, count in (("serving", 1), ("serving_wn", workers)):
-                servers[name] = _start_serving(stack, name, serving_env, registry_address, count)
-            for name, count in (("echo", 1), ("echo_wn", workers)):
-                servers[name] = _start_echo(stack, name, echo_args, count, threads_env)
-            spec = _spec(url, wide, servers, workers, sizes)
-            return _run_load_generator(spec)
+        yield registry_address, wide
 
 
-def _start_serving(
-    stack: ExitStack, name: str, base_env: dict[str, str], registry_address: str, workers: int
+def echo_arguments(url: str, wide: ViewSchema) -> list[str]:
+    """`bench.echo_server`'s database arguments: its lookup reads the wide view's table."""
+    return [to_libpq(url), f"online.{wide.table_name}", "user_id", ",".join(FEATURES)]
+
+
+def start_serving(
+    stack: ExitStack,
+    name: str,
+    base_env: dict[str, str],
+    registry_address: str,
+    workers: int,
+    module: str = "services.serving.server",
 ) -> tuple[str, list[int]]:
-    """A serving service of `workers` processes; its address and serving pids, once every
-    worker has started."""
+    """A serving service of `workers` processes (started as `module`); its address and
+    serving pids, once every worker has started."""
     port = free_port()
     env = {
         **base_env,
@@ -232,7 +243,7 @@ def _start_serving(
         "RECSTACK_WORKERS": str(workers),
     }
     log_path = LOG_DIR / f"serving-{name}.log"
-    process = stack.enter_context(service_process("services.serving.server", env, log_path))
+    process = stack.enter_context(service_process(module, env, log_path))
     address = f"127.0.0.1:{port}"
     wait_serving(address, process)
     deadline = time.monotonic() + 60
@@ -243,7 +254,7 @@ def _start_serving(
     return address, _serving_pids(process.pid, workers)
 
 
-def _start_echo(
+def start_echo(
     stack: ExitStack, name: str, echo_args: list[str], workers: int, env: dict[str, str]
 ) -> tuple[str, list[int]]:
     port = free_port()

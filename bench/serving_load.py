@@ -281,7 +281,7 @@ def _concurrent_block(spec: Spec, name: str, total: _Totals) -> None:
         thread.start()
     start.wait()
     machine, client_cpu = _machine_ticks(), time.process_time()
-    server_cpu = _process_seconds(spec.server_pids[CONCURRENT[name][0]])
+    server_cpu = process_seconds(spec.server_pids[CONCURRENT[name][0]])
     began = time.perf_counter()
     time.sleep(spec.concurrent_seconds)
     stop.set()
@@ -289,7 +289,7 @@ def _concurrent_block(spec: Spec, name: str, total: _Totals) -> None:
     calls = sum(counts)
     busy_after, all_after = _machine_ticks()
     total.client_cpu += time.process_time() - client_cpu
-    total.server_cpu += _process_seconds(spec.server_pids[CONCURRENT[name][0]]) - server_cpu
+    total.server_cpu += process_seconds(spec.server_pids[CONCURRENT[name][0]]) - server_cpu
     total.busy += busy_after - machine[0]
     total.machine += all_after - machine[1]
     for thread in threads:
@@ -311,7 +311,7 @@ def _machine_ticks() -> tuple[int, int]:
     return total - idle, total
 
 
-def _process_seconds(pids: Sequence[int]) -> float:
+def process_seconds(pids: Sequence[int]) -> float:
     """User + system CPU seconds of these processes (all their threads)."""
     ticks = 0
     for pid in pids:
