@@ -116,11 +116,19 @@ class _Fixed:
     def size(self) -> int:
         return struct.calcsize(self.fmt)
 
+    @property
+    def entry(self) -> Callable[[bytes, Any], bytes]:
+        """Packs (header, value) into one entry."""
+        return struct.Struct(f"<{len(self.header)}s{self.fmt}").pack
+
 
 _FIXED = {
     VT.VALUE_TYPE_DOUBLE: _Fixed("d", bytes((0x0A, 9, _V.DOUBLE_VALUE_FIELD_NUMBER << 3 | 1))),
     VT.VALUE_TYPE_FLOAT: _Fixed("f", bytes((0x0A, 5, _V.FLOAT_VALUE_FIELD_NUMBER << 3 | 5))),
 }
+
+
+_ENTRIES = {value_type: spec.entry for value_type, spec in _FIXED.items()}
 
 
 def _fixed_block(value_type: int, columns: Sequence[Sequence[Any]]) -> list[bytes] | None:
@@ -129,12 +137,13 @@ def _fixed_block(value_type: int, columns: Sequence[Sequence[Any]]) -> list[byte
     spec = _FIXED[value_type]
     count = len(columns[0])
     try:
+        if count == 1:
+            # The most common read: one entry per column, header and value packed at once.
+            entry, header = _ENTRIES[value_type], spec.header
+            return [entry(header, column[0]) for column in columns]
         packed = struct.pack(f"<{count * len(columns)}{spec.fmt}", *chain.from_iterable(columns))
     except (struct.error, TypeError, OverflowError):
         return None
-    if count == 1:
-        size = spec.size
-        return [spec.header + packed[i : i + size] for i in range(0, len(packed), size)]
     width = len(spec.header) + spec.size
     block = np.empty((len(columns), count, width), dtype=np.uint8)
     block[:, :, : len(spec.header)] = np.frombuffer(spec.header, dtype=np.uint8)

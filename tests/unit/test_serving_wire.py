@@ -99,6 +99,11 @@ def test_dense_view_with_a_missing_row_falls_back_per_value():
     _check([_read(columns, [VT.VALUE_TYPE_DOUBLE] * 20, MICROS, STATUSES)])
 
 
+@pytest.mark.parametrize("value_type", [VT.VALUE_TYPE_DOUBLE, VT.VALUE_TYPE_FLOAT])
+def test_a_one_key_read_of_a_missing_row_falls_back_per_value(value_type):
+    _check([_read([[None]] * 20, [value_type] * 20, [None], [Status.NOT_FOUND])])
+
+
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**63 - 1, -1, -(2**63)])
 def test_varint_matches_upb(value):
     assert b"\x08" + varint(value) == to_proto(value, VT.VALUE_TYPE_INT64).SerializeToString()
