@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import itertools
 import json
 import random
 import statistics
@@ -47,7 +48,8 @@ from bench.serving import (
     start_echo,
     start_serving,
 )
-from bench.serving_load import CLIENT_OPTIONS, process_seconds
+from bench.serving_load import BARE, CLIENT_OPTIONS, process_seconds
+from shared.channels import open_channel
 
 VARIANTS = {
     "serving": "",
@@ -81,7 +83,7 @@ def _call(kind: str, channel: grpc.Channel, entities: int, seed: int) -> Callabl
     else:
         payloads = [_request(key) for key in keys]
         method = serving_service_pb2_grpc.FeatureServingServiceStub(channel).GetOnlineFeatures
-    count = iter(range(1 << 62))
+    count = itertools.count()
     return lambda: method(payloads[next(count) % 256], timeout=10)
 
 
@@ -89,7 +91,7 @@ def run_client(
     kind: str, address: str, clients: int, amount: float, entities: int
 ) -> dict[str, Any]:
     """One client: `amount` sequential calls (latency); several: calls for `amount` seconds."""
-    channels = [grpc.insecure_channel(address, options=CLIENT_OPTIONS) for _ in range(clients)]
+    channels = [open_channel(address, BARE, options=CLIENT_OPTIONS) for _ in range(clients)]
     calls = [_call(kind, channel, entities, seed) for seed, channel in enumerate(channels)]
     for call in calls:
         call()

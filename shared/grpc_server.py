@@ -299,7 +299,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     def _begin(self, method: str, context: grpc.ServicerContext) -> float:
         request_id = _request_id(context.invocation_metadata()) or _new_request_id()
         set_request(RequestInfo(request_id, method, context.peer))
-        context.set_trailing_metadata(self._trailers())
+        context.set_trailing_metadata(self._trailers(request_id))
         remaining = context.time_remaining()
         budget = self._max_request_seconds
         if remaining is not None and remaining < budget:
@@ -308,9 +308,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         set_deadline(started + budget)
         return started
 
-    def _trailers(self) -> tuple[tuple[str, str], ...]:
+    def _trailers(self, request_id: str) -> tuple[tuple[str, str], ...]:
         """The trailing metadata every call answers with: its request id and this process."""
-        return ((REQUEST_ID_HEADER, request_id()), (WORKER_HEADER, self._worker))
+        return ((REQUEST_ID_HEADER, request_id), (WORKER_HEADER, self._worker))
 
     def _finish(
         self, metrics: _MethodMetrics, context: grpc.ServicerContext, started: float
@@ -337,8 +337,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             status = rpc_status.to_status(domain_error_status(exc, self._domain, self._redactions))
             # abort_with_status replaces the trailers set so far: the status's details join
             # the call's own (request id, worker) instead of dropping them.
+            own = self._trailers(request_id())
             context.abort_with_status(
-                _Status(status.code, status.details, (*self._trailers(), *status.trailing_metadata))
+                status._replace(trailing_metadata=(*own, *status.trailing_metadata))
             )
         code = context.code()
         if code is not None and code != grpc.StatusCode.OK:
@@ -355,13 +356,6 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         timer.observe(seconds)
         errors.inc()
         log.warning("rpc", code=code, duration_ms=round(seconds * 1000, 3))
-
-
-@dataclass(frozen=True)
-class _Status(grpc.Status):
-    code: grpc.StatusCode
-    details: str
-    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 # Generated request ids: a random per-process prefix and a counter, 32 hex digits like a

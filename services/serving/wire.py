@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from itertools import chain
 from typing import Any
 
@@ -116,7 +116,7 @@ class _Fixed:
     def size(self) -> int:
         return struct.calcsize(self.fmt)
 
-    @property
+    @cached_property
     def entry(self) -> Callable[[bytes, Any], bytes]:
         """Packs (header, value) into one entry."""
         return struct.Struct(f"<{len(self.header)}s{self.fmt}").pack
@@ -128,9 +128,6 @@ _FIXED = {
 }
 
 
-_ENTRIES = {value_type: spec.entry for value_type, spec in _FIXED.items()}
-
-
 def _fixed_block(value_type: int, columns: Sequence[Sequence[Any]]) -> list[bytes] | None:
     """Every column of one fixed type at once: one struct call packs all values, numpy weaves
     in the entry headers. None when a value is missing (NULL)."""
@@ -139,7 +136,7 @@ def _fixed_block(value_type: int, columns: Sequence[Sequence[Any]]) -> list[byte
     try:
         if count == 1:
             # The most common read: one entry per column, header and value packed at once.
-            entry, header = _ENTRIES[value_type], spec.header
+            entry, header = spec.entry, spec.header
             return [entry(header, column[0]) for column in columns]
         packed = struct.pack(f"<{count * len(columns)}{spec.fmt}", *chain.from_iterable(columns))
     except (struct.error, TypeError, OverflowError):
